@@ -1,0 +1,200 @@
+"""The agent as a daemon: a local AgentService (unix socket or loopback port) for gateways in any language."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import structlog
+from google.protobuf.duration_pb2 import Duration
+
+from gateway_agent.agent import GatewayAgent, RecordResult
+from gateway_agent.budget_view import CheckRequest
+from meterwire.agent.v1 import agent_service_pb2 as agent_pb
+from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
+
+log = structlog.get_logger("meterwire.agent.daemon")
+
+_OUTCOMES = {
+    "spool_full": agent_pb.RECORD_OUTCOME_DROPPED_SPOOL_FULL,
+    "queue_full": agent_pb.RECORD_OUTCOME_DROPPED_QUEUE_FULL,
+    "disk_full": agent_pb.RECORD_OUTCOME_DROPPED_DISK_FULL,
+}
+_SOURCES = {
+    "none": agent_pb.CONFIG_SOURCE_NONE,
+    "cache": agent_pb.CONFIG_SOURCE_CACHE,
+    "control_plane": agent_pb.CONFIG_SOURCE_CONTROL_PLANE,
+}
+
+
+def _outcome(result: RecordResult) -> agent_pb.RecordOutcome.ValueType:
+    if not result.spooled:
+        return _OUTCOMES.get(result.dropped_reason, agent_pb.RECORD_OUTCOME_DROPPED_DISK_FULL)
+    return agent_pb.RECORD_OUTCOME_COMMITTED if result.committed else agent_pb.RECORD_OUTCOME_QUEUED
+
+
+class AgentServicer(agent_grpc.AgentServiceServicer):
+    """Translates the local API to GatewayAgent calls; no rules of its own."""
+
+    def __init__(self, agent: GatewayAgent) -> None:
+        self._agent = agent
+
+    async def RecordUsage(
+        self, request: agent_pb.RecordUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb.RecordUsageResponse:
+        event = request.event
+        result = await self._agent.record(event, wait_for_commit=request.wait_for_commit)
+        return agent_pb.RecordUsageResponse(
+            event_id=result.event_id, sequence=result.sequence, outcome=_outcome(result)
+        )
+
+    async def RecordUsageStream(
+        self,
+        request_iterator: AsyncIterator[agent_pb.RecordUsageStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb.RecordUsageStreamResponse:
+        response = agent_pb.RecordUsageStreamResponse()
+        wait = False
+        async for request in request_iterator:
+            wait = wait or request.wait_for_commit
+            result = await self._agent.record(request.event)
+            if result.spooled:
+                response.recorded_count += 1
+                response.last_sequence = result.sequence
+                if not response.first_sequence:
+                    response.first_sequence = result.sequence
+            else:
+                response.dropped_count += 1
+        if wait:
+            await self._agent.flush()
+        return response
+
+    async def CheckRequest(
+        self, request: agent_pb.CheckRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb.CheckRequestResponse:
+        decision = self._agent.check(
+            CheckRequest(
+                api_key_id=request.api_key_id,
+                user_id=request.user_id,
+                requested_model=request.requested_model,
+                route=request.route,
+                tags=dict(request.tags),
+            )
+        )
+        return agent_pb.CheckRequestResponse(
+            allowed=decision.allowed,
+            reason=decision.reason,
+            http_status=decision.http_status,
+            message=decision.message,
+            config_version=decision.config_version,
+        )
+
+    async def GetConfig(
+        self, request: agent_pb.GetConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb.GetConfigResponse:
+        status = self._agent.status()
+        response = agent_pb.GetConfigResponse(
+            source=_SOURCES[status.config_source], state_message=status.config_state_message
+        )
+        record = self._agent.config_record
+        if record is not None:
+            response.config_version.CopyFrom(record)
+        applied = self._agent.config_applied_time
+        if applied is not None:
+            response.applied_time.FromDatetime(applied)
+        return response
+
+    async def GetStatus(
+        self, request: agent_pb.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb.GetStatusResponse:
+        status = self._agent.status()
+        uptime = Duration()
+        uptime.FromTimedelta(status.uptime)
+        return agent_pb.GetStatusResponse(
+            status=agent_pb.AgentStatus(
+                state=self._agent.agent_state(),
+                environment_id=status.environment_id,
+                gateway_id=status.gateway_id,
+                connected=status.connected,
+                last_error=status.last_error,
+                config_source=_SOURCES[status.config_source],
+                config_state_message=status.config_state_message,
+                pending_commit_count=status.pending_commit,
+                next_sequence=status.next_sequence,
+                dropped_by_reason=status.dropped_by_reason,
+                corrupt_spools_set_aside=status.corrupt_spools_set_aside,
+                batches_acked=status.batches_acked,
+                events_accepted=status.events_accepted,
+                events_duplicate=status.events_duplicate,
+                events_rejected=status.events_rejected,
+                stream_failures=status.stream_failures,
+                unacked_batches=status.unacked_batches,
+                uptime=uptime,
+            )
+        )
+
+
+def check_listen(listen: str) -> str:
+    """unix:///path.sock or a loopback host:port; the local API has no authentication, so nothing wider."""
+    if listen.startswith("unix:"):
+        return listen
+    host = listen.rpartition(":")[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"--listen: {listen!r} is not local; use unix:///path.sock or 127.0.0.1:PORT")
+    return listen
+
+
+class AgentDaemon:
+    """Hosts AgentService over a running GatewayAgent. `run()` serves until `shutdown()` (safe twice)."""
+
+    def __init__(self, agent: GatewayAgent, *, listen: str) -> None:
+        self.agent = agent
+        self.listen = check_listen(listen)
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.listen.startswith("unix://"):
+            # A stale socket from a crashed run would make the bind fail.
+            await asyncio.to_thread(Path(self.listen.removeprefix("unix://")).unlink, missing_ok=True)
+        await self.agent.start()
+        self._server = grpc.aio.server()
+        agent_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agent), self._server)
+        self.port = self._server.add_insecure_port(self.listen)
+        await self._server.start()
+        log.info("agent daemon serving", listen=self.listen, port=self.port)
+
+    async def run(self) -> None:
+        if self._server is None:
+            await self.start()
+        await self._stopped.wait()
+
+    def request_shutdown(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
+
+    async def shutdown(self) -> None:
+        self.request_shutdown()
+        assert self._stopping is not None
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(2.0)  # finish in-flight RecordUsage calls first
+        await self.agent.shutdown()
+        self._stopped.set()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()

@@ -1,0 +1,1 @@
+"""The meterwire control plane: gRPC services over SQLite or PostgreSQL."""

@@ -1,0 +1,1 @@
+"""The `meterwire` command line."""

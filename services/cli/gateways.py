@@ -1,0 +1,219 @@
+"""`meterwire gateways …`: the fleet's status — list, live watch, show and remove gateways."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
+from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
+from services.cli.client import Connection, JsonOption, call, client_command, fail
+
+gateways_app = typer.Typer(help="Gateways: status of the fleet, live watch, details and removal.", no_args_is_help=True)
+console = Console()
+
+STATUS_NAMES = {
+    pb.GatewayStatus.Name(value).removeprefix("GATEWAY_STATUS_").lower(): value
+    for value in pb.GatewayStatus.values()
+    if value != pb.GATEWAY_STATUS_UNSPECIFIED
+}
+_STATUS_STYLES = {
+    pb.GATEWAY_STATUS_HEALTHY: "green",
+    pb.GATEWAY_STATUS_STALE: "yellow",
+    pb.GATEWAY_STATUS_OFFLINE: "red",
+    pb.GATEWAY_STATUS_DEGRADED: "magenta",
+    pb.GATEWAY_STATUS_NEVER_SEEN: "dim",
+}
+
+EnvironmentsOption = Annotated[
+    list[str] | None, typer.Option("--environment", "-e", help="Limit to this environment (repeat). Default: all.")
+]
+EnvironmentOption = Annotated[str, typer.Option("--environment", "-e", help="The gateway's environment.")]
+
+
+def status_name(status: int) -> str:
+    return pb.GatewayStatus.Name(status).removeprefix("GATEWAY_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def ago(gateway: pb.Gateway, now: datetime) -> str:
+    if not gateway.HasField("last_seen_time"):
+        return "never"
+    seconds = max(0, int((now - gateway.last_seen_time.ToDatetime(tzinfo=UTC)).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago" if seconds < 172_800 else f"{seconds // 86_400}d ago"
+
+
+def _backlog(state: pb.AgentState) -> str:
+    if not state.spool_depth:
+        return "0"
+    age = (
+        f" ({int(state.oldest_unsent_age.ToTimedelta().total_seconds())}s old)"
+        if state.HasField("oldest_unsent_age")
+        else ""
+    )
+    return f"{state.spool_depth}{age}"
+
+
+def gateway_table(gateways: list[pb.Gateway], now: datetime) -> Table:
+    table = Table(
+        "gateway",
+        "environment",
+        "status",
+        "last seen",
+        "agent",
+        "gateway version",
+        "config applied/desired",
+        "backlog",
+        "dead letters",
+        "reasons",
+    )
+    for g in gateways:
+        status = f"[{_STATUS_STYLES.get(g.status, '')}]{status_name(g.status)}[/]"
+        applied = str(g.state.applied_config_version or "-")
+        config = f"{applied}/{g.desired_config_version or '-'}"
+        if g.state.applied_config_version != g.desired_config_version:
+            config = f"[yellow]{config}[/]"
+        table.add_row(
+            g.gateway_id,
+            g.environment_id,
+            status,
+            ago(g, now),
+            g.state.agent_version,
+            g.state.gateway_version,
+            config,
+            _backlog(g.state),
+            str(g.state.dead_letter_count),
+            "; ".join(g.status_reasons) if g.status != pb.GATEWAY_STATUS_NEVER_SEEN else "",
+        )
+    return table
+
+
+def _statuses(names: list[str] | None) -> list[pb.GatewayStatus.ValueType]:
+    chosen = []
+    for name in names or []:
+        if name.lower() not in STATUS_NAMES:
+            fail(f"--status: {name!r} is not one of {', '.join(STATUS_NAMES)}", code=2)
+        chosen.append(STATUS_NAMES[name.lower()])
+    return chosen
+
+
+@gateways_app.command("list")
+@client_command
+def gateways_list(
+    connection: Connection,
+    environment: EnvironmentsOption = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help=f"Only this status (repeat): {', '.join(STATUS_NAMES)}.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List gateways with their status, last contact, versions, config and backlog."""
+    gateways: list[pb.Gateway] = []
+    with connection.channel() as channel:
+        stub = pb_grpc.HeartbeatServiceStub(channel)
+        page_token = ""
+        while True:
+            request = pb.ListGatewaysRequest(
+                environment_ids=environment or [], statuses=_statuses(status), page_token=page_token, page_size=1000
+            )
+            response = call(connection, stub.ListGateways, request)
+            gateways.extend(response.gateways)
+            page_token = response.next_page_token
+            if not page_token:
+                break
+    if as_json:
+        typer.echo(json.dumps([MessageToDict(g, preserving_proto_field_name=True) for g in gateways], indent=2))
+        return
+    console.print(gateway_table(gateways, datetime.now(UTC)))
+
+
+class _LiveFleet:
+    """Rendered on every refresh, so "last seen" keeps counting between changes."""
+
+    def __init__(self) -> None:
+        self.gateways: dict[tuple[str, str], pb.Gateway] = {}
+        self.lock = threading.Lock()
+
+    def __rich__(self) -> Table:
+        with self.lock:
+            rows = [self.gateways[name] for name in sorted(self.gateways)]
+        return gateway_table(rows, datetime.now(UTC))
+
+
+@gateways_app.command("watch")
+@client_command
+def gateways_watch(connection: Connection, environment: EnvironmentsOption = None) -> None:
+    """A live view of the fleet, updated as statuses change (Ctrl-C to stop)."""
+    fleet = _LiveFleet()
+    request = pb.WatchGatewaysRequest(environment_ids=environment or [], send_initial=True)
+    with connection.channel() as channel:
+        stream = pb_grpc.HeartbeatServiceStub(channel).WatchGateways(request, metadata=connection.metadata)
+        try:
+            with Live(fleet, console=console, refresh_per_second=2):
+                for change in stream:
+                    with fleet.lock:
+                        name = (change.gateway.environment_id, change.gateway.gateway_id)
+                        if change.deleted:
+                            fleet.gateways.pop(name, None)
+                        else:
+                            fleet.gateways[name] = change.gateway
+        except KeyboardInterrupt:
+            stream.cancel()  # type: ignore[no-untyped-call]
+        except grpc.RpcError as error:
+            fail(f"{error.code().name}: {error.details()}")
+
+
+@gateways_app.command("show")
+@client_command
+def gateways_show(
+    connection: Connection,
+    gateway_id: Annotated[str, typer.Argument(help="The gateway id.")],
+    environment: EnvironmentOption,
+    as_json: JsonOption = False,
+) -> None:
+    """Everything known about one gateway."""
+    with connection.channel() as channel:
+        request = pb.GetGatewayRequest(environment_id=environment, gateway_id=gateway_id)
+        gateway = call(connection, pb_grpc.HeartbeatServiceStub(channel).GetGateway, request).gateway
+    body = MessageToDict(gateway, preserving_proto_field_name=True)
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    console.print(
+        f"[bold]{gateway.environment_id}/{gateway.gateway_id}[/bold]: {status_name(gateway.status)}, "
+        f"last seen {ago(gateway, datetime.now(UTC))}"
+    )
+    for reason in gateway.status_reasons:
+        console.print(f"  - {reason}")
+    for key, value in body.items():
+        if key not in {"environment_id", "gateway_id", "status", "status_reasons"}:
+            console.print(f"{key}: {json.dumps(value)}")
+
+
+@gateways_app.command("remove")
+@client_command
+def gateways_remove(
+    connection: Connection,
+    gateway_id: Annotated[str, typer.Argument(help="The gateway id.")],
+    environment: EnvironmentOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a decommissioned gateway and its state (its usage history stays)."""
+    if not yes:
+        typer.confirm(f"remove gateway {environment}/{gateway_id}?", abort=True)
+    with connection.channel() as channel:
+        request = pb.DeleteGatewayRequest(environment_id=environment, gateway_id=gateway_id)
+        call(connection, pb_grpc.HeartbeatServiceStub(channel).DeleteGateway, request)
+    console.print(f"removed gateway [bold]{environment}/{gateway_id}[/bold]")

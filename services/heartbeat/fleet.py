@@ -1,0 +1,396 @@
+"""The fleet table: every gateway's latest heartbeat state in memory, its derived status, and its changes.
+
+Heartbeats only touch memory; a flusher writes the dirty gateways in one executemany per
+`heartbeat_flush_interval`, a timer re-derives statuses so silence turns into STALE/OFFLINE with no
+traffic, and a peer refresh reads back what other replicas flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import Counter as MetricCounter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
+from services.config.hub import ConfigHub
+from services.errors import NotFoundError
+from services.heartbeat import store
+from services.heartbeat.records import (
+    GatewayName,
+    GatewayRecord,
+    interval_from_row,
+    state_from_row,
+    state_row,
+    to_gateway,
+)
+from services.heartbeat.status import Status, StatusThresholds, derive_status
+from services.heartbeat.watch import Watchers
+from services.settings import ServerSettings
+from services.storage.uow import UnitOfWork
+from services.timestamps import to_timestamp
+
+log = structlog.get_logger("meterwire.heartbeat")
+Clock = Callable[[], datetime]
+
+FLUSHES = MetricCounter("meterwire_heartbeat_flushes_total", "Batched writes of heartbeat state (one statement each).")
+FLUSHED_ROWS = MetricCounter("meterwire_heartbeat_flushed_rows_total", "Gateway rows written by heartbeat flushes.")
+HEARTBEATS = MetricCounter("meterwire_heartbeats_total", "Heartbeats received.")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Fleet:
+    """Shared by the Heartbeat and Config servicers of one control plane (see `fleet_for`)."""
+
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, hub: ConfigHub, *, clock: Clock = utc_now):
+        self.clock = clock
+        self.hub = hub
+        self.replica = f"{os.getpid()}-{secrets.token_hex(4)}"
+        """Names this process in the rows it flushes, so the peer refresh reads only other replicas' rows."""
+        self._engine = engine
+        self._settings = settings
+        self._thresholds = StatusThresholds.from_settings(settings)
+        self._records: dict[GatewayName, GatewayRecord] = {}
+        self._dirty: set[GatewayName] = set()
+        self._local_streams: Counter[GatewayName] = Counter()
+        self._watchers = Watchers(settings.heartbeat_watch_queue)
+        self._flush_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._users = 0
+        self._last_peer_refresh: datetime | None = None
+
+    # Lifecycle: both servicers start and stop the one fleet; the first start and the last stop count.
+
+    async def start(self) -> None:
+        self._users += 1
+        if self._users > 1:
+            return
+        await self.hub.start()
+        await self._load()
+        s = self._settings
+        self._every("heartbeat-flush", s.heartbeat_flush_interval, self.flush)
+        self._every("heartbeat-status", s.heartbeat_status_check_interval, self._tick_async)
+        self._every("heartbeat-peers", s.heartbeat_peer_refresh_interval, self.refresh_from_peers)
+
+    async def shutdown(self) -> None:
+        if self._users == 0:
+            return
+        self._users -= 1
+        if self._users > 0:
+            return
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+        await self.hub.shutdown()
+        _FLEETS.pop(id(self._engine), None)
+
+    def _every(self, name: str, period: timedelta, action: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(period.total_seconds())
+                try:
+                    await action()
+                except Exception:
+                    log.exception(f"{name} failed; retrying at the next interval")
+
+        self._tasks.append(asyncio.get_running_loop().create_task(loop(), name=name))
+
+    async def _load(self) -> None:
+        """Recovers the last flushed state, so a restarted control plane knows when each gateway was seen."""
+        async with UnitOfWork(self._engine) as uow:
+            rows = await store.load_gateways(uow.connection)
+        now = self.clock()
+        for row in rows:
+            record = self._record_from_row(row)
+            self._records[record.name] = record
+            self._derive(record, now, announce=False)
+        log.info("fleet state loaded", gateways=len(rows))
+
+    def _record_from_row(self, row: Any) -> GatewayRecord:
+        return GatewayRecord(
+            environment_id=row.environment_id,
+            gateway_id=row.gateway_id,
+            register_time=row.register_time,
+            last_seen=row.last_seen_time,
+            state=state_from_row(row),
+            interval=interval_from_row(row, self.hub.heartbeat_interval(row.environment_id)),
+        )
+
+    # The heartbeat path.
+
+    def register(self, environment_id: str, gateway_id: str) -> GatewayRecord:
+        """The gateway's record, registering the gateway on its first contact (or after its removal).
+
+        Only in memory: the next flush's upsert writes the row, so a reconnecting fleet of thousands
+        costs one statement, not a transaction per gateway."""
+        name = (environment_id, gateway_id)
+        record = self._records.get(name)
+        if record is None:
+            now = self.clock()
+            record = GatewayRecord(
+                environment_id=environment_id,
+                gateway_id=gateway_id,
+                register_time=now,
+                last_seen=None,
+                state=pb.AgentState(),
+                interval=self.hub.heartbeat_interval(environment_id),
+            )
+            self._records[name] = record
+            self._dirty.add(name)
+            self._derive(record, now, announce=False)
+            log.info("gateway registered", environment=environment_id, gateway=gateway_id)
+        return record
+
+    def stream_opened(self, name: GatewayName) -> None:
+        self._local_streams[name] += 1
+
+    def stream_closed(self, name: GatewayName) -> None:
+        self._local_streams[name] -= 1
+        if self._local_streams[name] <= 0:
+            del self._local_streams[name]
+
+    def current(self, name: GatewayName) -> GatewayRecord | None:
+        return self._records.get(name)
+
+    def record_heartbeat(self, record: GatewayRecord, state: pb.AgentState) -> datetime:
+        """Records one ping in memory (the flusher writes it later); returns the server time it was seen."""
+        now = self.clock()
+        HEARTBEATS.inc()
+        record.last_seen = now
+        record.state = state
+        record.interval = self.hub.heartbeat_interval(record.environment_id)
+        self._dirty.add(record.name)
+        self._derive(record, now)
+        return now
+
+    def record_config_answer(self, record: GatewayRecord, *, version: int, error: str | None) -> None:
+        """An agent's ACK (error None) or NACK of a config version, from WatchConfig."""
+        state = record.state
+        if error is None:
+            state.applied_config_version = max(state.applied_config_version, version)
+            if state.nacked_config_version <= version:
+                state.nacked_config_version = 0
+                state.config_error = ""
+        else:
+            state.nacked_config_version = version
+            state.config_error = error
+        self._dirty.add(record.name)
+        self._derive(record, self.clock(), config_changed=True)
+
+    def _derive(
+        self, record: GatewayRecord, now: datetime, *, announce: bool = True, config_changed: bool = False
+    ) -> None:
+        verdict = derive_status(
+            record.last_seen, record.state, interval=record.interval, now=now, thresholds=self._thresholds
+        )
+        previous = record.status
+        record.status, record.reasons, record.recheck_at = verdict.status, verdict.reasons, verdict.recheck_at
+        if not announce or (previous == verdict.status and not config_changed):
+            return
+        if previous != verdict.status:
+            log.info(
+                "gateway status changed",
+                environment=record.environment_id,
+                gateway=record.gateway_id,
+                status=pb.GatewayStatus.Name(verdict.status),
+                previous=pb.GatewayStatus.Name(previous),
+                reasons=list(verdict.reasons),
+            )
+        if self._watchers:
+            self._announce(record, previous, now)
+
+    def _announce(self, record: GatewayRecord, previous: Status, now: datetime, *, deleted: bool = False) -> None:
+        self._watchers.publish(
+            pb.WatchGatewaysResponse(
+                gateway=self.to_gateway(record),
+                previous_status=previous,
+                change_time=to_timestamp(now),
+                deleted=deleted,
+            )
+        )
+
+    def to_gateway(self, record: GatewayRecord) -> pb.Gateway:
+        return to_gateway(record, desired_config_version=self.hub.latest_version(record.environment_id))
+
+    # Background work: the timer, the flusher and the peer refresh.
+
+    def tick(self) -> int:
+        """Re-derives every gateway whose next threshold has passed; returns how many were re-derived."""
+        now = self.clock()
+        moment = now.timestamp()
+        due = [record for record in self._records.values() if record.recheck_at <= moment]
+        for record in due:
+            self._derive(record, now)
+        return len(due)
+
+    async def _tick_async(self) -> None:
+        self.tick()
+
+    async def flush(self) -> int:
+        """Writes every gateway changed since the last flush in ONE executemany; returns the rows written."""
+        async with self._flush_lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> int:
+        if not self._dirty:
+            return 0
+        names, self._dirty = self._dirty, set()
+        rows = [state_row(record, self.replica) for name in names if (record := self._records.get(name)) is not None]
+        try:
+            async with UnitOfWork(self._engine) as uow:
+                await store.flush_states(uow.connection, rows)
+                await uow.commit()
+        except BaseException:
+            self._dirty |= {name for name in names if name in self._records}
+            raise
+        FLUSHES.inc()
+        FLUSHED_ROWS.inc(len(rows))
+        return len(rows)
+
+    async def refresh_from_peers(self) -> int:
+        """Adopts state other replicas flushed (gateways connected there) and their removals."""
+        now = self.clock()
+        slack = self._settings.heartbeat_flush_interval * 2 + self._settings.heartbeat_peer_refresh_interval
+        since = (self._last_peer_refresh or now) - slack
+        self._last_peer_refresh = now
+        async with UnitOfWork(self._engine) as uow:
+            rows = await store.changed_since(uow.connection, since, replica=self.replica)
+        adopted = 0
+        for row in rows:
+            name = (row.environment_id, row.gateway_id)
+            if name in self._local_streams:
+                continue  # connected here: this replica's view is the fresher one
+            record = self._records.get(name)
+            if row.delete_time is not None:
+                if record is not None and (record.last_seen is None or record.last_seen <= row.delete_time):
+                    self._forget(record, now)
+                    adopted += 1
+                continue
+            if record is not None and record.last_seen is not None and record.last_seen >= row.last_seen_time:
+                continue
+            fresh = self._record_from_row(row)
+            if record is not None:
+                fresh.status = record.status
+            self._records[name] = fresh
+            self._derive(fresh, now)
+            adopted += 1
+        return adopted
+
+    # Operator reads and removal.
+
+    async def gateways(self, environment_ids: frozenset[str] | None) -> list[GatewayRecord]:
+        """Every gateway the environments hold, never-seen ones (a token, no contact) included, by name."""
+        async with UnitOfWork(self._engine) as uow:
+            never_seen = await store.never_seen(uow.connection, environment_ids)
+        found = {
+            name: record
+            for name, record in self._records.items()
+            if environment_ids is None or record.environment_id in environment_ids
+        }
+        for name in never_seen:
+            if name not in found:
+                found[name] = self._never_seen(name)
+        return [found[name] for name in sorted(found)]
+
+    def _never_seen(self, name: GatewayName) -> GatewayRecord:
+        return GatewayRecord(
+            environment_id=name[0],
+            gateway_id=name[1],
+            register_time=None,
+            last_seen=None,
+            state=pb.AgentState(),
+            interval=self.hub.heartbeat_interval(name[0]),
+            status=pb.GATEWAY_STATUS_NEVER_SEEN,
+            reasons=("a gateway token exists but the gateway never made contact",),
+            recheck_at=math.inf,
+        )
+
+    async def gateway(self, name: GatewayName) -> GatewayRecord:
+        record = self._records.get(name)
+        if record is not None:
+            return record
+        async with UnitOfWork(self._engine) as uow:
+            if name in await store.never_seen(uow.connection, frozenset({name[0]})):
+                return self._never_seen(name)
+        raise NotFoundError(f"gateway_id: no gateway {name[1]!r} in environment {name[0]!r}")
+
+    async def delete(self, name: GatewayName) -> None:
+        """Removes a gateway and its state; its row (and key) stays for the usage that refers to it."""
+        async with self._flush_lock:  # a flush in flight must not write the state back after the removal
+            await self._flush_locked()  # a gateway first seen since the last flush has no row yet
+            async with UnitOfWork(self._engine) as uow:
+                removed = await store.mark_deleted(
+                    uow.connection, environment_id=name[0], gateway_id=name[1], now=self.clock()
+                )
+                never_seen = not removed and name in await store.never_seen(uow.connection, frozenset({name[0]}))
+                await uow.commit()
+            record = self._records.get(name)
+            if record is not None:
+                self._forget(record, self.clock())
+        if never_seen:
+            raise NotFoundError(
+                f"gateway_id: {name[1]!r} in {name[0]!r} never made contact, so there is nothing to remove; "
+                "revoke its token (meterwire tokens revoke) to take it off the list"
+            )
+        if not removed and record is None:
+            raise NotFoundError(f"gateway_id: no gateway {name[1]!r} in environment {name[0]!r}")
+        log.info("gateway removed", environment=name[0], gateway=name[1])
+
+    def _forget(self, record: GatewayRecord, now: datetime) -> None:
+        del self._records[record.name]
+        self._dirty.discard(record.name)
+        if self._watchers:
+            self._announce(record, record.status, now, deleted=True)
+
+    async def watch(
+        self, environment_ids: frozenset[str] | None, *, send_initial: bool
+    ) -> AsyncIterator[pb.WatchGatewaysResponse]:
+        """Changes as they happen; a full listing first if asked, and again whenever the watcher fell behind."""
+        watcher = self._watchers.add(environment_ids)
+        try:
+            if send_initial:
+                for response in await self._listing(environment_ids):
+                    yield response
+            while True:
+                resync, changes = await watcher.next_batch()
+                if resync:
+                    log.warning("gateway watcher fell behind; resending the full listing")
+                    changes = await self._listing(environment_ids)
+                for change in changes:
+                    yield change
+        finally:
+            self._watchers.remove(watcher)
+
+    async def _listing(self, environment_ids: frozenset[str] | None) -> list[pb.WatchGatewaysResponse]:
+        now = to_timestamp(self.clock())
+        return [
+            pb.WatchGatewaysResponse(gateway=self.to_gateway(record), change_time=now)
+            for record in await self.gateways(environment_ids)
+        ]
+
+
+_FLEETS: dict[int, Fleet] = {}
+
+
+def fleet_for(engine: AsyncEngine, settings: ServerSettings) -> Fleet:
+    """The one fleet of the control plane that owns `engine`, shared by its Heartbeat and Config servicers."""
+    fleet = _FLEETS.get(id(engine))
+    if fleet is None:
+        fleet = _FLEETS[id(engine)] = Fleet(engine, settings, ConfigHub(engine, settings))
+    return fleet

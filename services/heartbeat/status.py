@@ -1,0 +1,99 @@
+"""Gateway status derivation: the one function that turns a last heartbeat into HEALTHY, STALE, OFFLINE, ..."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeAlias
+
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
+from services.settings import ServerSettings
+
+Status: TypeAlias = pb.GatewayStatus.ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class StatusThresholds:
+    """When a gateway's status changes, in heartbeat intervals (so each gateway is judged by its own interval)."""
+
+    stale_intervals: float
+    """Silent for more than this many intervals: STALE."""
+    offline_intervals: float
+    """Silent for more than this many intervals: OFFLINE."""
+    degraded_backlog: timedelta
+    """An oldest unsent usage event older than this: DEGRADED."""
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> StatusThresholds:
+        return cls(
+            stale_intervals=settings.heartbeat_stale_intervals,
+            offline_intervals=settings.heartbeat_offline_intervals,
+            degraded_backlog=settings.heartbeat_degraded_backlog,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusVerdict:
+    status: Status
+    reasons: tuple[str, ...]
+    """Why the status is not HEALTHY, for people; worded without fast-moving numbers where a status lasts."""
+    recheck_at: float
+    """Epoch seconds when the status changes with no new heartbeat (the next threshold); inf: never."""
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:g}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _clock_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def derive_status(
+    last_seen: datetime | None,
+    state: pb.AgentState,
+    *,
+    interval: timedelta,
+    now: datetime,
+    thresholds: StatusThresholds,
+) -> StatusVerdict:
+    """The status of a gateway whose latest heartbeat arrived at `last_seen` (None: never) reporting `state`.
+
+    Precedence: NEVER_SEEN, then OFFLINE, STALE (silence says more than the last report), then DEGRADED.
+    """
+    if last_seen is None:
+        return StatusVerdict(pb.GATEWAY_STATUS_NEVER_SEEN, ("no heartbeat received yet",), math.inf)
+    stale_after = interval * thresholds.stale_intervals
+    offline_after = interval * thresholds.offline_intervals
+    silence = now - last_seen
+    if silence > offline_after:
+        reason = f"no heartbeat since {_clock_time(last_seen)} (offline after {_span(offline_after)})"
+        return StatusVerdict(pb.GATEWAY_STATUS_OFFLINE, (reason,), math.inf)
+    offline_at = (last_seen + offline_after).timestamp()
+    if silence > stale_after:
+        reason = f"no heartbeat since {_clock_time(last_seen)} (stale after {_span(stale_after)})"
+        return StatusVerdict(pb.GATEWAY_STATUS_STALE, (reason,), offline_at)
+    stale_at = (last_seen + stale_after).timestamp()
+    reasons: list[str] = []
+    if state.nacked_config_version > state.applied_config_version:
+        error = state.config_error or "no reason given"
+        reasons.append(f"config version {state.nacked_config_version} rejected: {error}")
+    if state.HasField("oldest_unsent_age"):
+        backlog = state.oldest_unsent_age.ToTimedelta()
+        if backlog > thresholds.degraded_backlog:
+            reasons.append(
+                f"usage backlog: oldest unsent event is {_span(backlog)} old "
+                f"(limit {_span(thresholds.degraded_backlog)}, {state.spool_depth} events waiting)"
+            )
+    if state.dead_letter_count > 0:
+        reasons.append(f"{state.dead_letter_count} usage events rejected by the control plane (dead letters)")
+    if state.dropped_event_count > 0:
+        reasons.append(f"{state.dropped_event_count} usage events dropped by the agent (spool or disk full)")
+    if reasons:
+        return StatusVerdict(pb.GATEWAY_STATUS_DEGRADED, tuple(reasons), stale_at)
+    return StatusVerdict(pb.GATEWAY_STATUS_HEALTHY, (), stale_at)

@@ -1,0 +1,298 @@
+"""Runs a query plan: sums the rollup metrics per output bucket and group, from rollups and raw events alike."""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from meterwire.common.v1 import usage_pb2
+from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.histogram import BUCKET_COUNT, bucket_index
+from services.reporting.filters import DIMENSION_COLUMNS, Grouping, UsageSelection, usage_conditions
+from services.reporting.planner import (
+    MINUTE_US,
+    BucketGrid,
+    QueryPlan,
+    Source,
+    dirty_hours,
+    plan_sources,
+)
+from services.storage import tables
+
+SUM_COLUMNS: Final = tables.ROLLUP_SUM_COLUMNS
+SUM_INDEX: Final = {name: index for index, name in enumerate(SUM_COLUMNS)}
+
+Sums = list[int]
+"""One value per SUM_COLUMNS entry: every metric is additive, so partial results merge by adding."""
+GroupKey = tuple[str, ...]
+"""The display value of each grouping dimension ("" for unknown)."""
+
+
+def _lower_bound_us(index: int) -> int:
+    """The smallest duration in microseconds that services.histogram puts in bucket `index` (>= 1)."""
+    low, high = 0, 10**13
+    while low < high:
+        middle = (low + high) // 2
+        if bucket_index(middle) >= index:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+# Derived from bucket_index itself, so raw-event histograms always bucket exactly as ingest does.
+_BUCKET_LOWER_US: Final = (None, *(_lower_bound_us(index) for index in range(1, BUCKET_COUNT)))
+
+
+def _histogram_bucket(column: sa.Column[Any], index: int) -> ColumnElement[Any]:
+    low = _BUCKET_LOWER_US[index]
+    high = _BUCKET_LOWER_US[index + 1] if index + 1 < BUCKET_COUNT else None
+    conditions: list[ColumnElement[bool]] = [column.is_not(None)]
+    if low is not None:
+        conditions.append(column >= low)
+    if high is not None:
+        conditions.append(column < high)
+    return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
+
+
+def _raw_sum_expressions() -> dict[str, ColumnElement[Any]]:
+    """How each rollup metric is computed from raw events: the same rules ingest applies (telemetry/rows.py)."""
+    e = tables.usage_events.c
+    token_columns = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+    def count_if(*conditions: ColumnElement[bool]) -> ColumnElement[Any]:
+        return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
+
+    expressions: dict[str, ColumnElement[Any]] = {
+        "attempt_count": sa.func.count(),
+        "request_count": count_if(e.attempt == 1),
+        "success_count": count_if(e.status_class == 1),
+        "error_count": count_if(e.status_class.in_((2, 3))),
+        **{column: sa.func.sum(e[column]) for column in token_columns},
+        "tokens_unknown_count": count_if(*(e[column].is_(None) for column in token_columns)),
+        "cost_micros": sa.func.sum(e.cost_micros),
+        "cost_unknown_count": count_if(e.cost_micros.is_(None)),
+        "cost_derived_count": count_if(e.cost_micros.is_not(None), e.cost_source == 2),
+        "cache_savings_micros": sa.func.sum(e.cache_savings_micros),
+        "latency_sum_us": sa.func.sum(e.latency_us),
+        "latency_count": sa.func.count(e.latency_us),
+        "gateway_latency_sum_us": sa.func.sum(e.gateway_latency_us),
+        "gateway_latency_count": sa.func.count(e.gateway_latency_us),
+        "ttft_sum_us": sa.func.sum(e.ttft_us),
+        "ttft_count": sa.func.count(e.ttft_us),
+    }
+    for index, column in enumerate(tables.LATENCY_BUCKET_COLUMNS):
+        expressions[column] = _histogram_bucket(e.latency_us, index)
+    for index, column in enumerate(tables.TTFT_BUCKET_COLUMNS):
+        expressions[column] = _histogram_bucket(e.ttft_us, index)
+    return expressions
+
+
+_RAW_SUMS: Final = _raw_sum_expressions()
+
+_CREDENTIAL_TYPES: Final[dict[int, str]] = {
+    usage_pb2.CREDENTIAL_TYPE_MANAGED: "managed",
+    usage_pb2.CREDENTIAL_TYPE_BYOK: "byok",
+}
+_STATUS_CLASSES: Final[dict[int, str]] = {1: "success", 2: "client_error", 3: "server_error"}
+_REQUEST_TYPES: Final[dict[int, str]] = {
+    value: name.removeprefix("REQUEST_TYPE_").lower()
+    for name, value in usage_pb2.RequestType.items()
+    if value != usage_pb2.REQUEST_TYPE_UNSPECIFIED
+}
+
+
+class KeyNames:
+    """Turns stored dimension values into display keys: gateway ids for gateway keys, names for enums."""
+
+    def __init__(self, gateway_ids: dict[int, str]) -> None:
+        self._gateway_ids = gateway_ids
+
+    @classmethod
+    async def load(cls, connection: AsyncConnection) -> KeyNames:
+        gateways = tables.gateways
+        rows = await connection.execute(sa.select(gateways.c.gateway_key, gateways.c.gateway_id))
+        return cls({int(key): str(gateway_id) for key, gateway_id in rows})
+
+    def gateway_id(self, gateway_key: int) -> str:
+        return self._gateway_ids.get(gateway_key, str(gateway_key))
+
+    def name(self, grouping: Grouping, value: Any) -> str:
+        dimension = grouping.dimension
+        if value is None:
+            return ""
+        if dimension == pb.DIMENSION_GATEWAY:
+            return self.gateway_id(int(value))
+        if dimension == pb.DIMENSION_CREDENTIAL_TYPE:
+            return _CREDENTIAL_TYPES.get(int(value), "")
+        if dimension == pb.DIMENSION_STATUS_CLASS:
+            return _STATUS_CLASSES.get(int(value), "")
+        if dimension == pb.DIMENSION_REQUEST_TYPE:
+            return _REQUEST_TYPES.get(int(value), "")
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """What to sum: the selection, the output buckets, the groupings and the metrics needed."""
+
+    selection: UsageSelection
+    grid: BucketGrid
+    groupings: tuple[Grouping, ...] = ()
+    columns: tuple[str, ...] = SUM_COLUMNS
+    """Metrics to sum (the others stay 0); fewer columns make long-range series cheaper."""
+
+    @property
+    def needs_raw_events(self) -> bool:
+        return self.selection.needs_raw_events or any(grouping.is_tag for grouping in self.groupings)
+
+
+Totals = dict[tuple[int, GroupKey], Sums]
+"""(output bucket index, group key) -> sums."""
+
+
+async def plan_for(connection: AsyncConnection, aggregation: Aggregation) -> QueryPlan:
+    bounds = aggregation.grid.bounds_us
+    raw_only = aggregation.needs_raw_events
+    dirty = frozenset() if raw_only else await dirty_hours(connection, bounds[0], bounds[-1])
+    return plan_sources(bounds, dirty_hours_us=dirty, raw_only=raw_only)
+
+
+async def aggregate(
+    connection: AsyncConnection, aggregation: Aggregation, names: KeyNames, *, plan: QueryPlan | None = None
+) -> Totals:
+    """Sums per (bucket, group) over every source of the plan (default: the planner's), merged in Python."""
+    plan = plan if plan is not None else await plan_for(connection, aggregation)
+    totals: Totals = {}
+    bounds = aggregation.grid.bounds_us
+    by_bucket = len(bounds) > 2
+    positions = [SUM_INDEX[column] for column in aggregation.columns]
+    width = len(SUM_COLUMNS)
+    for source in plan.ranges:
+        query = _source_query(source, plan, aggregation, by_bucket=by_bucket)
+        async for row in await connection.stream(query):
+            offset = 0
+            bucket = 0
+            if by_bucket:
+                # Every source row lies inside one output bucket; its start (clamped to the range start,
+                # for the partial first bucket) finds it.
+                moment = max(int(row[0]) * (1_000_000 if source.is_rollup else MINUTE_US), bounds[0])
+                bucket = bisect_right(bounds, moment) - 1
+                offset = 1
+            key = tuple(
+                names.name(grouping, row[offset + index]) for index, grouping in enumerate(aggregation.groupings)
+            )
+            offset += len(aggregation.groupings)
+            sums = totals.get((bucket, key))
+            if sums is None:
+                sums = totals[(bucket, key)] = [0] * width
+            for index, position in enumerate(positions):
+                value = row[offset + index]
+                if value is not None:
+                    sums[position] += int(value)
+    return totals
+
+
+def _source_query(source: Source, plan: QueryPlan, aggregation: Aggregation, *, by_bucket: bool) -> sa.Select[Any]:
+    table = source.table
+    group_columns, from_clause = _grouped_from(source, aggregation, by_bucket=by_bucket)
+    sums: list[ColumnElement[Any]]
+    if source.is_rollup:
+        sums = [sa.func.sum(table.c[column]) for column in aggregation.columns]
+    else:
+        sums = [_RAW_SUMS[column] for column in aggregation.columns]
+    conditions = usage_conditions(table, aggregation.selection, plan.in_table_units(source))
+    query = sa.select(*group_columns, *sums).select_from(from_clause).where(*conditions)
+    return query.group_by(*group_columns) if group_columns else query
+
+
+def _grouped_from(
+    source: Source, aggregation: Aggregation, *, by_bucket: bool
+) -> tuple[list[ColumnElement[Any]], sa.FromClause]:
+    """The grouping expressions (bucket first, then each grouping) and the FROM clause they need."""
+    table = source.table
+    group_columns: list[ColumnElement[Any]] = []
+    from_clause: sa.FromClause = table
+    if by_bucket:
+        if source.is_rollup:
+            group_columns.append(table.c.bucket_start)
+        else:
+            # Raw events are bucketed by minute: no output bucket boundary falls inside a minute.
+            group_columns.append(table.c.event_time_us / MINUTE_US)
+    for position, grouping in enumerate(aggregation.groupings):
+        if grouping.is_tag:
+            tag = tables.usage_event_tags.alias(f"group_tag_{position}")
+            on = sa.and_(
+                tag.c.gateway_key == table.c.gateway_key,
+                tag.c.event_id == table.c.event_id,
+                tag.c.tag_key == grouping.tag_key,
+            )
+            from_clause = from_clause.outerjoin(tag, on)
+            group_columns.append(sa.func.coalesce(tag.c.tag_value, ""))
+        else:
+            group_columns.append(table.c[DIMENSION_COLUMNS[grouping.dimension]])
+    return group_columns, from_clause
+
+
+def _categories_table(connection: AsyncConnection) -> tuple[sa.TableValuedAlias, ColumnElement[Any]]:
+    """Key/value rows of the token_categories JSON: the one SQL construct that differs by dialect here."""
+    column = tables.usage_events.c.token_categories
+    if connection.dialect.name == "postgresql":
+        pairs = sa.func.jsonb_each_text(sa.cast(column, JSONB)).table_valued("key", "value").render_derived()
+        return pairs, sa.cast(pairs.c.value, sa.BigInteger)
+    pairs = sa.func.json_each(column).table_valued("key", "value")
+    return pairs, pairs.c.value
+
+
+async def token_categories(
+    connection: AsyncConnection, aggregation: Aggregation, names: KeyNames
+) -> dict[tuple[int, GroupKey], dict[str, int]]:
+    """Token sums by pricing category per (bucket, group). No rollup holds categories, so this reads raw
+    events, through an index of only the events that reported categories."""
+    events = tables.usage_events
+    bounds = aggregation.grid.bounds_us
+    by_bucket = len(bounds) > 2
+    group_columns, from_clause = _grouped_from(Source.RAW, aggregation, by_bucket=by_bucket)
+    pairs, value = _categories_table(connection)
+    group_count = len(group_columns)
+    conditions = usage_conditions(events, aggregation.selection, [(bounds[0], bounds[-1])])
+    query = (
+        sa.select(*group_columns, pairs.c.key, sa.func.sum(value))
+        .select_from(from_clause)
+        .join(pairs, sa.true())
+        .where(events.c.token_categories.is_not(None), *conditions)
+        .group_by(*group_columns, pairs.c.key)
+    )
+    result: dict[tuple[int, GroupKey], dict[str, int]] = {}
+    async for row in await connection.stream(query):
+        offset, bucket = 0, 0
+        if by_bucket:
+            bucket = bisect_right(bounds, max(int(row[0]) * MINUTE_US, bounds[0])) - 1
+            offset = 1
+        key = tuple(names.name(grouping, row[offset + i]) for i, grouping in enumerate(aggregation.groupings))
+        categories = result.setdefault((bucket, key), {})
+        category = str(row[group_count])
+        categories[category] = categories.get(category, 0) + int(row[group_count + 1] or 0)
+    return result
+
+
+def parse_categories(text: str | None) -> dict[str, int]:
+    """A usage_events.token_categories value as a dict."""
+    return {str(key): int(value) for key, value in json.loads(text).items()} if text else {}
+
+
+def merged(parts: Sequence[Sums]) -> Sums:
+    """The column-wise sum of several metric vectors."""
+    total = [0] * len(SUM_COLUMNS)
+    for part in parts:
+        for index, value in enumerate(part):
+            total[index] += value
+    return total

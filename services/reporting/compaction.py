@@ -1,0 +1,238 @@
+"""Keeps the hourly and daily rollups exact (compaction) and deletes what is past retention (pruning).
+
+Compaction. Ingest adds every new event into ``usage_rollup_1m`` only. Each 1m row carries
+``compacted_attempt_count``, a per-row watermark: the row's ``attempt_count`` when compaction last folded it
+into 1h and 1d. Ingest never writes it and every event adds 1 to ``attempt_count``, so a row ingest touched
+since (a new minute, more events in a minute, or a LATE event for a minute compacted long ago) is "dirty"
+(``attempt_count <> compacted_attempt_count``, found through a partial index). Compaction takes the hours
+holding dirty rows and, in ONE transaction, REPLACES those hours' 1h rows with the sum of their 1m rows,
+replaces the days containing them in 1d with the sum of their 1h rows, and advances the watermark of the
+rows it summed. Replacing rather than adding makes a rerun harmless and a crash at any step a rollback, so
+nothing is ever counted twice. Only closed minutes get their watermark advanced (so compaction does not
+contend with ingest on the live minute); the open minute keeps its hour dirty until the next run.
+
+The planner reads 1h and 1d only for hours without dirty rows (planner.py), so reports are exact at every
+moment: compaction only decides how much can be read from the coarse tables.
+
+Retention. A late event can arrive up to ``raw_event_retention`` after its time (older ones are rejected as
+TOO_OLD), and re-compacting its hour needs every minute of it, so per-minute rows are kept at least that
+long (settings enforce raw <= 1m <= 1h <= 1d) and rollups are pruned by whole days, one day behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.settings import ServerSettings
+from services.storage import tables
+from services.storage.uow import UnitOfWork
+
+log = structlog.get_logger("meterwire.reporting.compaction")
+
+HOUR_S: Final = 3600
+DAY_S: Final = 86_400
+HOURS_PER_TRANSACTION: Final = 48
+"""Dirty hours compacted per transaction: bounds a catch-up run's transaction (and its locks)."""
+_RETRIES: Final = 5
+
+_DIRTY: Final = sa.text("attempt_count <> compacted_attempt_count")
+_m, _h, _d = tables.usage_rollup_1m, tables.usage_rollup_1h, tables.usage_rollup_1d
+_GROUP_DIMENSIONS: Final = tables.ROLLUP_DIMENSIONS[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionReport:
+    hours: int
+    days: int
+
+
+def _in_ranges(column: sa.ColumnElement[int], starts: list[int], width: int) -> sa.ColumnElement[bool]:
+    return sa.or_(*(sa.and_(column >= start, column < start + width) for start in starts))
+
+
+def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) -> list[sa.Executable]:
+    """Statements replacing `target`'s buckets at `starts` with the sums of `source` rows within them."""
+    bucket = source.c.bucket_start - source.c.bucket_start % width
+    dimensions = [source.c[name] for name in _GROUP_DIMENSIONS]
+    sums = [sa.func.sum(source.c[name]) for name in tables.ROLLUP_SUM_COLUMNS]
+    select = (
+        sa.select(bucket, *dimensions, *sums)
+        .where(_in_ranges(source.c.bucket_start, starts, width))
+        .group_by(bucket, *dimensions)
+    )
+    return [
+        target.delete().where(target.c.bucket_start.in_(starts)),
+        target.insert().from_select([*tables.ROLLUP_DIMENSIONS, *tables.ROLLUP_SUM_COLUMNS], select),
+    ]
+
+
+async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> int:
+    """Compacts the given dirty hours in one transaction; returns how many days were rebuilt."""
+    days = sorted({hour - hour % DAY_S for hour in hours})
+    closed_before = now_s - now_s % 60
+    if engine.dialect.name == "postgresql":
+        # A snapshot for the whole transaction: a 1m row changed by ingest after it was summed fails the
+        # watermark update (serialization error, retried) instead of being marked with a count not summed.
+        engine = engine.execution_options(isolation_level="REPEATABLE READ")
+    async with UnitOfWork(engine) as uow:
+        connection = uow.connection
+        for statement in _rebuild(_h, _m, hours, HOUR_S):
+            await connection.execute(statement)
+        await connection.execute(
+            _m.update()
+            .where(_DIRTY, _in_ranges(_m.c.bucket_start, hours, HOUR_S), _m.c.bucket_start < closed_before)
+            .values(compacted_attempt_count=_m.c.attempt_count)
+        )
+        for statement in _rebuild(_d, _h, days, DAY_S):
+            await connection.execute(statement)
+        await uow.commit()
+    return len(days)
+
+
+async def dirty_hour_starts(engine: AsyncEngine) -> list[int]:
+    """Every hour (epoch seconds) holding a per-minute row not yet folded into 1h and 1d, oldest first."""
+    bucket = _m.c.bucket_start
+    query = sa.select(bucket - bucket % HOUR_S).distinct().where(_DIRTY).select_from(_m)
+    async with engine.connect() as connection:
+        return sorted(int(hour) for (hour,) in await connection.execute(query))
+
+
+async def compact(engine: AsyncEngine, *, now_s: int | None = None) -> CompactionReport:
+    """Folds every dirty hour into 1h and 1d, a bounded number of hours per transaction."""
+    now_s = int(time.time()) if now_s is None else now_s
+    hours = await dirty_hour_starts(engine)
+    days = 0
+    for start in range(0, len(hours), HOURS_PER_TRANSACTION):
+        chunk = hours[start : start + HOURS_PER_TRANSACTION]
+        for attempt in range(_RETRIES):
+            try:
+                days += await compact_once(engine, now_s=now_s, hours=chunk)
+                break
+            except DBAPIError as error:
+                # Serialization failures, deadlocks and a busy SQLite: the transaction rolled back whole.
+                if attempt == _RETRIES - 1:
+                    raise
+                log.info("compaction retried", error=type(error.orig).__name__, attempt=attempt + 1)
+                await asyncio.sleep(0.05 * 2**attempt)
+    return CompactionReport(hours=len(hours), days=days)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    raw_events: int
+    rollup_rows: dict[str, int]
+
+
+def _day_floor(seconds: float) -> int:
+    whole = int(seconds)
+    return whole - whole % DAY_S
+
+
+async def prune(engine: AsyncEngine, settings: ServerSettings, *, now_s: float | None = None) -> PruneReport:
+    """Deletes raw events (and their tags) and rollup rows past their retention, in bounded chunks.
+
+    Run compaction first: a dirty per-minute row must reach 1h and 1d before it may go.
+    """
+    now_s = time.time() if now_s is None else now_s
+    chunk = settings.retention_prune_chunk_rows
+    events = tables.usage_events
+    raw_cutoff_us = int((now_s - settings.raw_event_retention.total_seconds()) * 1_000_000)
+    raw_deleted = 0
+    async with engine.connect() as connection:
+        environment_ids = [str(e) for (e,) in await connection.execute(sa.select(events.c.environment_id).distinct())]
+    for environment_id in environment_ids:
+        while True:
+            oldest = (
+                sa.select(events.c.event_key)
+                .where(events.c.environment_id == environment_id, events.c.event_time_us < raw_cutoff_us)
+                .limit(chunk)
+            )
+            async with UnitOfWork(engine) as uow:
+                # Tags go with their events (ON DELETE CASCADE).
+                result = await uow.connection.execute(events.delete().where(events.c.event_key.in_(oldest)))
+                await uow.commit()
+            raw_deleted += result.rowcount
+            if result.rowcount < chunk:
+                break
+    rollups: dict[str, int] = {}
+    # One day behind: the oldest day still open to late events keeps every minute and hour it needs.
+    for table, retention, slice_s in (
+        (_m, settings.rollup_1m_retention, HOUR_S),
+        (_h, settings.rollup_1h_retention, DAY_S),
+        (_d, settings.rollup_1d_retention, 30 * DAY_S),
+    ):
+        cutoff = _day_floor(now_s - retention.total_seconds()) - (DAY_S if table is not _d else 0)
+        rollups[table.name] = await _prune_rollup(engine, table, cutoff, slice_s)
+    return PruneReport(raw_events=raw_deleted, rollup_rows=rollups)
+
+
+async def _prune_rollup(engine: AsyncEngine, table: sa.Table, cutoff: int, slice_s: int) -> int:
+    """Deletes rows before `cutoff` one time slice per transaction, oldest first."""
+    deleted = 0
+    while True:
+        async with UnitOfWork(engine) as uow:
+            oldest = await uow.connection.scalar(
+                sa.select(sa.func.min(table.c.bucket_start)).where(table.c.bucket_start < cutoff)
+            )
+            if oldest is None:
+                return deleted
+            end = min(int(oldest) + slice_s, cutoff)
+            result = await uow.connection.execute(
+                table.delete().where(table.c.bucket_start >= oldest, table.c.bucket_start < end)
+            )
+            await uow.commit()
+        deleted += result.rowcount
+
+
+async def maintain(engine: AsyncEngine, settings: ServerSettings) -> tuple[CompactionReport, PruneReport]:
+    """One maintenance run: compaction first (dirty minutes must reach 1h and 1d), then pruning."""
+    compacted = await compact(engine)
+    return compacted, await prune(engine, settings)
+
+
+class RollupMaintenance:
+    """The background job: compaction then pruning every `rollup_compaction_interval`."""
+
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None and self._settings.rollup_compaction_interval.total_seconds() > 0:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="rollup-maintenance")
+
+    async def run(self) -> None:
+        interval = self._settings.rollup_compaction_interval.total_seconds()
+        while True:
+            try:
+                compacted, pruned = await maintain(self._engine, self._settings)
+                if compacted.hours or pruned.raw_events or any(pruned.rollup_rows.values()):
+                    log.info(
+                        "rollups maintained",
+                        hours_compacted=compacted.hours,
+                        days_compacted=compacted.days,
+                        raw_events_pruned=pruned.raw_events,
+                        rollup_rows_pruned=pruned.rollup_rows,
+                    )
+            except Exception:
+                # The next run retries; reports stay exact meanwhile (the planner reads minutes instead).
+                log.exception("rollup maintenance failed")
+            await asyncio.sleep(interval)
+
+    async def shutdown(self) -> None:
+        """Stops the job; safe to call twice. A run cut off mid-transaction rolls back whole."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

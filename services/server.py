@@ -1,0 +1,338 @@
+"""Builds and runs the control plane: storage, servicers, auth, health, reflection, metrics and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+import grpc
+import structlog
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import _async as health_aio  # grpc_health.v1.health.aio; the stubs predate it
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterwire.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from meterwire.budget.v1 import budget_service_pb2, budget_service_pb2_grpc
+from meterwire.config.v1 import config_service_pb2, config_service_pb2_grpc
+from meterwire.heartbeat.v1 import heartbeat_service_pb2, heartbeat_service_pb2_grpc
+from meterwire.reporting.v1 import reporting_service_pb2, reporting_service_pb2_grpc
+from meterwire.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.admin.service import AdminService
+from services.admin.servicer import AdminServicer
+from services.auth import ROLES_ATTRIBUTE, Role
+from services.budget.servicer import BudgetServicer
+from services.config.servicer import ConfigServicer
+from services.heartbeat.servicer import HeartbeatServicer
+from services.interceptors import ServerInterceptor
+from services.reporting.servicer import ReportingServicer
+from services.revocation import Revocations
+from services.settings import ServerSettings, ServiceName, parse_listen_address
+from services.storage.engine import check_connection, create_engine
+from services.storage.migrate import prepare_schema
+from services.telemetry.ingest import UsageIngest
+from services.telemetry.servicer import TelemetryServicer
+
+log = structlog.get_logger("meterwire.server")
+
+_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_REFLECTION_SERVICE = reflection.SERVICE_NAME
+
+
+class StartupError(Exception):
+    """The control plane cannot start; the message names the setting or resource at fault."""
+
+
+@dataclass(frozen=True)
+class ServiceDeps:
+    """What a servicer factory may use."""
+
+    settings: ServerSettings
+    engine: AsyncEngine
+    admin: AdminService
+    revocations: Revocations
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """A servicer with background work (timers, writers): started before serving, shut down after."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Hosted:
+    descriptor: ServiceDescriptor
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    make_servicer: Callable[[ServiceDeps], object]
+
+
+_SERVICES: dict[ServiceName, _Hosted] = {
+    ServiceName.TELEMETRY: _Hosted(
+        telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
+        telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
+        lambda deps: TelemetryServicer(UsageIngest(deps.engine, deps.settings)),
+    ),
+    ServiceName.HEARTBEAT: _Hosted(
+        heartbeat_service_pb2.DESCRIPTOR.services_by_name["HeartbeatService"],
+        heartbeat_service_pb2_grpc.add_HeartbeatServiceServicer_to_server,
+        lambda deps: HeartbeatServicer.for_control_plane(deps.engine, deps.settings),
+    ),
+    ServiceName.CONFIG: _Hosted(
+        config_service_pb2.DESCRIPTOR.services_by_name["ConfigService"],
+        config_service_pb2_grpc.add_ConfigServiceServicer_to_server,
+        lambda deps: ConfigServicer.for_control_plane(deps.engine, deps.settings),
+    ),
+    ServiceName.BUDGET: _Hosted(
+        budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
+        budget_service_pb2_grpc.add_BudgetServiceServicer_to_server,
+        lambda _deps: BudgetServicer(),
+    ),
+    ServiceName.REPORTING: _Hosted(
+        reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
+        reporting_service_pb2_grpc.add_ReportingServiceServicer_to_server,
+        lambda deps: ReportingServicer(deps.engine, deps.settings),
+    ),
+    ServiceName.ADMIN: _Hosted(
+        admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server,
+        lambda deps: AdminServicer(deps.admin),
+    ),
+}
+
+
+def full_service_name(name: ServiceName) -> str:
+    return str(_SERVICES[name].descriptor.full_name)
+
+
+def declared_roles(descriptor: ServiceDescriptor, servicer: object) -> dict[str, frozenset[Role]]:
+    """Method path → roles, from each method's @requires; a method without one is a bug caught at start."""
+    roles: dict[str, frozenset[Role]] = {}
+    for method in descriptor.methods:
+        declared = getattr(getattr(servicer, method.name), ROLES_ATTRIBUTE, None)
+        if declared is None:
+            raise RuntimeError(f"{descriptor.full_name}.{method.name} does not declare its roles with @requires")
+        roles[f"/{descriptor.full_name}/{method.name}"] = declared
+    return roles
+
+
+def _probe_port(host: str, port: int, *, setting: str) -> None:
+    """Fails with a readable error if the port is taken (gRPC core would also log its own lines to stderr)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise StartupError(f"{setting}: cannot resolve {host!r}: {error}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+class ControlPlane:
+    """One control-plane process. `async with ControlPlane(settings) as cp:` starts it; `shutdown()` drains."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port: int = 0
+        self._engine: AsyncEngine | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._metrics: Any = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._lifecycles: list[Lifecycle] = []
+        self._revocations: Revocations | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the control plane is not started")
+        return self._engine
+
+    async def start(self) -> None:
+        settings = self.settings
+        try:
+            # Cheap checks first: a busy port must not leave a migrated database or a new token behind.
+            self._engine = create_engine(settings.resolved_database_url)
+            self._revocations = Revocations(self._engine, poll_interval=settings.revocation_poll_interval)
+            admin = AdminService(
+                self._engine,
+                revocations=self._revocations,
+                token_cache_ttl=settings.revocation_poll_interval,
+            )
+            deps = ServiceDeps(settings=settings, engine=self._engine, admin=admin, revocations=self._revocations)
+            self._server = self._build_server(deps)
+            self.port = self._bind(self._server)
+            self._start_metrics()
+            await check_connection(self._engine)
+            schema = await prepare_schema(self._engine)
+            log.info("database ready", from_revision=schema.from_revision, revision=schema.to_revision)
+            if await admin.bootstrap_admin_token(settings.admin_token_path):
+                log.warning(
+                    "created the first admin token; keep it secret",
+                    path=str(settings.admin_token_path.resolve()),
+                )
+            await self._revocations.start()
+            for component in self._lifecycles:
+                await component.start()
+            await self._server.start()
+            for name in [*self._hosted_names(), ""]:
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self._close_resources()
+            raise
+        log.info(
+            "control plane serving",
+            listen=f"{parse_listen_address(settings.listen, setting='listen')[0]}:{self.port}",
+            services=sorted(s.value for s in settings.services),
+            tls=settings.tls_cert is not None,
+            mutual_tls=settings.tls_client_ca is not None,
+            metrics=settings.metrics_listen,
+        )
+
+    def _hosted_names(self) -> list[str]:
+        return [full_service_name(name) for name in sorted(self.settings.services)]
+
+    def _build_server(self, deps: ServiceDeps) -> grpc.aio.Server:
+        method_roles: dict[str, frozenset[Role]] = {}
+        registrations = []
+        for name in sorted(self.settings.services):
+            hosted = _SERVICES[name]
+            servicer = hosted.make_servicer(deps)
+            method_roles.update(declared_roles(hosted.descriptor, servicer))
+            registrations.append((hosted, servicer))
+            if isinstance(servicer, Lifecycle):
+                self._lifecycles.append(servicer)
+        interceptor = ServerInterceptor(
+            authenticate=deps.admin.authenticate,
+            method_roles=method_roles,
+            public_services=frozenset({_HEALTH_SERVICE, _REFLECTION_SERVICE}),
+            revocations=self._revocations
+            or Revocations(deps.engine, poll_interval=self.settings.revocation_poll_interval),
+        )
+        server = grpc.aio.server(interceptors=[interceptor], options=self._channel_options())
+        for hosted, servicer in registrations:
+            hosted.add_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection([*self._hosted_names(), _HEALTH_SERVICE, _REFLECTION_SERVICE], server)
+        return server
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        s = self.settings
+
+        def ms(delta: Any) -> int:
+            return int(delta.total_seconds() * 1000)
+
+        return [
+            # Without this, a second server on the same port would silently share it instead of failing.
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", ms(s.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Agents ping every ~15 s to notice a dead server; accept pings that often.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_connection_age_ms", ms(s.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace)),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        s = self.settings
+        host, port = parse_listen_address(s.listen, setting="listen")
+        if port:
+            _probe_port(host, port, setting="listen")
+        try:
+            if s.tls_cert is None or s.tls_key is None:
+                port = server.add_insecure_port(s.listen)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                    root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
+                    require_client_auth=s.tls_client_ca is not None,
+                )
+                port = server.add_secure_port(s.listen, credentials)
+        except OSError as error:
+            raise StartupError(f"tls: cannot read {error.filename}: {error.strerror}") from None
+        except RuntimeError as error:
+            raise StartupError(f"listen: cannot listen on {s.listen} (in use or not permitted): {error}") from None
+        if port == 0:
+            raise StartupError(f"listen: cannot listen on {s.listen} (address in use or not permitted)")
+        return port
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics_listen is None:
+            return
+        host, port = parse_listen_address(self.settings.metrics_listen, setting="metrics_listen")
+        try:
+            self._metrics, _thread = start_http_server(port, addr=host)
+        except OSError as error:
+            raise StartupError(f"metrics_listen: cannot listen on {self.settings.metrics_listen}: {error}") from None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self._metrics is None else int(self._metrics.server_port)
+
+    async def run(self) -> None:
+        """Serves until shutdown() has finished."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.wait_for_termination()
+        if self._stopping is not None:
+            await self._stopping
+
+    def request_shutdown(self) -> None:
+        """Starts draining (signal handlers call this); later calls do nothing."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._drain())
+
+    async def shutdown(self) -> None:
+        """Drains and stops; safe to call twice and from several tasks."""
+        self.request_shutdown()
+        assert self._stopping is not None
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self) -> None:
+        if self._server is not None:
+            # NOT_SERVING first (watchers are told at once), while RPCs are still accepted, so balancers
+            # and agents move away before the listener closes.
+            await self._health.enter_graceful_shutdown()
+            log.info("draining", drain_delay_s=self.settings.drain_delay.total_seconds())
+            await asyncio.sleep(self.settings.drain_delay.total_seconds())
+            await self._server.stop(self.settings.shutdown_grace.total_seconds())
+        await self._close_resources()
+        log.info("control plane stopped")
+
+    async def _close_resources(self) -> None:
+        while self._lifecycles:
+            await self._lifecycles.pop().shutdown()
+        if self._revocations is not None:
+            await self._revocations.shutdown()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()

@@ -1,0 +1,132 @@
+"""Creates the async SQLAlchemy engine for SQLite or PostgreSQL and checks that the database answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from services.storage.errors import DatabaseUnreachableError, StorageConfigError
+
+SQLITE_DRIVER: Final = "sqlite+aiosqlite"
+POSTGRES_DRIVER: Final = "postgresql+asyncpg"
+SUPPORTED_URL_FORMS: Final = (
+    "sqlite+aiosqlite:///<path/to/meterwire.db>",
+    "postgresql+asyncpg://<user>[:<password>]@<host>[:<port>]/<database>",
+)
+SQLITE_FILE_NAME: Final = "meterwire.db"
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 5_000
+"""How long a SQLite writer waits for another's lock before failing with "database is locked"."""
+
+CONNECT_TIMEOUT_S: Final = 5.0
+"""How long opening one connection may take, so an unreachable server fails startup fast."""
+
+POSTGRES_POOL_SIZE: Final = 10
+POSTGRES_MAX_OVERFLOW: Final = 10
+POSTGRES_POOL_RECYCLE_S: Final = 1_800
+"""Recycle pooled connections before typical load-balancer / PgBouncer idle cut-offs."""
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``, safe for logs and error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The URL of meterwire's SQLite database inside ``data_dir``."""
+    return f"{SQLITE_DRIVER}:///{(data_dir.absolute() / SQLITE_FILE_NAME).as_posix()}"
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """Create the engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL.
+
+    Raises StorageConfigError for any other driver or when the SQLite directory cannot be created.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StorageConfigError(f"cannot parse database URL: {exc}; {_supported_forms()}") from exc
+    driver = parsed.drivername
+    if driver == SQLITE_DRIVER:
+        return _create_sqlite_engine(parsed, echo=echo)
+    if driver == POSTGRES_DRIVER:
+        return create_async_engine(
+            parsed,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=POSTGRES_MAX_OVERFLOW,
+            pool_recycle=POSTGRES_POOL_RECYCLE_S,
+            connect_args={"timeout": CONNECT_TIMEOUT_S},
+        )
+    raise StorageConfigError(f"unsupported database URL {redact(parsed)}; {_supported_forms()}")
+
+
+def _supported_forms() -> str:
+    return "use " + " or ".join(SUPPORTED_URL_FORMS)
+
+
+def _create_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        directory = Path(database).parent
+        try:
+            # Runs once at startup, before the server accepts requests, so the blocking call is harmless.
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageConfigError(
+                f"cannot create the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
+            ) from exc
+    engine = create_async_engine(url, echo=echo)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # WAL lets readers run while one writer commits; NORMAL sync is durable in WAL mode except for the
+        # last transactions on power loss; SQLite leaves foreign keys off unless asked, per connection.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+async def check_connection(engine: AsyncEngine) -> None:
+    """Open one connection and run ``SELECT 1``; raise DatabaseUnreachableError naming the URL if not."""
+    try:
+        # The driver's own timeout covers the connect; this one also covers a server that accepts TCP
+        # connections but never answers.
+        async with asyncio.timeout(CONNECT_TIMEOUT_S * 2), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise DatabaseUnreachableError(f"cannot reach database {redact(engine.url)}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's reason for a failed connection, on one line."""
+    cause: BaseException = exc
+    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
+        cause = exc.orig  # type: ignore[attr-defined]
+    if isinstance(cause, TimeoutError):
+        reason = f"no answer within {CONNECT_TIMEOUT_S * 2:g} s"
+    elif isinstance(cause, OSError) and cause.errno is not None:
+        # asyncio words a refused connect as "Connect call failed ('127.0.0.1', 1)"; the errno is clearer.
+        reason = os.strerror(cause.errno)
+    else:
+        reason = str(cause) or type(cause).__name__
+    return " ".join(reason.split())

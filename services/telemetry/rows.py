@@ -1,0 +1,233 @@
+"""Translates validated usage events straight from protobuf into table rows, one function per table."""
+
+from __future__ import annotations
+
+import json
+from operator import itemgetter
+from typing import Any, Final
+
+from meterwire.common.v1 import usage_pb2
+from services.histogram import bucket_index
+from services.pricing import PriceBook, price_tokens
+from services.storage import tables
+
+COST_UNKNOWN: Final = 0
+COST_REPORTED: Final = 1
+COST_DERIVED: Final = 2
+
+ROLLUP_BUCKET_SECONDS: Final = 60
+_US_PER_ROLLUP_BUCKET: Final = ROLLUP_BUCKET_SECONDS * 1_000_000
+
+UsageEventRow = dict[str, Any]
+"""A usage_events row by column (ingest_time_us is set by the writer at commit); `event_values` makes the
+tuple the driver takes."""
+TagRow = tuple[Any, ...]
+"""Values of TAG_COLUMNS."""
+RollupKey = tuple[Any, ...]
+"""Values of tables.ROLLUP_DIMENSIONS, in that order."""
+
+EVENT_COLUMNS: Final = tuple(column.name for column in tables.usage_events.columns if column.name != "event_key")
+event_values: Final = itemgetter(*EVENT_COLUMNS)
+"""row -> the tuple of its EVENT_COLUMNS values."""
+TAG_COLUMNS: Final = ("gateway_key", "event_id", "tag_key", "tag_value", "environment_id", "event_time_us")
+ROLLUP_COLUMNS: Final = (*tables.ROLLUP_DIMENSIONS, *tables.ROLLUP_SUM_COLUMNS)
+
+
+def _status_class(status_code: int | None) -> int:
+    """meterwire.common.v1.StatusClass of an HTTP status; 0 (unknown) when it was not reported."""
+    if status_code is None:
+        return 0
+    if status_code < 400:
+        return 1
+    return 2 if status_code < 500 else 3
+
+
+def usage_event_row(
+    event: usage_pb2.UsageEvent, *, environment_id: str, gateway_key: int, prices: PriceBook
+) -> UsageEventRow:
+    """The usage_events row of an event, its cost reported, derived from `prices`, or unknown.
+
+    Every field is read from the protobuf once, here; validation then checks the row. An unset event_time
+    gives event_time_us None, which validation refuses.
+    """
+    stamp = event.event_time
+    has = event.HasField
+    status_code = event.status_code if has("status_code") else None
+    latency = event.latency
+    gateway_latency = event.gateway_latency
+    ttft = event.ttft
+    input_tokens = output_tokens = cache_read_tokens = cache_write_tokens = reasoning_tokens = None
+    categories: dict[str, int] = {}
+    if has("tokens"):
+        tokens = event.tokens
+        token_has = tokens.HasField
+        input_tokens = tokens.input if token_has("input") else None
+        output_tokens = tokens.output if token_has("output") else None
+        cache_read_tokens = tokens.cache_read if token_has("cache_read") else None
+        cache_write_tokens = tokens.cache_write if token_has("cache_write") else None
+        reasoning_tokens = tokens.reasoning if token_has("reasoning") else None
+        if tokens.categories:
+            categories = dict(tokens.categories)
+    cost_micros = event.cost_micros if has("cost_micros") else None
+    cache_savings_micros = event.cache_savings_micros if has("cache_savings_micros") else None
+    cost_source = COST_REPORTED if cost_micros is not None else COST_UNKNOWN
+    if cost_micros is None or cache_savings_micros is None:
+        price = prices.lookup(event.resolved_model, event.provider)
+        derived = (
+            None
+            if price is None
+            else price_tokens(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cache_read_tokens,
+                cache_write_tokens=cache_write_tokens,
+                reasoning_tokens=reasoning_tokens,
+                categories=categories,
+                price=price,
+            )
+        )
+        if derived is not None:
+            if cost_micros is None:
+                cost_micros = derived.cost_micros
+                cost_source = COST_DERIVED
+            if cache_savings_micros is None:
+                cache_savings_micros = derived.cache_savings_micros
+    tags = event.tags
+    return {
+        "environment_id": environment_id,
+        "gateway_key": gateway_key,
+        # UUID text is case-insensitive; one spelling keeps "ABC..." and "abc..." the same idempotency key.
+        "event_id": event.event_id.lower(),
+        "sequence": event.sequence,
+        "request_id": event.request_id,
+        "attempt": event.attempt,
+        "event_time_us": stamp.seconds * 1_000_000 + stamp.nanos // 1000 if has("event_time") else None,
+        "ingest_time_us": 0,
+        "api_key_id": event.api_key_id,
+        "user_id": event.user_id,
+        "route": event.route,
+        "request_type": event.request_type,
+        "requested_model": event.requested_model,
+        "resolved_model": event.resolved_model,
+        "provider": event.provider,
+        "credential_type": event.credential_type,
+        "streaming": event.streaming,
+        "status_code": status_code,
+        "status_class": _status_class(status_code),
+        "error_type": event.error_type,
+        "error_message": event.error_message,
+        "latency_us": latency.seconds * 1_000_000 + latency.nanos // 1000 if has("latency") else None,
+        "gateway_latency_us": (
+            gateway_latency.seconds * 1_000_000 + gateway_latency.nanos // 1000 if has("gateway_latency") else None
+        ),
+        "ttft_us": ttft.seconds * 1_000_000 + ttft.nanos // 1000 if has("ttft") else None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "token_categories": json.dumps(categories, sort_keys=True) if categories else None,
+        "cost_micros": cost_micros,
+        "cache_savings_micros": cache_savings_micros,
+        "cost_source": cost_source,
+        "tags": json.dumps(dict(tags), sort_keys=True) if tags else None,
+    }
+
+
+def usage_event_tag_rows(event: usage_pb2.UsageEvent, row: UsageEventRow) -> list[TagRow]:
+    """The usage_event_tags rows of an event (one per tag, TAG_COLUMNS values), keyed like its event row."""
+    gateway_key, event_id = row["gateway_key"], row["event_id"]
+    environment_id, event_time_us = row["environment_id"], row["event_time_us"]
+    return [(gateway_key, event_id, key, value, environment_id, event_time_us) for key, value in event.tags.items()]
+
+
+_SUM_INDEX: Final = {name: i for i, name in enumerate(tables.ROLLUP_SUM_COLUMNS)}
+_ATTEMPTS = _SUM_INDEX["attempt_count"]
+_REQUESTS = _SUM_INDEX["request_count"]
+_SUCCESSES = _SUM_INDEX["success_count"]
+_ERRORS = _SUM_INDEX["error_count"]
+_TOKEN_SUMS: Final = tuple(
+    (column, _SUM_INDEX[column])
+    for column in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+)
+_TOKENS_UNKNOWN = _SUM_INDEX["tokens_unknown_count"]
+_COST = _SUM_INDEX["cost_micros"]
+_COST_UNKNOWN = _SUM_INDEX["cost_unknown_count"]
+_COST_DERIVED = _SUM_INDEX["cost_derived_count"]
+_CACHE_SAVINGS = _SUM_INDEX["cache_savings_micros"]
+_LATENCY_SUM = _SUM_INDEX["latency_sum_us"]
+_LATENCY_COUNT = _SUM_INDEX["latency_count"]
+_GATEWAY_LATENCY_SUM = _SUM_INDEX["gateway_latency_sum_us"]
+_GATEWAY_LATENCY_COUNT = _SUM_INDEX["gateway_latency_count"]
+_TTFT_SUM = _SUM_INDEX["ttft_sum_us"]
+_TTFT_COUNT = _SUM_INDEX["ttft_count"]
+_LATENCY_BUCKET_0 = _SUM_INDEX[tables.LATENCY_BUCKET_COLUMNS[0]]
+_TTFT_BUCKET_0 = _SUM_INDEX[tables.TTFT_BUCKET_COLUMNS[0]]
+_METRIC_COUNT: Final = len(tables.ROLLUP_SUM_COLUMNS)
+
+
+def add_to_rollup(rollups: dict[RollupKey, list[int]], row: UsageEventRow) -> None:
+    """Counts one NEW event's row into the per-minute rollup metrics of its dimensions (see ingest.py)."""
+    key = (
+        row["event_time_us"] // _US_PER_ROLLUP_BUCKET * ROLLUP_BUCKET_SECONDS,
+        row["environment_id"],
+        row["gateway_key"],
+        row["requested_model"],
+        row["resolved_model"],
+        row["provider"],
+        row["api_key_id"],
+        row["user_id"],
+        row["route"],
+        row["request_type"],
+        row["credential_type"],
+        row["status_class"],
+        row["streaming"],
+    )
+    metrics = rollups.get(key)
+    if metrics is None:
+        metrics = rollups[key] = [0] * _METRIC_COUNT
+    metrics[_ATTEMPTS] += 1
+    if row["attempt"] == 1:
+        metrics[_REQUESTS] += 1
+    status_class = row["status_class"]
+    if status_class == 1:
+        metrics[_SUCCESSES] += 1
+    elif status_class:
+        metrics[_ERRORS] += 1
+    tokens_known = False
+    for column, index in _TOKEN_SUMS:
+        count = row[column]
+        if count is not None:
+            metrics[index] += count
+            tokens_known = True
+    if not tokens_known:
+        metrics[_TOKENS_UNKNOWN] += 1
+    cost = row["cost_micros"]
+    if cost is None:
+        metrics[_COST_UNKNOWN] += 1
+    else:
+        metrics[_COST] += cost
+        if row["cost_source"] == COST_DERIVED:
+            metrics[_COST_DERIVED] += 1
+    savings = row["cache_savings_micros"]
+    if savings is not None:
+        metrics[_CACHE_SAVINGS] += savings
+    latency = row["latency_us"]
+    if latency is not None:
+        metrics[_LATENCY_SUM] += latency
+        metrics[_LATENCY_COUNT] += 1
+        metrics[_LATENCY_BUCKET_0 + bucket_index(latency)] += 1
+    gateway_latency = row["gateway_latency_us"]
+    if gateway_latency is not None:
+        metrics[_GATEWAY_LATENCY_SUM] += gateway_latency
+        metrics[_GATEWAY_LATENCY_COUNT] += 1
+    ttft = row["ttft_us"]
+    if ttft is not None:
+        metrics[_TTFT_SUM] += ttft
+        metrics[_TTFT_COUNT] += 1
+        metrics[_TTFT_BUCKET_0 + bucket_index(ttft)] += 1
+
+
+def rollup_rows(rollups: dict[RollupKey, list[int]]) -> list[tuple[Any, ...]]:
+    """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding: every dimension and every metric."""
+    return [(*key, *metrics) for key, metrics in rollups.items()]

@@ -1,0 +1,313 @@
+"""The group-commit writer: one task per process that stores queued usage batches, many per transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.errors import MeterwireError
+from services.storage import dialect, tables
+from services.storage.uow import UnitOfWork
+from services.telemetry import metrics
+from services.telemetry.rows import (
+    EVENT_COLUMNS,
+    ROLLUP_COLUMNS,
+    TAG_COLUMNS,
+    RollupKey,
+    TagRow,
+    UsageEventRow,
+    add_to_rollup,
+    event_values,
+    rollup_rows,
+)
+from services.telemetry.sql import CompiledStatement
+
+log = structlog.get_logger("meterwire.telemetry.writer")
+
+_EventKey = tuple[int, str]
+"""(gateway_key, event_id): the idempotency key."""
+
+
+class BatchNotStoredError(MeterwireError):
+    """The transaction holding a batch failed: nothing of it was stored, and the client should resend it."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, batch_sequence: int, reason: str) -> None:
+        super().__init__(f"usage batch {batch_sequence} was not stored ({reason}); nothing of it was kept: resend it")
+
+
+@dataclass(slots=True, eq=False)
+class PreparedBatch:
+    """One validated, priced batch as rows, waiting for the writer."""
+
+    environment_id: str
+    gateway_id: str
+    gateway_key: int
+    batch_sequence: int
+    rows: list[UsageEventRow]
+    """Valid events' usage_events rows, in batch order."""
+    tag_rows: dict[int, list[TagRow]]
+    """Index into `rows` -> that event's usage_event_tags rows (events without tags are absent)."""
+    rejected: list[pb.RejectedEvent]
+    max_sequence: int
+    """Highest agent spool sequence among the valid events (0: none)."""
+    future: asyncio.Future[pb.UsageAck] = field(init=False)
+
+
+def _retrieve_exception(future: asyncio.Future[pb.UsageAck]) -> None:
+    # A stream that ended early no longer awaits its futures; reading the exception keeps asyncio quiet.
+    if not future.cancelled():
+        future.exception()
+
+
+class GroupCommitWriter:
+    """Coalesces batches from every stream into one transaction, then resolves each batch's ack future.
+
+    Batches are stored in submission order, so batches of one stream commit in order and, within a
+    transaction, the first occurrence of an event id wins. A failed group is retried batch by batch so one
+    poison batch cannot fail its neighbours; a batch that still fails gets BatchNotStoredError.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, linger_s: float, max_events: int) -> None:
+        self._engine = engine
+        self._linger_s = linger_s
+        self._max_events = max_events
+        self._queue: deque[PreparedBatch] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        name = engine.dialect.name
+        self._insert_events = CompiledStatement(
+            dialect.insert_ignore_duplicates(
+                tables.usage_events, dialect_name=name, index_elements=("gateway_key", "event_id")
+            ).returning(tables.usage_events.c.gateway_key, tables.usage_events.c.event_id),
+            engine.dialect,
+            EVENT_COLUMNS,
+        )
+        self._insert_tags = CompiledStatement(tables.usage_event_tags.insert(), engine.dialect, TAG_COLUMNS)
+        self._upsert_rollups = CompiledStatement(
+            dialect.upsert_adding(
+                tables.usage_rollup_1m,
+                dialect_name=name,
+                key_columns=tables.ROLLUP_DIMENSIONS,
+                add_columns=tables.ROLLUP_SUM_COLUMNS,
+            ),
+            engine.dialect,
+            ROLLUP_COLUMNS,
+        )
+        gateways = tables.gateways
+        new_sequence = sa.bindparam("new_sequence", type_=sa.BigInteger)
+        self._advance_sequence = (
+            gateways.update()
+            .where(gateways.c.gateway_key == sa.bindparam("key", type_=sa.Integer))
+            .values(
+                last_acked_sequence=sa.case(
+                    (gateways.c.last_acked_sequence < new_sequence, new_sequence),
+                    else_=gateways.c.last_acked_sequence,
+                )
+            )
+        )
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-group-commit")
+
+    def submit(self, batch: PreparedBatch) -> asyncio.Future[pb.UsageAck]:
+        """Queues a batch; the future resolves with its ack after its transaction commits."""
+        if self._stopping or self._task is None:
+            raise BatchNotStoredError(batch.batch_sequence, "the server is shutting down")
+        future: asyncio.Future[pb.UsageAck] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve_exception)
+        batch.future = future
+        metrics.BATCHES_IN_FLIGHT.inc()
+        if not batch.rows:
+            # Every event was rejected: there is nothing to make durable, so the ack is final now.
+            self._resolve(batch, _EMPTY_RESULT)
+            return future
+        self._queue.append(batch)
+        self._wakeup.set()
+        return future
+
+    async def shutdown(self) -> None:
+        """Stores every batch already queued, then stops; safe to call twice."""
+        self._stopping = True
+        self._wakeup.set()
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _run(self) -> None:
+        try:
+            while group := await self._take_group():
+                await self._commit(group)
+        finally:
+            # Only reached with batches left if the task was cancelled (the loop is closing).
+            while self._queue:
+                self._fail(self._queue.popleft(), "the server stopped")
+
+    async def _take_group(self) -> list[PreparedBatch]:
+        """The next transaction's batches: what is queued, waiting up to the linger for more, up to the cap."""
+        queue = self._queue
+        while not queue:
+            if self._stopping:
+                return []
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        group = [queue.popleft()]
+        events = len(group[0].rows)
+        deadline = asyncio.get_running_loop().time() + self._linger_s
+        while events < self._max_events:
+            if queue:
+                if events + len(queue[0].rows) > self._max_events:
+                    break
+                batch = queue.popleft()
+                group.append(batch)
+                events += len(batch.rows)
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self._stopping:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+        return group
+
+    async def _commit(self, group: list[PreparedBatch]) -> None:
+        try:
+            results = await self._store(group)
+        except Exception as error:
+            if len(group) == 1:
+                self._log_failure(group[0], error)
+                self._fail(group[0], _reason(error))
+                return
+            log.warning("group commit failed; storing its batches one by one", batches=len(group), error=_reason(error))
+            for batch in group:
+                try:
+                    (result,) = await self._store([batch])
+                except Exception as single_error:
+                    self._log_failure(batch, single_error)
+                    self._fail(batch, _reason(single_error))
+                else:
+                    self._resolve(batch, result)
+            return
+        for batch, result in zip(group, results, strict=True):
+            self._resolve(batch, result)
+
+    async def _store(self, group: list[PreparedBatch]) -> list[_Result]:
+        """One transaction for the whole group; returns each batch's (accepted, duplicate) counts."""
+        started = time.perf_counter()
+        now_us = time.time_ns() // 1000
+        seen: set[_EventKey] = set()
+        insert_rows: list[tuple[object, ...]] = []
+        candidates: list[list[int]] = []
+        sequences: dict[int, int] = {}
+        for batch in group:
+            gateway_key = batch.gateway_key
+            firsts: list[int] = []
+            for index, row in enumerate(batch.rows):
+                key = (gateway_key, row["event_id"])
+                if key in seen:
+                    continue  # a later occurrence in this transaction: a duplicate of the first
+                seen.add(key)
+                row["ingest_time_us"] = now_us
+                insert_rows.append(event_values(row))
+                firsts.append(index)
+            candidates.append(firsts)
+            if batch.max_sequence > sequences.get(gateway_key, 0):
+                sequences[gateway_key] = batch.max_sequence
+        async with UnitOfWork(self._engine) as uow:
+            connection = uow.connection
+            inserted: set[_EventKey] = set()
+            # One statement per ~900 rows (the bind-parameter limit), never per row.
+            for sql, parameters in self._insert_events.chunks(insert_rows):
+                result = await connection.exec_driver_sql(sql, parameters)
+                inserted.update(map(tuple, result))  # rows of (gateway_key, event_id)
+            results: list[_Result] = []
+            tag_rows: list[TagRow] = []
+            rollups: dict[RollupKey, list[int]] = {}
+            for batch, firsts in zip(group, candidates, strict=True):
+                accepted = 0
+                gateway_key = batch.gateway_key
+                for index in firsts:
+                    row = batch.rows[index]
+                    if (gateway_key, row["event_id"]) in inserted:
+                        accepted += 1
+                        add_to_rollup(rollups, row)
+                        tags = batch.tag_rows.get(index)
+                        if tags:
+                            tag_rows.extend(tags)
+                results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
+            if tag_rows:
+                await connection.exec_driver_sql(self._insert_tags.sql, tag_rows)
+            if rollups:
+                await connection.exec_driver_sql(self._upsert_rollups.sql, rollup_rows(rollups))
+            if sequences:
+                await connection.execute(
+                    self._advance_sequence,
+                    [{"key": key, "new_sequence": sequence} for key, sequence in sequences.items()],
+                )
+            await uow.commit()
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRANSACTION_EVENTS.observe(sum(len(batch.rows) for batch in group))
+        return results
+
+    def _resolve(self, batch: PreparedBatch, result: _Result) -> None:
+        metrics.BATCHES_IN_FLIGHT.dec()
+        metrics.BATCHES_STORED.inc()
+        metrics.EVENTS_ACCEPTED.inc(result.accepted)
+        metrics.EVENTS_DUPLICATE.inc(result.duplicate)
+        metrics.EVENTS_REJECTED.inc(len(batch.rejected))
+        if not batch.future.done():
+            batch.future.set_result(
+                pb.UsageAck(
+                    batch_sequence=batch.batch_sequence,
+                    accepted_count=result.accepted,
+                    duplicate_count=result.duplicate,
+                    rejected_count=len(batch.rejected),
+                    rejected=batch.rejected,
+                )
+            )
+
+    def _fail(self, batch: PreparedBatch, reason: str) -> None:
+        metrics.BATCHES_IN_FLIGHT.dec()
+        metrics.BATCHES_FAILED.inc()
+        if not batch.future.done():
+            batch.future.set_exception(BatchNotStoredError(batch.batch_sequence, reason))
+
+    @staticmethod
+    def _log_failure(batch: PreparedBatch, error: Exception) -> None:
+        log.error(
+            "usage batch not stored",
+            environment_id=batch.environment_id,
+            gateway_id=batch.gateway_id,
+            batch_sequence=batch.batch_sequence,
+            events=len(batch.rows),
+            exc_info=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    accepted: int
+    duplicate: int
+
+
+_EMPTY_RESULT: Final = _Result(accepted=0, duplicate=0)
+
+
+def _reason(error: Exception) -> str:
+    # The class name says what failed (OperationalError, IntegrityError, ...) without leaking SQL or data.
+    return f"the database transaction failed: {type(error).__name__}"

@@ -1,0 +1,35 @@
+"""The sender's wire encoding and batch limits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gateway_agent.sender import encode_batch
+from gateway_agent.spool import Spool
+from meterwire.common.v1 import usage_pb2
+from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
+from tests.gateway_agent.test_spool import add, open_spool
+
+
+def test_a_batch_encoded_from_spooled_bytes_is_a_valid_stream_usage_request() -> None:
+    events = [
+        usage_pb2.UsageEvent(event_id=f"e{i}", request_id="r", attempt=1, sequence=i, tags={"team": "a" * i})
+        for i in range(1, 300)
+    ]
+    wire = encode_batch(2**40 + 3, [e.SerializeToString() for e in events])
+
+    parsed = telemetry_pb.StreamUsageRequest.FromString(wire)
+    assert parsed.batch_sequence == 2**40 + 3
+    assert list(parsed.events) == events
+
+
+async def test_batches_are_cut_by_event_count_and_bytes_in_sequence_order(tmp_path: Path) -> None:
+    spool: Spool = await open_spool(tmp_path / "spool.db")
+    await add(spool, 25, payload=b"q" * 40)
+    cursor, batches = 0, []
+    while events := await spool.read_after(cursor, max_events=10, max_bytes=300):
+        batches.append([e.sequence for e in events])
+        cursor = events[-1].sequence
+    assert batches == [list(range(1, 8)), list(range(8, 15)), list(range(15, 22)), list(range(22, 26))]
+    await asyncio.to_thread(spool.close)

@@ -1,0 +1,136 @@
+"""Spool: group commit, sequence numbers that survive restarts, caps, corrupt files, acks and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from gateway_agent.settings import Durability
+from gateway_agent.spool import Rejection, Spool, iter_dead_letters
+
+
+def make_spool(path: Path, *, max_bytes: int = 1 << 30, max_pending: int = 100_000) -> Spool:
+    return Spool(
+        path,
+        durability=Durability.OS_BUFFERED,
+        max_bytes=max_bytes,
+        max_pending=max_pending,
+        commit_linger=timedelta(milliseconds=1),
+        commit_max_events=1000,
+    )
+
+
+async def open_spool(path: Path, **kwargs: int) -> Spool:
+    spool = make_spool(path, **kwargs)
+    await asyncio.to_thread(spool.open)
+    spool.start(asyncio.get_running_loop())
+    return spool
+
+
+async def add(spool: Spool, count: int, payload: bytes = b"x" * 10) -> list[int]:
+    sequences = []
+    for _ in range(count):
+        sequence = spool.next_sequence
+        spool.next_sequence += 1
+        assert spool.enqueue(sequence, f"id-{sequence}", payload) is None
+        sequences.append(sequence)
+    assert await spool.wait_committed(sequences[-1])
+    return sequences
+
+
+async def test_sequence_numbers_continue_after_a_restart(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "spool.db")
+    assert await add(spool, 5) == [1, 2, 3, 4, 5]
+    await asyncio.to_thread(spool.close)
+
+    reopened = await open_spool(tmp_path / "spool.db")
+    assert reopened.next_sequence == 6
+    assert reopened.depth == 5
+    await asyncio.to_thread(reopened.close)
+
+
+async def test_sequence_numbers_are_not_reused_after_every_event_was_acked(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "spool.db")
+    sequences = await add(spool, 3)
+    spool.acknowledge(sequences, 30, [])
+    await asyncio.to_thread(spool.close)
+
+    reopened = await open_spool(tmp_path / "spool.db")
+    assert reopened.depth == 0
+    assert reopened.next_sequence == 4
+    assert reopened.last_acked_sequence == 3
+    await asyncio.to_thread(reopened.close)
+
+
+async def test_a_corrupt_spool_is_set_aside_and_a_fresh_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"this is not a sqlite database at all" * 200)
+
+    spool = await open_spool(path)
+
+    assert spool.corrupt_set_aside == 1
+    aside = await asyncio.to_thread(lambda: [p.read_bytes() for p in tmp_path.glob("spool.db.corrupt-*")])
+    assert len(aside) == 1
+    assert aside[0].startswith(b"this is not a sqlite")
+    # The old file's numbers are unknown, so new ones start above anything a count could have reached.
+    assert spool.next_sequence > 1_000_000_000_000
+    first = spool.next_sequence
+    assert await add(spool, 2) == [first, first + 1]
+    await asyncio.to_thread(spool.close)
+
+    reopened = await open_spool(path)
+    assert reopened.corrupt_set_aside == 1
+    assert reopened.next_sequence == first + 2
+    await asyncio.to_thread(reopened.close)
+
+
+async def test_a_full_spool_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "spool.db", max_bytes=100)
+    await add(spool, 10)  # exactly 100 payload bytes
+    assert spool.enqueue(spool.next_sequence, "over", b"y" * 10) == "spool_full"
+    assert spool.dropped["spool_full"] == 1
+    assert spool.depth == 10
+    await asyncio.to_thread(spool.close)
+
+
+async def test_a_bounded_queue_drops_when_the_writer_falls_behind(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path / "spool.db", max_pending=3)
+    await asyncio.to_thread(spool.open)  # writer not started: nothing leaves the queue
+    outcomes = [spool.enqueue(i, f"id-{i}", b"p") for i in range(1, 6)]
+    assert outcomes == [None, None, None, "queue_full", "queue_full"]
+    assert spool.dropped["queue_full"] == 2
+    await asyncio.to_thread(spool.close)
+
+
+async def test_reads_respect_the_batch_limits_and_always_make_progress(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "spool.db")
+    await add(spool, 10, payload=b"z" * 100)
+
+    by_count = await spool.read_after(0, max_events=4, max_bytes=1 << 20)
+    assert [e.sequence for e in by_count] == [1, 2, 3, 4]
+    by_bytes = await spool.read_after(4, max_events=100, max_bytes=250)
+    assert [e.sequence for e in by_bytes] == [5, 6]
+    oversized = await spool.read_after(0, max_events=100, max_bytes=10)
+    assert [e.sequence for e in oversized] == [1]  # one event over the byte limit still goes alone
+    await asyncio.to_thread(spool.close)
+
+
+async def test_acked_events_are_deleted_and_rejected_ones_dead_lettered(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = await open_spool(path)
+    sequences = await add(spool, 4)
+    spool.acknowledge(sequences[:3], 30, [Rejection(2, "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")])
+    await add(spool, 1)  # the ack's deletes commit with the next group
+
+    remaining = await spool.read_after(0, max_events=100, max_bytes=1 << 20)
+    assert [e.sequence for e in remaining] == [4, 5]
+    assert spool.dead_letter_count == 1
+    assert spool.last_acked_sequence == 3
+    await asyncio.to_thread(spool.close)
+
+    dead = list(iter_dead_letters(path))
+    assert [(d.sequence, d.event_id, d.reason, d.field) for d in dead] == [
+        (2, "id-2", "REJECTION_REASON_INVALID_FIELD", "request_id")
+    ]
+    assert dead[0].payload == b"x" * 10

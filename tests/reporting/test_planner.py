@@ -1,0 +1,70 @@
+"""The planner reads each piece of a range from the coarsest source that answers it exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.errors import InvalidArgumentError
+from services.reporting.planner import DAY_US, HOUR_US, MINUTE_US, Source, bucket_grid, plan_sources
+
+T0 = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def test_whole_utc_days_come_from_daily_rollups_and_edges_from_finer_ones() -> None:
+    start = T0 - 2 * HOUR_US - 3 * MINUTE_US - 5_000_000  # 21:56:55 the day before
+    end = T0 + 3 * DAY_US + HOUR_US + 2 * MINUTE_US + 7  # 01:02:00.000007, three days later
+    plan = plan_sources((start, end), dirty_hours_us=frozenset(), raw_only=False)
+    assert plan.ranges[Source.RAW] == ((start, start + 5_000_000), (end - 7, end))
+    assert plan.ranges[Source.MINUTE] == ((start + 5_000_000, T0 - 2 * HOUR_US), (T0 + 3 * DAY_US + HOUR_US, end - 7))
+    assert plan.ranges[Source.HOUR] == ((T0 - 2 * HOUR_US, T0), (T0 + 3 * DAY_US, T0 + 3 * DAY_US + HOUR_US))
+    assert plan.ranges[Source.DAY] == ((T0, T0 + 3 * DAY_US),)
+
+
+def test_a_dirty_hour_is_read_from_minutes_and_its_day_from_hours() -> None:
+    dirty = T0 + DAY_US + 5 * HOUR_US
+    plan = plan_sources((T0, T0 + 3 * DAY_US), dirty_hours_us=frozenset({dirty}), raw_only=False)
+    assert plan.ranges[Source.DAY] == ((T0, T0 + DAY_US), (T0 + 2 * DAY_US, T0 + 3 * DAY_US))
+    assert plan.ranges[Source.HOUR] == ((T0 + DAY_US, dirty), (dirty + HOUR_US, T0 + 2 * DAY_US))
+    assert plan.ranges[Source.MINUTE] == ((dirty, dirty + HOUR_US),)
+
+
+def test_tag_filters_read_raw_events_only() -> None:
+    plan = plan_sources((T0, T0 + 3 * DAY_US), dirty_hours_us=frozenset(), raw_only=True)
+    assert plan.ranges == {Source.RAW: ((T0, T0 + 3 * DAY_US),)}
+
+
+def test_hourly_buckets_never_use_daily_rollups() -> None:
+    grid = bucket_grid(T0, T0 + 2 * DAY_US, pb.GRANULARITY_HOUR, ZoneInfo("UTC"), max_points=100)
+    plan = plan_sources(grid.bounds_us, dirty_hours_us=frozenset(), raw_only=False)
+    assert set(plan.ranges) == {Source.HOUR}
+
+
+def test_kolkata_days_start_at_half_past_so_their_edges_come_from_minutes() -> None:
+    zone = ZoneInfo("Asia/Kolkata")
+    grid = bucket_grid(T0, T0 + 4 * DAY_US, pb.GRANULARITY_DAY, zone, max_points=100)
+    assert grid.bounds_us[1] == T0 + 18 * HOUR_US + 30 * MINUTE_US  # local midnight = 18:30 UTC
+    plan = plan_sources(grid.bounds_us, dirty_hours_us=frozenset(), raw_only=False)
+    assert Source.DAY not in plan.ranges
+    # The half hours either side of each local midnight, merged: 18:00-19:00 UTC every day.
+    assert plan.ranges[Source.MINUTE] == tuple(
+        (T0 + day * DAY_US + 18 * HOUR_US, T0 + day * DAY_US + 19 * HOUR_US) for day in range(4)
+    )
+
+
+def test_new_york_day_buckets_follow_daylight_saving() -> None:
+    zone = ZoneInfo("America/New_York")
+    start = int(datetime(2026, 3, 7, tzinfo=zone).timestamp()) * 1_000_000
+    end = int(datetime(2026, 3, 10, tzinfo=zone).timestamp()) * 1_000_000
+    grid = bucket_grid(start, end, pb.GRANULARITY_DAY, zone, max_points=100)
+    widths = [b - a for a, b in zip(grid.bounds_us, grid.bounds_us[1:], strict=False)]
+    assert widths == [24 * HOUR_US, 23 * HOUR_US, 24 * HOUR_US]  # 8 March 2026 springs forward
+
+
+def test_too_many_buckets_name_the_granularity() -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        bucket_grid(T0, T0 + 30 * DAY_US, pb.GRANULARITY_MINUTE, ZoneInfo("UTC"), max_points=10_000)
+    assert caught.value.field == "granularity"

@@ -1,0 +1,166 @@
+"""Every RPC is authenticated, needs its declared role, and stays inside the caller's environments."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from meterwire.admin.v1 import admin_service_pb2 as admin_pb
+from meterwire.admin.v1 import admin_service_pb2_grpc as admin_grpc
+from meterwire.budget.v1 import budget_service_pb2 as budget_pb
+from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
+from meterwire.config.v1 import config_service_pb2 as config_pb
+from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
+from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
+from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
+from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
+from tests.services.conftest import Tokens, bearer
+
+
+async def _code_of(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await call  # type: ignore[misc]
+    return failure.value.code(), failure.value.details() or ""
+
+
+async def test_a_call_without_a_token_is_unauthenticated(channel: grpc.aio.Channel) -> None:
+    code, details = await _code_of(
+        admin_grpc.AdminServiceStub(channel).ListEnvironments(admin_pb.ListEnvironmentsRequest())
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert "authorization" in details
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("Bearer mw_0123456789ab_not-the-secret", "unknown token tok_0123456789ab"),
+        ("Bearer not-a-meterwire-token", "not a meterwire token"),
+        ("Basic dXNlcjpwYXNz", "Bearer <token>"),
+    ],
+)
+async def test_a_bad_token_is_unauthenticated(channel: grpc.aio.Channel, header: str, expected: str) -> None:
+    stub = admin_grpc.AdminServiceStub(channel)
+    code, details = await _code_of(
+        stub.ListEnvironments(admin_pb.ListEnvironmentsRequest(), metadata=(("authorization", header),))
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert expected in details
+
+
+async def test_a_reporter_calling_an_admin_rpc_is_permission_denied(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    reporter = await tokens.reporter()
+    stub = admin_grpc.AdminServiceStub(channel)
+    code, details = await _code_of(
+        stub.CreateToken(admin_pb.CreateTokenRequest(role=admin_pb.ROLE_ADMIN), metadata=bearer(reporter))
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "needs a admin token; this is a reporter token" in details
+
+
+async def test_a_gateway_token_cannot_reach_another_environment(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    for environment in ("env-a", "env-b"):
+        await tokens.environment(environment)
+    gateway_a = await tokens.gateway("env-a", "gw-1")
+    config = config_grpc.ConfigServiceStub(channel)
+
+    code, details = await _code_of(
+        config.GetConfig(config_pb.GetConfigRequest(environment_id="env-b"), metadata=bearer(gateway_a))
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "may not access environment 'env-b'" in details
+
+    budget = budget_grpc.BudgetServiceStub(channel)
+    code, _ = await _code_of(
+        budget.CheckBudget(budget_pb.CheckBudgetRequest(environment_id="env-b"), metadata=bearer(gateway_a))
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+
+    # Its own environment passes authorization and reaches the service (which has no config for it yet).
+    code, details = await _code_of(
+        config.GetConfig(config_pb.GetConfigRequest(environment_id="env-a"), metadata=bearer(gateway_a))
+    )
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert "env-a" in details
+
+
+async def test_a_gateway_token_cannot_call_operator_rpcs(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    await tokens.environment("env-a")
+    gateway_a = await tokens.gateway("env-a", "gw-1")
+    reporting = reporting_grpc.ReportingServiceStub(channel)
+    code, _ = await _code_of(
+        reporting.GetUsageSummary(reporting_pb.GetUsageSummaryRequest(), metadata=bearer(gateway_a))
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_reporter_limited_to_one_environment_cannot_read_another(
+    channel: grpc.aio.Channel, tokens: Tokens
+) -> None:
+    for environment in ("env-a", "env-b"):
+        await tokens.environment(environment)
+    reporter_a = await tokens.reporter("env-a")
+    reporting = reporting_grpc.ReportingServiceStub(channel)
+    request = reporting_pb.GetRequestRequest(environment_id="env-b", request_id="r1")
+    code, details = await _code_of(reporting.GetRequest(request, metadata=bearer(reporter_a)))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "env-b" in details
+
+
+async def test_a_revoked_token_is_refused_at_once(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    created = await tokens.create(admin_pb.ROLE_ADMIN)
+    stub = admin_grpc.AdminServiceStub(channel)
+    listed = await stub.ListEnvironments(admin_pb.ListEnvironmentsRequest(), metadata=bearer(created.secret))
+    assert list(listed.environments) == []
+
+    revoked = await stub.RevokeToken(
+        admin_pb.RevokeTokenRequest(token_id=created.token.token_id), metadata=bearer(tokens.admin)
+    )
+    assert revoked.token.HasField("revoke_time")
+
+    code, details = await _code_of(
+        stub.ListEnvironments(admin_pb.ListEnvironmentsRequest(), metadata=bearer(created.secret))
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert f"token {created.token.token_id} was revoked" in details
+
+
+async def test_revoking_a_token_closes_its_open_streams(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    await tokens.environment("env-a")
+    created = await tokens.create(admin_pb.ROLE_GATEWAY, environment_id="env-a", gateway_id="gw-1")
+    heartbeat = heartbeat_grpc.HeartbeatServiceStub(channel)
+    outbox: asyncio.Queue[heartbeat_pb.HeartbeatRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[heartbeat_pb.HeartbeatRequest]:
+        while (request := await outbox.get()) is not None:
+            yield request
+
+    stream = heartbeat.Heartbeat(requests(), metadata=bearer(created.secret))
+    await outbox.put(heartbeat_pb.HeartbeatRequest(state=heartbeat_pb.AgentState(agent_version="0.1.0")))
+    first = await stream.read()
+    assert isinstance(first, heartbeat_pb.HeartbeatResponse)
+
+    admin = admin_grpc.AdminServiceStub(channel)
+    await admin.RevokeToken(admin_pb.RevokeTokenRequest(token_id=created.token.token_id), metadata=bearer(tokens.admin))
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await asyncio.wait_for(stream.read(), timeout=10)
+    assert closed.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert f"token {created.token.token_id} was revoked; this stream is closed" == closed.value.details()
+    await outbox.put(None)
+
+
+async def test_rpcs_not_built_yet_answer_unimplemented_with_a_reason(
+    channel: grpc.aio.Channel, admin_secret: str
+) -> None:
+    budget = budget_grpc.BudgetServiceStub(channel)
+    code, details = await _code_of(
+        budget.GetBudget(budget_pb.GetBudgetRequest(budget_id="b1"), metadata=bearer(admin_secret))
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert details == (
+        "BudgetService.GetBudget is not available in this version of meterwire: budget enforcement is not built yet"
+    )

@@ -1,0 +1,103 @@
+"""Tests of engine creation, SQLite pragmas and the reachability check."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.storage.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    check_connection,
+    create_engine,
+    sqlite_url,
+)
+from services.storage.errors import DatabaseUnreachableError, StorageConfigError, StorageError
+
+
+def test_sqlite_url_points_at_meterwire_db_in_the_absolute_data_dir(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "data")
+
+    assert url == f"sqlite+aiosqlite:///{tmp_path}/data/meterwire.db"
+    assert make_url(url).database == str(tmp_path / "data" / "meterwire.db")
+
+
+async def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+    engine = create_engine(sqlite_url(tmp_path / "missing" / "dir"))
+    try:
+        assert (tmp_path / "missing" / "dir").is_dir()
+        async with engine.connect() as connection:
+            pragmas = {
+                name: (await connection.execute(text(f"PRAGMA {name}"))).scalar_one()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            }
+    finally:
+        await engine.dispose()
+
+    # synchronous: 1 is NORMAL.
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 1,
+        "foreign_keys": 1,
+        "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mysql+aiomysql://meter:s3cret@db.example/meterwire", "mysql+aiomysql://meter:***@db.example/meterwire"),
+        ("postgresql://meter:s3cret@db.example/meterwire", "postgresql://meter:***@db.example/meterwire"),
+        ("sqlite:////var/lib/meterwire/meterwire.db", "sqlite:////var/lib/meterwire/meterwire.db"),
+    ],
+)
+def test_unsupported_driver_is_rejected_naming_the_supported_forms(url: str, shown: str) -> None:
+    with pytest.raises(StorageConfigError) as raised:
+        create_engine(url)
+
+    message = str(raised.value)
+    assert f"unsupported database URL {shown};" in message
+    assert "s3cret" not in message
+    assert "sqlite+aiosqlite:///" in message
+    assert "postgresql+asyncpg://" in message
+    assert isinstance(raised.value, StorageError)
+
+
+async def test_check_connection_accepts_a_reachable_database(engine: AsyncEngine) -> None:
+    await check_connection(engine)
+
+    async with engine.connect() as connection:
+        assert (await connection.execute(text("SELECT 41 + 1"))).scalar_one() == 42
+
+
+async def test_unreachable_database_error_names_the_url(database_url: str, tmp_path: Path) -> None:
+    if database_url.startswith("sqlite"):
+        # A directory where the database file should be: SQLite cannot open it.
+        url = sqlite_url(tmp_path / "blocked")
+        (tmp_path / "blocked" / "meterwire.db").mkdir(parents=True)
+        expected_prefix = f"cannot reach database {url}: "
+        expected_reason = "unable to open database file"
+    else:
+        # Port 1 refuses connections; the password must not show up in the message.
+        unreachable = make_url(database_url).set(port=1, password="s3cret")
+        url = unreachable.render_as_string(hide_password=False)
+        expected_prefix = f"cannot reach database {unreachable.render_as_string(hide_password=True)}: "
+        expected_reason = "Connection refused"
+    engine = create_engine(url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DatabaseUnreachableError) as raised:
+            await check_connection(engine)
+    finally:
+        await engine.dispose()
+
+    message = str(raised.value)
+    assert message.startswith(expected_prefix)
+    assert expected_reason.lower() in message.lower()
+    assert "s3cret" not in message
+    assert "\n" not in message
+    assert time.monotonic() - started < 10

@@ -1,0 +1,137 @@
+"""Runs `meterwire serve` as a real process for system tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+MW_COMMAND = [sys.executable, "-m", "services.cli.main"]
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _channel(address: str, tls_ca: Path | None, client: Path | None) -> grpc.Channel:
+    if tls_ca is None:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes(),
+        private_key=client.with_suffix(".key").read_bytes() if client else None,
+        certificate_chain=client.with_suffix(".pem").read_bytes() if client else None,
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+def health_status(
+    address: str, service: str = "", *, timeout: float = 2.0, tls_ca: Path | None = None, client: Path | None = None
+) -> int | None:
+    """The health status of `service`, or None when the server does not answer."""
+    with _channel(address, tls_ca, client) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+    return int(response.status)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MW_COMMAND, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stderr_of(process: subprocess.Popen[str]) -> str:
+    assert process.stderr is not None, "started with stderr=PIPE"
+    return process.stderr.read()
+
+
+class ServeProcess:
+    def __init__(self, process: subprocess.Popen[str], address: str, data_dir: Path) -> None:
+        self.process = process
+        self.address = address
+        self.data_dir = data_dir
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--address", self.address, "--token-file", str(self.admin_token_file))
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM, *, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def serve(
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    ready_tls_ca: Path | None = None,
+    ready_client: Path | None = None,
+) -> Iterator[ServeProcess]:
+    """Starts `meterwire serve` and waits until health says SERVING; kills it on the way out if still running."""
+    address = f"127.0.0.1:{port or free_port()}"
+    process = subprocess.Popen(
+        [*MW_COMMAND, "serve", "--data-dir", str(data_dir), "--listen", address, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MW_DRAIN_DELAY": "1", "MW_SHUTDOWN_GRACE": "2", **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (
+            health_status(address, tls_ca=ready_tls_ca, client=ready_client) != health_pb2.HealthCheckResponse.SERVING
+        ):
+            if process.poll() is not None:
+                raise RuntimeError(f"meterwire serve exited with {process.returncode}: {stderr_of(process)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"meterwire serve did not become ready on {address}")
+            time.sleep(0.1)
+        yield ServeProcess(process, address, data_dir)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *, expected: Sequence[str]) -> str:
+    """Asserts the command failed, ending with one readable error line mentioning every `expected` text
+    (structured log lines of what happened before may precede it; a traceback may not)."""
+    assert result.returncode != 0, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert lines[-1] == errors[0], result.stderr
+    for text in expected:
+        assert text in errors[0], errors[0]
+    return errors[0]

@@ -1,0 +1,257 @@
+"""Usage ingest over a real server: exactly-once storage, rollups, validation, limits and identity."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from meterwire.common.v1 import usage_pb2
+from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
+from services.server import ControlPlane
+from services.storage import tables
+from tests.services.conftest import Tokens, bearer
+
+from .events import (
+    batches,
+    expected_rollup,
+    report,
+    rollup_sums,
+    stored_event_count,
+    stream,
+    usage_event,
+    varied_events,
+    wait_until,
+)
+
+
+async def _gateway(tokens: Tokens, environment_id: str = "prod", gateway_id: str = "gw-1") -> str:
+    await tokens.environment(environment_id)
+    return await tokens.gateway(environment_id, gateway_id)
+
+
+async def test_a_duplicate_storm_stores_and_counts_each_event_once(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret = await _gateway(tokens)
+    events = varied_events(10_000)
+    # The same 20 batches of 500, five times over, dealt round-robin to 3 concurrent streams.
+    rounds = [request for _ in range(5) for request in batches(events, 500)]
+    per_stream = [rounds[i::3] for i in range(3)]
+
+    results = await asyncio.gather(*(stream(channel, secret, requests) for requests in per_stream))
+
+    acks = [ack for stream_acks in results for ack in stream_acks]
+    assert len(acks) == 100
+    for stream_acks, requests in zip(results, per_stream, strict=True):
+        assert [ack.batch_sequence for ack in stream_acks] == [r.batch_sequence for r in requests]
+    assert sum(ack.accepted_count for ack in acks) == 10_000
+    assert sum(ack.duplicate_count for ack in acks) == 40_000
+    assert sum(ack.rejected_count for ack in acks) == 0
+    assert await stored_event_count(control_plane.engine) == 10_000
+    assert await rollup_sums(control_plane.engine) == expected_rollup(events)
+    async with control_plane.engine.connect() as connection:
+        tags = (await connection.execute(select(tables.usage_event_tags.c.tag_value))).scalars().all()
+        acked_sequence = (await connection.execute(select(tables.gateways.c.last_acked_sequence))).scalar_one()
+    assert len(tags) == sum(1 for event in events if event.tags)
+    assert acked_sequence == 10_000
+
+
+async def test_a_batch_mixing_valid_and_invalid_events_stores_the_valid_ones(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret = await _gateway(tokens)
+    valid = [usage_event() for _ in range(3)]
+    negative_tokens = usage_event()
+    negative_tokens.tokens.output = -5
+    invalid = {
+        1: (usage_event(event_id="not-a-uuid"), "event_id"),
+        2: (usage_event(request_id=""), "request_id"),
+        4: (usage_event(attempt=0), "attempt"),
+        5: (negative_tokens, "tokens.output"),
+        6: (usage_event(latency=usage_pb2.UsageEvent().latency.__class__(seconds=7_200)), "latency"),
+        7: (usage_event(tags={f"k{i}": "v" for i in range(33)}), "tags"),
+        8: (usage_event(error_message="x" * 1025), "error_message"),
+        9: (usage_event(status_code=99), "status_code"),
+    }
+    batch = [valid[0], invalid[1][0], invalid[2][0], valid[1], *(invalid[i][0] for i in range(4, 10)), valid[2]]
+    no_time = usage_event()
+    no_time.ClearField("event_time")
+    batch.append(no_time)
+
+    ack = await report(channel, secret, batch)
+
+    assert (ack.accepted_count, ack.duplicate_count, ack.rejected_count) == (3, 0, 9)
+    rejected = {(r.index, r.event_id, r.field, r.reason) for r in ack.rejected}
+    expected = {(i, event.event_id, field, pb.REJECTION_REASON_INVALID_FIELD) for i, (event, field) in invalid.items()}
+    expected.add((11, no_time.event_id, "event_time", pb.REJECTION_REASON_INVALID_FIELD))
+    assert rejected == expected
+    assert all(r.message for r in ack.rejected)
+    async with control_plane.engine.connect() as connection:
+        stored = set((await connection.execute(select(tables.usage_events.c.event_id))).scalars())
+    assert stored == {event.event_id for event in valid}
+
+
+async def test_event_times_beyond_the_clock_skew_or_the_dedupe_horizon_are_rejected(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret = await _gateway(tokens)
+    now = datetime.now(UTC)
+    settings = control_plane.settings
+    future = usage_event(event_time=now + settings.ingest_max_clock_skew + timedelta(minutes=1))
+    slightly_ahead = usage_event(event_time=now + settings.ingest_max_clock_skew - timedelta(minutes=1))
+    too_old = usage_event(event_time=now - settings.raw_event_retention - timedelta(hours=1))
+    old_enough = usage_event(event_time=now - settings.raw_event_retention + timedelta(hours=1))
+
+    ack = await report(channel, secret, [future, slightly_ahead, too_old, old_enough])
+
+    assert ack.accepted_count == 2
+    assert [(r.index, r.event_id, r.field, r.reason) for r in ack.rejected] == [
+        (0, future.event_id, "event_time", pb.REJECTION_REASON_FROM_THE_FUTURE),
+        (2, too_old.event_id, "event_time", pb.REJECTION_REASON_TOO_OLD),
+    ]
+    assert "dedupe horizon" in ack.rejected[1].message
+    assert await stored_event_count(control_plane.engine) == 2
+
+
+@pytest.mark.parametrize(
+    ("events", "problem"),
+    [
+        ([], "at least one event"),
+        ([usage_event() for _ in range(2_001)], "ingest_max_batch_events=2000"),
+        (
+            # 1,500 events of ~3.4 kB: under the event limit and the message limit, over the 4 MiB byte limit.
+            [usage_event(error_message="e" * 1_000, tags={f"t{i}": "v" * 250 for i in range(9)}) for _ in range(1_500)],
+            "ingest_max_batch_bytes=4194304",
+        ),
+    ],
+    ids=["empty", "too-many-events", "too-many-bytes"],
+)
+async def test_an_empty_or_oversized_batch_is_refused_whole(
+    channel: grpc.aio.Channel,
+    control_plane: ControlPlane,
+    tokens: Tokens,
+    events: list[usage_pb2.UsageEvent],
+    problem: str,
+) -> None:
+    secret = await _gateway(tokens)
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await report(channel, secret, events)
+    assert unary.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in (unary.value.details() or "")
+
+    # On a stream, the batches before the bad one are acked; the bad one ends the stream and stores nothing.
+    good = usage_event()
+    call = pb_grpc.TelemetryServiceStub(channel).StreamUsage(
+        iter(
+            [
+                pb.StreamUsageRequest(batch_sequence=1, events=[good]),
+                pb.StreamUsageRequest(batch_sequence=2, events=events),
+            ]
+        ),
+        metadata=bearer(secret),
+    )
+    first = await call.read()
+    assert isinstance(first, pb.StreamUsageResponse)
+    assert (first.ack.batch_sequence, first.ack.accepted_count) == (1, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        await call.read()
+    assert streamed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in (streamed.value.details() or "")
+    assert await stored_event_count(control_plane.engine) == 1
+
+
+async def test_a_stream_cut_before_its_acks_are_read_stores_the_resent_batches_once(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret = await _gateway(tokens)
+    events = varied_events(1_000, seed=11)
+    requests = batches(events, 500)
+    # grpc-stubs omit the no-iterator form, where the caller writes messages itself.
+    call = pb_grpc.TelemetryServiceStub(channel).StreamUsage(metadata=bearer(secret))  # type: ignore[call-arg]
+    await call.write(requests[0])
+    # The first batch is committed but its ack never read; the second is cut while in flight (or unsent).
+
+    async def first_batch_committed() -> bool:
+        return await stored_event_count(control_plane.engine) == 500
+
+    await wait_until(first_batch_committed)
+    await call.write(requests[1])
+    call.cancel()
+
+    acks = await stream(channel, secret, requests)
+
+    assert [(ack.accepted_count + ack.duplicate_count, ack.rejected_count) for ack in acks] == [(500, 0), (500, 0)]
+    assert acks[0].duplicate_count == 500
+    assert await stored_event_count(control_plane.engine) == 1_000
+    again = await stream(channel, secret, requests)
+    assert [ack.duplicate_count for ack in again] == [500, 500]
+    assert await rollup_sums(control_plane.engine) == expected_rollup(events)
+
+
+async def test_usage_lands_in_the_environment_and_gateway_of_the_token(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret_a = await _gateway(tokens, "env-a", "gw-1")
+    await tokens.environment("env-b")
+    secret_b = await tokens.gateway("env-b", "gw-1")
+    shared = [usage_event(request_id="env-b-please") for _ in range(3)]
+
+    ack_a = await report(channel, secret_a, shared)
+    # The same ids from another gateway are that gateway's own events, not duplicates of env-a's.
+    ack_b = await report(channel, secret_b, shared)
+
+    assert (ack_a.accepted_count, ack_b.accepted_count) == (3, 3)
+    events, gateways = tables.usage_events, tables.gateways
+    async with control_plane.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(events.c.environment_id, gateways.c.environment_id, gateways.c.gateway_id)
+                .join(gateways, gateways.c.gateway_key == events.c.gateway_key)
+                .order_by(events.c.environment_id)
+            )
+        ).all()
+        rollup_environments = (
+            await connection.execute(select(tables.usage_rollup_1m.c.environment_id).distinct())
+        ).scalars()
+        assert sorted(rollup_environments) == ["env-a", "env-b"]
+    assert [tuple(row) for row in rows] == [("env-a", "env-a", "gw-1")] * 3 + [("env-b", "env-b", "gw-1")] * 3
+
+
+async def test_only_gateway_tokens_may_report_usage(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens, admin_secret: str
+) -> None:
+    await tokens.environment("prod")
+    reporter = await tokens.reporter("prod")
+    stub = pb_grpc.TelemetryServiceStub(channel)
+    for secret in (reporter, admin_secret):
+        call = stub.StreamUsage(iter([pb.StreamUsageRequest(events=[usage_event()])]), metadata=bearer(secret))
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await call.read()
+        assert streamed.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await report(channel, secret, [usage_event()])
+        assert unary.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert await stored_event_count(control_plane.engine) == 0
+
+
+async def test_duplicates_within_one_batch_count_once_and_ids_ignore_case(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    secret = await _gateway(tokens)
+    event_id = str(uuid.uuid4())
+    first = usage_event(event_id=event_id, sequence=7)
+    resent = usage_event(event_id=event_id.upper(), sequence=7)
+
+    ack = await report(channel, secret, [first, resent, first])
+
+    assert (ack.accepted_count, ack.duplicate_count) == (1, 2)
+    assert await rollup_sums(control_plane.engine) == expected_rollup([first])
+    async with control_plane.engine.connect() as connection:
+        sequence = (await connection.execute(select(tables.gateways.c.last_acked_sequence))).scalar_one()
+    assert sequence == 7
