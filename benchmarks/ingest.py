@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from gateway_agent import new_event_id
 from meterwire.admin.v1 import admin_service_pb2 as admin_pb
 from meterwire.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from meterwire.common.v1 import usage_pb2
@@ -60,7 +60,7 @@ def build_batches(count: int, size: int) -> list[pb.StreamUsageRequest]:
     for i in range(count):
         model, provider = _MODELS[i % 3]
         event = usage_pb2.UsageEvent(
-            event_id=str(uuid.uuid4()),
+            event_id=new_event_id(),  # UUIDv7, as the agent makes them
             request_id=f"req-{i}",
             attempt=1,
             event_time=Timestamp(seconds=int((now - timedelta(seconds=i % 600)).timestamp())),

@@ -11,9 +11,11 @@ from typing import Any, Self
 import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
+from prometheus_client import start_http_server
 
 from gateway_agent.agent import GatewayAgent, RecordResult
 from gateway_agent.budget_view import CheckRequest
+from gateway_agent.metrics import agent_registry
 from meterwire.agent.v1 import agent_service_pb2 as agent_pb
 from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
 
@@ -148,13 +150,20 @@ def check_listen(listen: str) -> str:
     return listen
 
 
+class MetricsListenError(RuntimeError):
+    """The metrics address could not be bound (in use, or not permitted)."""
+
+
 class AgentDaemon:
     """Hosts AgentService over a running GatewayAgent. `run()` serves until `shutdown()` (safe twice)."""
 
-    def __init__(self, agent: GatewayAgent, *, listen: str) -> None:
+    def __init__(self, agent: GatewayAgent, *, listen: str, metrics_listen: tuple[str, int] | None = None) -> None:
         self.agent = agent
         self.listen = check_listen(listen)
         self.port = 0
+        self.metrics_listen = metrics_listen
+        self.metrics_port = 0
+        self._metrics: Any = None
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -168,7 +177,15 @@ class AgentDaemon:
         agent_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agent), self._server)
         self.port = self._server.add_insecure_port(self.listen)
         await self._server.start()
-        log.info("agent daemon serving", listen=self.listen, port=self.port)
+        if self.metrics_listen is not None:
+            host, port = self.metrics_listen
+            registry = agent_registry(self.agent, asyncio.get_running_loop())
+            try:
+                self._metrics, _thread = start_http_server(port, addr=host, registry=registry)
+            except OSError as error:
+                raise MetricsListenError(f"cannot serve metrics on {host}:{port}: {error.strerror or error}") from None
+            self.metrics_port = int(self._metrics.server_port)
+        log.info("agent daemon serving", listen=self.listen, port=self.port, metrics_port=self.metrics_port or None)
 
     async def run(self) -> None:
         if self._server is None:
@@ -185,6 +202,10 @@ class AgentDaemon:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         if self._server is not None:
             await self._server.stop(2.0)  # finish in-flight RecordUsage calls first
         await self.agent.shutdown()

@@ -126,6 +126,9 @@ class Sender:
         while not self._stopping.is_set():
             if not self._has_data():
                 await self._wait_for_data()
+                if self.oldest_unsent_us is None:
+                    # New data after an empty spool: its age must show even if no stream ever opens.
+                    self.oldest_unsent_us = await self._spool.oldest_enqueue_us(self.acked_through)
                 continue
             acked_before = self.batches_acked
             try:

@@ -55,15 +55,26 @@ def run(
     tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM): mutual TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Client key (PEM): mutual TLS.")] = None,
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option("--metrics-listen", envvar="MW_AGENT_METRICS_LISTEN", help="Prometheus /metrics on HOST:PORT."),
+    ] = None,
 ) -> None:
     """Run the agent daemon. SIGTERM/SIGINT: stop taking events, commit the spool, deliver what it can, exit 0."""
     from gateway_agent import AgentSettings, Durability, GatewayAgent, TlsSettings
-    from gateway_agent.daemon import AgentDaemon, check_listen
+    from gateway_agent.daemon import AgentDaemon, MetricsListenError, check_listen
     from services.logs import configure_logging
+    from services.settings import SettingsError, parse_listen_address
 
     configure_logging(log_format="json" if log_format == "json" else "console")
     try:
         check_listen(listen)
+        metrics_address = None
+        if metrics_listen is not None:
+            try:
+                metrics_address = parse_listen_address(metrics_listen, setting="--metrics-listen")
+            except SettingsError as error:
+                raise ValueError(str(error)) from None
         tls = None
         if tls_ca or tls_cert or tls_key:
             tls = TlsSettings(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key)
@@ -83,11 +94,15 @@ def run(
         fail(str(error), code=2)
 
     async def serve() -> None:
-        daemon = AgentDaemon(GatewayAgent(settings), listen=listen)
+        daemon = AgentDaemon(GatewayAgent(settings), listen=listen, metrics_listen=metrics_address)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, daemon.request_shutdown)
-        await daemon.start()
+        try:
+            await daemon.start()
+        except MetricsListenError as error:
+            await daemon.shutdown()
+            fail(f"--metrics-listen: {error}")
         # A readiness line for supervisors and tests.
         print(f"agent ready on {listen}", flush=True)
         await daemon.run()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -18,6 +20,15 @@ from services.heartbeat.records import GatewayRecord, check_agent_state
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.settings import ServerSettings
 from services.timestamps import to_timestamp
+
+
+@functools.lru_cache(maxsize=64)
+def _duration(interval: timedelta) -> Duration:
+    """The interval as a Duration, made once per distinct interval (a handful per server); assigning it to a
+    response copies it, so the cached message is never changed."""
+    duration = Duration()
+    duration.FromTimedelta(interval)
+    return duration
 
 
 class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
@@ -49,9 +60,9 @@ class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
                 # then its next heartbeat registers it again.
                 record = fleet.current(name) or fleet.register(*name)
                 now = fleet.record_heartbeat(record, request.state)
-                interval = Duration()
-                interval.FromTimedelta(record.interval)
-                yield pb.HeartbeatResponse(server_time=to_timestamp(now), interval=interval, status=record.status)
+                yield pb.HeartbeatResponse(
+                    server_time=to_timestamp(now), interval=_duration(record.interval), status=record.status
+                )
         finally:
             self.fleet.stream_closed(name)
 

@@ -8,11 +8,9 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.storage import tables
-from services.storage.errors import StorageConfigError
+from services.storage import dialect, tables
 
 _gw = tables.gateways
 _tok = tables.api_tokens
@@ -45,17 +43,15 @@ _SELECTED: Final = (
 def _flush_statement(dialect_name: str) -> Insert:
     """``INSERT ... ON CONFLICT (environment_id, gateway_id) DO UPDATE SET <state>``: one statement both
     registers gateways first seen since the last flush and updates the rest, so first contacts cost no
-    transaction of their own. Both dialects spell the upsert alike; only the Insert class differs."""
-    if dialect_name == "postgresql":
-        statement: postgresql.Insert | sqlite.Insert = postgresql.insert(_gw)
-    elif dialect_name == "sqlite":
-        statement = sqlite.insert(_gw)
-    else:
-        raise StorageConfigError(f"unsupported SQL dialect {dialect_name!r}; use sqlite or postgresql")
-    updated: dict[str, Any] = {name: statement.excluded[name] for name in (*STATE_COLUMNS, "heartbeat_replica")}
-    # A heartbeating gateway is registered again, even if an operator removed it meanwhile (see the proto).
-    updated["delete_time"] = None
-    return statement.on_conflict_do_update(index_elements=[_gw.c.environment_id, _gw.c.gateway_id], set_=updated)
+    transaction of their own. A heartbeating gateway is registered again, even if an operator removed it
+    meanwhile (see the proto)."""
+    return dialect.upsert_replacing(
+        _gw,
+        dialect_name=dialect_name,
+        key_columns=("environment_id", "gateway_id"),
+        replace_columns=(*STATE_COLUMNS, "heartbeat_replica"),
+        constants={"delete_time": None},
+    )
 
 
 _FLUSH: Final = {name: _flush_statement(name) for name in ("sqlite", "postgresql")}

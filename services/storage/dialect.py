@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import Insert, Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,3 +42,19 @@ def upsert_adding(table: Table, *, dialect_name: str, key_columns: Sequence[str]
         index_elements=[table.c[name] for name in key_columns],
         set_={name: table.c[name] + statement.excluded[name] for name in add_columns},
     )
+
+
+def upsert_replacing(
+    table: Table,
+    *,
+    dialect_name: str,
+    key_columns: Sequence[str],
+    replace_columns: Sequence[str],
+    constants: Mapping[str, Any] | None = None,
+) -> Insert:
+    """``INSERT ... ON CONFLICT (key_columns) DO UPDATE SET c = excluded.c`` for each replace column (the last
+    writer wins), plus ``SET c = value`` for each of `constants`."""
+    statement = _dialect_insert(table, dialect_name)
+    updated: dict[str, Any] = {name: statement.excluded[name] for name in replace_columns}
+    updated.update(constants or {})
+    return statement.on_conflict_do_update(index_elements=[table.c[name] for name in key_columns], set_=updated)

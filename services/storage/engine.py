@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
 
 from services.storage.errors import DatabaseUnreachableError, StorageConfigError
 
@@ -25,6 +26,9 @@ SQLITE_FILE_NAME: Final = "meterwire.db"
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 5_000
 """How long a SQLite writer waits for another's lock before failing with "database is locked"."""
+
+SQLITE_WRITER_CACHE_KIB: Final = 64 * 1024
+"""Page cache of the ingest writer's connection: a 10,000-event transaction touches tens of MB of pages."""
 
 CONNECT_TIMEOUT_S: Final = 5.0
 """How long opening one connection may take, so an unreachable server fails startup fast."""
@@ -89,21 +93,44 @@ def _create_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
                 f"cannot create the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
             ) from exc
     engine = create_async_engine(url, echo=echo)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # WAL lets readers run while one writer commits; NORMAL sync is durable in WAL mode except for the
-        # last transactions on power loss; SQLite leaves foreign keys off unless asked, per connection.
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
-        finally:
-            cursor.close()
-
+    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     return engine
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # WAL lets readers run while one writer commits; NORMAL sync is durable in WAL mode except for the
+    # last transactions on power loss; SQLite leaves foreign keys off unless asked, per connection.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+    finally:
+        cursor.close()
+
+
+def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file as `engine`, for a writer that runs whole transactions in
+    one worker thread (one hop off the event loop per transaction instead of one per statement).
+
+    One connection, with the same pragmas, plus a larger page cache so big transactions do not spill. The
+    caller must use it from a single thread: the connection is opened there and never shared.
+    """
+    if engine.dialect.name != "sqlite":
+        raise ValueError(f"create_sqlite_thread_engine needs a SQLite engine, not {engine.dialect.name}")
+    thread_engine = create_sync_engine(engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1)
+    event.listen(thread_engine, "connect", _set_sqlite_pragmas)
+    event.listen(thread_engine, "connect", _set_writer_cache)
+    return thread_engine
+
+
+def _set_writer_cache(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
+    finally:
+        cursor.close()
 
 
 async def check_connection(engine: AsyncEngine) -> None:

@@ -168,7 +168,6 @@ usage_events: Final = Table(
     UniqueConstraint("gateway_key", "event_id"),
     Index("ix_usage_events_environment_time", "environment_id", "event_time_us"),
     Index("ix_usage_events_environment_request", "environment_id", "request_id"),
-    Index("ix_usage_events_gateway_sequence", "gateway_key", "sequence"),
     # Reporting reads token categories (which no rollup holds) through this; it stays small while few
     # events carry categories.
     Index(

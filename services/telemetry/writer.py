@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.errors import MeterwireError
 from services.storage import dialect, tables
+from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
 from services.telemetry.rows import (
@@ -87,6 +89,9 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         name = engine.dialect.name
+        # SQLite: a synchronous connection of the writer's own, used only from its own thread.
+        self._sqlite = create_sqlite_thread_engine(engine) if name == "sqlite" else None
+        self._sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
         self._insert_events = CompiledStatement(
             dialect.insert_ignore_duplicates(
                 tables.usage_events, dialect_name=name, index_elements=("gateway_key", "event_id")
@@ -145,6 +150,10 @@ class GroupCommitWriter:
         task = self._task
         if task is not None:
             await asyncio.shield(task)
+        if self._sqlite is not None:
+            sqlite, self._sqlite = self._sqlite, None
+            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, sqlite.dispose)
+        self._sqlite_thread.shutdown(wait=False)
 
     async def _run(self) -> None:
         try:
@@ -209,59 +218,55 @@ class GroupCommitWriter:
     async def _store(self, group: list[PreparedBatch]) -> list[_Result]:
         """One transaction for the whole group; returns each batch's (accepted, duplicate) counts."""
         started = time.perf_counter()
-        now_us = time.time_ns() // 1000
-        seen: set[_EventKey] = set()
-        insert_rows: list[tuple[object, ...]] = []
-        candidates: list[list[int]] = []
-        sequences: dict[int, int] = {}
-        for batch in group:
-            gateway_key = batch.gateway_key
-            firsts: list[int] = []
-            for index, row in enumerate(batch.rows):
-                key = (gateway_key, row["event_id"])
-                if key in seen:
-                    continue  # a later occurrence in this transaction: a duplicate of the first
-                seen.add(key)
-                row["ingest_time_us"] = now_us
-                insert_rows.append(event_values(row))
-                firsts.append(index)
-            candidates.append(firsts)
-            if batch.max_sequence > sequences.get(gateway_key, 0):
-                sequences[gateway_key] = batch.max_sequence
-        async with UnitOfWork(self._engine) as uow:
-            connection = uow.connection
-            inserted: set[_EventKey] = set()
-            # One statement per ~900 rows (the bind-parameter limit), never per row.
-            for sql, parameters in self._insert_events.chunks(insert_rows):
-                result = await connection.exec_driver_sql(sql, parameters)
-                inserted.update(map(tuple, result))  # rows of (gateway_key, event_id)
-            results: list[_Result] = []
-            tag_rows: list[TagRow] = []
-            rollups: dict[RollupKey, list[int]] = {}
-            for batch, firsts in zip(group, candidates, strict=True):
-                accepted = 0
-                gateway_key = batch.gateway_key
-                for index in firsts:
-                    row = batch.rows[index]
-                    if (gateway_key, row["event_id"]) in inserted:
-                        accepted += 1
-                        add_to_rollup(rollups, row)
-                        tags = batch.tag_rows.get(index)
-                        if tags:
-                            tag_rows.extend(tags)
-                results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
-            if tag_rows:
-                await connection.exec_driver_sql(self._insert_tags.sql, tag_rows)
-            if rollups:
-                await connection.exec_driver_sql(self._upsert_rollups.sql, rollup_rows(rollups))
-            if sequences:
-                await connection.execute(
-                    self._advance_sequence,
-                    [{"key": key, "new_sequence": sequence} for key, sequence in sequences.items()],
-                )
-            await uow.commit()
+        plan = _plan(group)
+        if self._sqlite is not None:
+            # The whole transaction is one hop to the writer's own thread: no statement waits for a turn of
+            # the event loop (busy receiving and validating the next batches), and SQLite's work overlaps it.
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._sqlite_thread, self._in_sqlite_thread, self._sqlite, plan)
+        else:
+            async with UnitOfWork(self._engine) as uow:
+                results = await uow.connection.run_sync(self._write, plan)
+                await uow.commit()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.TRANSACTION_EVENTS.observe(sum(len(batch.rows) for batch in group))
+        return results
+
+    def _in_sqlite_thread(self, engine: sa.Engine, plan: _Plan) -> list[_Result]:
+        with engine.begin() as connection:
+            return self._write(connection, plan)
+
+    def _write(self, connection: sa.Connection, plan: _Plan) -> list[_Result]:
+        """The transaction's statements (the caller begins and commits): events, tags, rollups, sequences."""
+        inserted: set[_EventKey] = set()
+        # One statement per ~900 rows (the bind-parameter limit), never per row.
+        for sql, parameters in self._insert_events.chunks(plan.insert_rows):
+            result = connection.exec_driver_sql(sql, parameters)
+            inserted.update(map(tuple, result))  # rows of (gateway_key, event_id)
+        results: list[_Result] = []
+        tag_rows: list[TagRow] = []
+        rollups: dict[RollupKey, list[int]] = {}
+        for batch, firsts in zip(plan.group, plan.candidates, strict=True):
+            accepted = 0
+            gateway_key = batch.gateway_key
+            for index in firsts:
+                row = batch.rows[index]
+                if (gateway_key, row["event_id"]) in inserted:
+                    accepted += 1
+                    add_to_rollup(rollups, row)
+                    tags = batch.tag_rows.get(index)
+                    if tags:
+                        tag_rows.extend(tags)
+            results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
+        if tag_rows:
+            connection.exec_driver_sql(self._insert_tags.sql, tag_rows)
+        if rollups:
+            connection.exec_driver_sql(self._upsert_rollups.sql, rollup_rows(rollups))
+        if plan.sequences:
+            connection.execute(
+                self._advance_sequence,
+                [{"key": key, "new_sequence": sequence} for key, sequence in plan.sequences.items()],
+            )
         return results
 
     def _resolve(self, batch: PreparedBatch, result: _Result) -> None:
@@ -297,6 +302,42 @@ class GroupCommitWriter:
             events=len(batch.rows),
             exc_info=error,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A group's candidate rows: each (gateway, event id) once, in submission order."""
+
+    group: list[PreparedBatch]
+    insert_rows: list[tuple[object, ...]]
+    """usage_events values (EVENT_COLUMNS order) of the first occurrence of each event in the group."""
+    candidates: list[list[int]]
+    """Per batch, the indexes of its rows that are first occurrences (the others are duplicates already)."""
+    sequences: dict[int, int]
+    """gateway_key -> the highest agent spool sequence in the group."""
+
+
+def _plan(group: list[PreparedBatch]) -> _Plan:
+    now_us = time.time_ns() // 1000
+    seen: set[_EventKey] = set()
+    insert_rows: list[tuple[object, ...]] = []
+    candidates: list[list[int]] = []
+    sequences: dict[int, int] = {}
+    for batch in group:
+        gateway_key = batch.gateway_key
+        firsts: list[int] = []
+        for index, row in enumerate(batch.rows):
+            key = (gateway_key, row["event_id"])
+            if key in seen:
+                continue  # a later occurrence in this transaction: a duplicate of the first
+            seen.add(key)
+            row["ingest_time_us"] = now_us
+            insert_rows.append(event_values(row))
+            firsts.append(index)
+        candidates.append(firsts)
+        if batch.max_sequence > sequences.get(gateway_key, 0):
+            sequences[gateway_key] = batch.max_sequence
+    return _Plan(group, insert_rows, candidates, sequences)
 
 
 @dataclass(frozen=True, slots=True)

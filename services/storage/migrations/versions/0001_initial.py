@@ -370,7 +370,6 @@ def upgrade() -> None:
     op.create_index(
         "ix_usage_events_environment_time", "usage_events", ["environment_id", "event_time_us"], unique=False
     )
-    op.create_index("ix_usage_events_gateway_sequence", "usage_events", ["gateway_key", "sequence"], unique=False)
     _has_categories = sa.text("token_categories IS NOT NULL")
     op.create_index(
         "ix_usage_events_categories",
@@ -413,7 +412,6 @@ def downgrade() -> None:
     op.drop_index("ix_usage_event_tags_match", table_name="usage_event_tags")
     op.drop_table("usage_event_tags")
     op.drop_index("ix_usage_events_categories", table_name="usage_events")
-    op.drop_index("ix_usage_events_gateway_sequence", table_name="usage_events")
     op.drop_index("ix_usage_events_environment_time", table_name="usage_events")
     op.drop_index("ix_usage_events_environment_request", table_name="usage_events")
     op.drop_table("usage_events")
