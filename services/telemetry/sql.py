@@ -3,7 +3,7 @@
 Why: with executemany, Core processes every parameter dict in Python (``construct_params``); profiling ingest
 showed that at ~40 us per event, more than validation and pricing together. The statements here are the SAME
 Core statements, compiled once per dialect to text; rows are then passed as plain tuples in the compiled
-parameter order through ``AsyncConnection.exec_driver_sql``. Only the multi-row form of an
+parameter order through ``Connection.exec_driver_sql``. Only the multi-row form of an
 ``INSERT ... RETURNING`` (so it reports every new row in one statement; sqlite3's executemany drops
 RETURNING rows) is made here from the compiled VALUES group: on SQLite by repeating the group per row; on
 PostgreSQL, whose driver renders typed placeholders (``$1::VARCHAR``), as
