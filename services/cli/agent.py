@@ -63,6 +63,7 @@ def run(
     """Run the agent daemon. SIGTERM/SIGINT: stop taking events, commit the spool, deliver what it can, exit 0."""
     from gateway_agent import AgentSettings, Durability, GatewayAgent, TlsSettings
     from gateway_agent.daemon import AgentDaemon, MetricsListenError, check_listen
+    from services.gc_tuning import tune_garbage_collector
     from services.logs import configure_logging
     from services.settings import SettingsError, parse_listen_address
 
@@ -103,6 +104,7 @@ def run(
         except MetricsListenError as error:
             await daemon.shutdown()
             fail(f"--metrics-listen: {error}")
+        tune_garbage_collector()
         # A readiness line for supervisors and tests.
         print(f"agent ready on {listen}", flush=True)
         await daemon.run()

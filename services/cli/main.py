@@ -17,6 +17,7 @@ from services.cli.config import config_app
 from services.cli.gateways import gateways_app
 from services.cli.simulate import simulate_command
 from services.cli.usage import usage_app
+from services.gc_tuning import tune_garbage_collector
 from services.logs import configure_logging
 from services.settings import ServerSettings, SettingsError
 
@@ -104,6 +105,7 @@ async def _serve(settings: ServerSettings) -> None:
         await control_plane.start()
     except (StartupError, StorageError, SettingsError) as error:
         fail(str(error))
+    tune_garbage_collector()
     await control_plane.run()
 
 
