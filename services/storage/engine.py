@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -93,21 +94,32 @@ def _create_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
                 f"cannot create the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
             ) from exc
     engine = create_async_engine(url, echo=echo)
-    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    event.listen(engine.sync_engine, "connect", _pragmas(*SQLITE_PRAGMAS))
     return engine
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+SQLITE_PRAGMAS: Final = (
     # WAL lets readers run while one writer commits; NORMAL sync is durable in WAL mode except for the
     # last transactions on power loss; SQLite leaves foreign keys off unless asked, per connection.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
-    finally:
-        cursor.close()
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}",
+)
+
+
+def _pragmas(*statements: str) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """A "connect" listener running `statements` on every new SQLite connection."""
+
+    def run(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    return run
 
 
 def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
@@ -120,17 +132,8 @@ def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
     if engine.dialect.name != "sqlite":
         raise ValueError(f"create_sqlite_thread_engine needs a SQLite engine, not {engine.dialect.name}")
     thread_engine = create_sync_engine(engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1)
-    event.listen(thread_engine, "connect", _set_sqlite_pragmas)
-    event.listen(thread_engine, "connect", _set_writer_cache)
+    event.listen(thread_engine, "connect", _pragmas(*SQLITE_PRAGMAS, f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}"))
     return thread_engine
-
-
-def _set_writer_cache(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
-    finally:
-        cursor.close()
 
 
 async def check_connection(engine: AsyncEngine) -> None:

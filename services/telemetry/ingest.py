@@ -60,10 +60,6 @@ PRICING_REFRESH_S: Final = 5.0
 """How long an environment's pricing table is reused before it is read again (a new config takes effect
 within this long)."""
 
-_YIELD_EVERY_EVENTS: Final = 100
-"""Preparing a batch gives the event loop a turn this often (~2 ms), so the group-commit writer's next
-statement is not kept waiting behind a whole batch of validation: the database and Python then overlap."""
-
 MAX_BATCHES_IN_FLIGHT_PER_STREAM: Final = 32
 """Unacked batches one stream may have queued; beyond it the server stops reading, so HTTP/2 flow control
 slows the client instead of the server buffering without bound."""
@@ -168,8 +164,6 @@ class UsageIngest:
         rejected: list[pb.RejectedEvent] = []
         max_sequence = 0
         for index, event in enumerate(events):
-            if index and not index % _YIELD_EVERY_EVENTS:
-                await asyncio.sleep(0)
             row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, prices=prices)
             rejection = rejection_of(event, row, index, now_us, limits)
             if rejection is not None:

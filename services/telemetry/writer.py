@@ -90,8 +90,12 @@ class GroupCommitWriter:
         self._stopping = False
         name = engine.dialect.name
         # SQLite: a synchronous connection of the writer's own, used only from its own thread.
-        self._sqlite = create_sqlite_thread_engine(engine) if name == "sqlite" else None
-        self._sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
+        self._sqlite: tuple[sa.Engine, ThreadPoolExecutor] | None = None
+        if name == "sqlite":
+            self._sqlite = (
+                create_sqlite_thread_engine(engine),
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer"),
+            )
         self._insert_events = CompiledStatement(
             dialect.insert_ignore_duplicates(
                 tables.usage_events, dialect_name=name, index_elements=("gateway_key", "event_id")
@@ -151,9 +155,9 @@ class GroupCommitWriter:
         if task is not None:
             await asyncio.shield(task)
         if self._sqlite is not None:
-            sqlite, self._sqlite = self._sqlite, None
-            await asyncio.get_running_loop().run_in_executor(self._sqlite_thread, sqlite.dispose)
-        self._sqlite_thread.shutdown(wait=False)
+            (sqlite, thread), self._sqlite = self._sqlite, None
+            await asyncio.get_running_loop().run_in_executor(thread, sqlite.dispose)
+            thread.shutdown(wait=False)
 
     async def _run(self) -> None:
         try:
@@ -222,8 +226,8 @@ class GroupCommitWriter:
         if self._sqlite is not None:
             # The whole transaction is one hop to the writer's own thread: no statement waits for a turn of
             # the event loop (busy receiving and validating the next batches), and SQLite's work overlaps it.
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._sqlite_thread, self._in_sqlite_thread, self._sqlite, plan)
+            sqlite, thread = self._sqlite
+            results = await asyncio.get_running_loop().run_in_executor(thread, self._in_sqlite_thread, sqlite, plan)
         else:
             async with UnitOfWork(self._engine) as uow:
                 results = await uow.connection.run_sync(self._write, plan)
