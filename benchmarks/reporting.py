@@ -1,6 +1,8 @@
 """Reporting at scale: p50/p99 of summary, top-10 breakdown and hourly series over 30 days, rollups vs raw scans.
 
 Run: ``.venv/bin/python -m benchmarks.reporting [--events 10000000] [--load-budget 900] [--postgres-events 1000000]``.
+``--data-dir DIR`` keeps the SQLite dataset there; a later run with the same directory skips the load (the
+schema is upgraded and compaction re-run), so a design change can be measured on the same 10 M events.
 
 Loading uses ingest's BULK form: rows are built with the telemetry row functions' column layout
 (``rows.event_values``) and counted into per-minute rollups with ingest's own ``add_to_rollup``, then written
@@ -14,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import secrets
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from gateway_agent import new_event_id
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.reporting.aggregate import Aggregation, KeyNames, aggregate
 from services.reporting.compaction import compact
@@ -94,7 +97,7 @@ def _rows(
         row = {
             "environment_id": environment_id,
             "gateway_key": keys[gateway_index],
-            "event_id": str(uuid.uuid4()),
+            "event_id": new_event_id(),
             "sequence": 0,
             "request_id": f"req-{first_request + i}",
             "attempt": 1,
@@ -174,7 +177,10 @@ async def load(engine: AsyncEngine, *, events: int, budget_s: float, seed: int) 
     loaded = 0
     while loaded < events and time.perf_counter() - began < budget_s:
         count = min(CHUNK, events - loaded)
-        rows, tags = _rows(rng, count, start_us, end_us - start_us, keys, profiles, loaded)
+        # Events arrive in time order, as from a live fleet: each chunk covers its own slice of the 30 days.
+        span_us = (end_us - start_us) // events
+        slice_start = start_us + loaded * span_us
+        rows, tags = _rows(rng, count, slice_start, count * span_us, keys, profiles, loaded)
         rollups: dict[Any, list[int]] = {}
         for row in rows:
             add_to_rollup(rollups, row)
@@ -212,11 +218,18 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
         async with engine.connect() as connection:
             await aggregate(connection, aggregation, await KeyNames.load(connection), plan=plan)
 
+    # What a reporter token scoped to one environment asks.
+    scoped = UsageSelection(start_us=start_us, end_us=end_us, environment_ids=frozenset({"prod"}))
     cases: list[tuple[str, Callable[[], Awaitable[object]], Callable[[], Awaitable[object]]]] = [
         (
             "summary",
             lambda: reports.summary(selection),
             lambda: raw(Aggregation(selection, whole_range(start_us, end_us))),
+        ),
+        (
+            "summary, one env",
+            lambda: reports.summary(scoped),
+            lambda: raw(Aggregation(scoped, whole_range(start_us, end_us))),
         ),
         (
             "top-10 breakdown",
@@ -240,16 +253,48 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
         print(f"  {label:<18} {figures} {slow[0] / fast[0]:>14.0f}x", flush=True)
 
 
-async def run_one(label: str, engine: AsyncEngine, *, events: int, budget_s: float, runs: int, raw_runs: int) -> None:
+def _read_manifest(path: Path) -> tuple[int, int, int] | None:
+    """(events loaded, range start us, range end us) of the dataset an earlier run left in the directory."""
+    if not path.exists():
+        return None
+    loaded, start_us, end_us = json.loads(path.read_text())
+    return int(loaded), int(start_us), int(end_us)
+
+
+def _write_manifest(path: Path, dataset: tuple[int, int, int]) -> None:
+    path.write_text(json.dumps(dataset))
+
+
+async def run_one(
+    label: str,
+    engine: AsyncEngine,
+    *,
+    events: int,
+    budget_s: float,
+    runs: int,
+    raw_runs: int,
+    manifest: Path | None = None,
+) -> None:
+    """Loads (or, with a `manifest` from an earlier run, reuses) the dataset, compacts it and measures."""
     await upgrade(engine)
-    print(f"{label}: loading up to {events:,} events over {DAYS} days (bulk ingest form; budget {budget_s:.0f} s)")
-    loaded, seconds, start_us, end_us = await load(engine, events=events, budget_s=budget_s, seed=7)
-    print(f"  loaded {loaded:,} events in {seconds:,.0f} s ({loaded / seconds:,.0f}/s)")
-    if loaded < events:
-        print(
-            f"  LOAD BUDGET REACHED: {loaded:,} of {events:,} loaded; extrapolated full load "
-            f"{seconds * events / loaded:,.0f} s. Figures below are for {loaded:,} events."
-        )
+    previous = _read_manifest(manifest) if manifest is not None else None
+    if previous is not None:
+        loaded, start_us, end_us = previous
+        print(f"{label}: reusing {loaded:,} events loaded by an earlier run")
+        # A rollup table added since the load starts empty: make every hour dirty so compaction builds it.
+        async with engine.begin() as connection:
+            await connection.execute(tables.usage_rollup_1m.update().values(compacted_attempt_count=0))
+    else:
+        print(f"{label}: loading up to {events:,} events over {DAYS} days (bulk ingest form; budget {budget_s:.0f} s)")
+        loaded, seconds, start_us, end_us = await load(engine, events=events, budget_s=budget_s, seed=7)
+        print(f"  loaded {loaded:,} events in {seconds:,.0f} s ({loaded / seconds:,.0f}/s)")
+        if loaded < events:
+            print(
+                f"  LOAD BUDGET REACHED: {loaded:,} of {events:,} loaded; extrapolated full load "
+                f"{seconds * events / loaded:,.0f} s. Figures below are for {loaded:,} events."
+            )
+        if manifest is not None:
+            _write_manifest(manifest, (loaded, start_us, end_us))
     began = time.perf_counter()
     report = await compact(engine, now_s=end_us // 1_000_000 + 3600)
     print(f"  compacted {report.hours} hours / {report.days} days in {time.perf_counter() - began:,.0f} s")
@@ -268,8 +313,9 @@ async def main() -> None:
     parser.add_argument("--raw-runs", type=int, default=3)
     parser.add_argument("--postgres-events", type=int, default=1_000_000, help="0 skips PostgreSQL.")
     parser.add_argument("--postgres-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--data-dir", type=Path, help="Keep (or reuse) the SQLite dataset in this directory.")
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="mw-reporting-bench-"))
+    directory = args.data_dir or Path(tempfile.mkdtemp(prefix="mw-reporting-bench-"))
     engine = create_engine(sqlite_url(directory))
     try:
         await run_one(
@@ -279,6 +325,7 @@ async def main() -> None:
             budget_s=args.load_budget,
             runs=args.runs,
             raw_runs=args.raw_runs,
+            manifest=directory / "benchmark.json" if args.data_dir else None,
         )
     finally:
         await engine.dispose()

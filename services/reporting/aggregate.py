@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,10 +21,11 @@ from services.reporting.planner import (
     BucketGrid,
     QueryPlan,
     Source,
+    coarse_rollups,
     dirty_hours,
     plan_sources,
 )
-from services.storage import tables
+from services.storage import dialect, tables
 
 SUM_COLUMNS: Final = tables.ROLLUP_SUM_COLUMNS
 SUM_INDEX: Final = {name: index for index, name in enumerate(SUM_COLUMNS)}
@@ -154,6 +154,15 @@ class Aggregation:
     def needs_raw_events(self) -> bool:
         return self.selection.needs_raw_events or any(grouping.is_tag for grouping in self.groupings)
 
+    @property
+    def dimension_columns(self) -> frozenset[str]:
+        """The stored dimensions this aggregation filters or groups by (tags aside)."""
+        grouped = (DIMENSION_COLUMNS[grouping.dimension] for grouping in self.groupings if not grouping.is_tag)
+        filtered = set(self.selection.value_filters)
+        if self.selection.gateway_ids:
+            filtered.add("gateway_key")
+        return frozenset((*grouped, *filtered))
+
 
 Totals = dict[tuple[int, GroupKey], Sums]
 """(output bucket index, group key) -> sums."""
@@ -163,7 +172,8 @@ async def plan_for(connection: AsyncConnection, aggregation: Aggregation) -> Que
     bounds = aggregation.grid.bounds_us
     raw_only = aggregation.needs_raw_events
     dirty = frozenset() if raw_only else await dirty_hours(connection, bounds[0], bounds[-1])
-    return plan_sources(bounds, dirty_hours_us=dirty, raw_only=raw_only)
+    coarse = {} if raw_only else coarse_rollups(aggregation.dimension_columns)
+    return plan_sources(bounds, dirty_hours_us=dirty, raw_only=raw_only, coarse=coarse)
 
 
 async def aggregate(
@@ -202,8 +212,8 @@ async def aggregate(
 
 
 def _source_query(source: Source, plan: QueryPlan, aggregation: Aggregation, *, by_bucket: bool) -> sa.Select[Any]:
-    table = source.table
-    group_columns, from_clause = _grouped_from(source, aggregation, by_bucket=by_bucket)
+    table = plan.table(source)
+    group_columns, from_clause = _grouped_from(table, aggregation, by_bucket=by_bucket)
     sums: list[ColumnElement[Any]]
     if source.is_rollup:
         sums = [sa.func.sum(table.c[column]) for column in aggregation.columns]
@@ -215,14 +225,13 @@ def _source_query(source: Source, plan: QueryPlan, aggregation: Aggregation, *, 
 
 
 def _grouped_from(
-    source: Source, aggregation: Aggregation, *, by_bucket: bool
+    table: sa.Table, aggregation: Aggregation, *, by_bucket: bool
 ) -> tuple[list[ColumnElement[Any]], sa.FromClause]:
     """The grouping expressions (bucket first, then each grouping) and the FROM clause they need."""
-    table = source.table
     group_columns: list[ColumnElement[Any]] = []
     from_clause: sa.FromClause = table
     if by_bucket:
-        if source.is_rollup:
+        if table is not tables.usage_events:
             group_columns.append(table.c.bucket_start)
         else:
             # Raw events are bucketed by minute: no output bucket boundary falls inside a minute.
@@ -242,46 +251,71 @@ def _grouped_from(
     return group_columns, from_clause
 
 
-def _categories_table(connection: AsyncConnection) -> tuple[sa.TableValuedAlias, ColumnElement[Any]]:
-    """Key/value rows of the token_categories JSON: the one SQL construct that differs by dialect here."""
-    column = tables.usage_events.c.token_categories
-    if connection.dialect.name == "postgresql":
-        pairs = sa.func.jsonb_each_text(sa.cast(column, JSONB)).table_valued("key", "value").render_derived()
-        return pairs, sa.cast(pairs.c.value, sa.BigInteger)
-    pairs = sa.func.json_each(column).table_valued("key", "value")
-    return pairs, pairs.c.value
+_CATEGORY_ROLLUPS: Final = {Source.DAY: tables.token_categories_1d, Source.HOUR: tables.token_categories_1h}
 
 
 async def token_categories(
-    connection: AsyncConnection, aggregation: Aggregation, names: KeyNames
+    connection: AsyncConnection, aggregation: Aggregation, names: KeyNames, plan: QueryPlan
 ) -> dict[tuple[int, GroupKey], dict[str, int]]:
-    """Token sums by pricing category per (bucket, group). No rollup holds categories, so this reads raw
-    events, through an index of only the events that reported categories."""
-    events = tables.usage_events
+    """Token sums by pricing category per (bucket, group).
+
+    When `plan` reads the per-model rollups, compacted hours and days come from the category rollups
+    (keyed alike); every other piece comes from raw events, through an index of only the events that
+    reported categories."""
     bounds = aggregation.grid.bounds_us
     by_bucket = len(bounds) > 2
-    group_columns, from_clause = _grouped_from(Source.RAW, aggregation, by_bucket=by_bucket)
-    pairs, value = _categories_table(connection)
-    group_count = len(group_columns)
-    conditions = usage_conditions(events, aggregation.selection, [(bounds[0], bounds[-1])])
-    query = (
+    queries: list[tuple[sa.Select[Any], int]] = []
+    raw_ranges: list[tuple[int, int]] = [(bounds[0], bounds[-1])]
+    if plan.table(Source.HOUR) is tables.usage_rollup_1h_model:
+        raw_ranges = sorted((*plan.ranges.get(Source.MINUTE, ()), *plan.ranges.get(Source.RAW, ())))
+        for source, table in _CATEGORY_ROLLUPS.items():
+            if source in plan.ranges:
+                queries.append(
+                    (_category_rollup_query(table, aggregation, plan.in_table_units(source), by_bucket), 1_000_000)
+                )
+    if raw_ranges:
+        queries.append((_raw_category_query(connection, aggregation, raw_ranges, by_bucket), MINUTE_US))
+    result: dict[tuple[int, GroupKey], dict[str, int]] = {}
+    group_count = len(aggregation.groupings) + by_bucket
+    for query, bucket_unit_us in queries:
+        async for row in await connection.stream(query):
+            offset, bucket = 0, 0
+            if by_bucket:
+                bucket = bisect_right(bounds, max(int(row[0]) * bucket_unit_us, bounds[0])) - 1
+                offset = 1
+            key = tuple(names.name(grouping, row[offset + i]) for i, grouping in enumerate(aggregation.groupings))
+            categories = result.setdefault((bucket, key), {})
+            category = str(row[group_count])
+            categories[category] = categories.get(category, 0) + int(row[group_count + 1] or 0)
+    return result
+
+
+def _category_rollup_query(
+    table: sa.Table, aggregation: Aggregation, ranges: list[tuple[int, int]], by_bucket: bool
+) -> sa.Select[Any]:
+    group_columns, _ = _grouped_from(table, aggregation, by_bucket=by_bucket)
+    conditions = usage_conditions(table, aggregation.selection, ranges)
+    return (
+        sa.select(*group_columns, table.c.category, sa.func.sum(table.c.tokens))
+        .where(*conditions)
+        .group_by(*group_columns, table.c.category)
+    )
+
+
+def _raw_category_query(
+    connection: AsyncConnection, aggregation: Aggregation, ranges: list[tuple[int, int]], by_bucket: bool
+) -> sa.Select[Any]:
+    events = tables.usage_events
+    group_columns, from_clause = _grouped_from(events, aggregation, by_bucket=by_bucket)
+    pairs, value = dialect.json_integer_pairs(events.c.token_categories, dialect_name=connection.dialect.name)
+    conditions = usage_conditions(events, aggregation.selection, ranges, index_on_time_only=True)
+    return (
         sa.select(*group_columns, pairs.c.key, sa.func.sum(value))
         .select_from(from_clause)
         .join(pairs, sa.true())
         .where(events.c.token_categories.is_not(None), *conditions)
         .group_by(*group_columns, pairs.c.key)
     )
-    result: dict[tuple[int, GroupKey], dict[str, int]] = {}
-    async for row in await connection.stream(query):
-        offset, bucket = 0, 0
-        if by_bucket:
-            bucket = bisect_right(bounds, max(int(row[0]) * MINUTE_US, bounds[0])) - 1
-            offset = 1
-        key = tuple(names.name(grouping, row[offset + i]) for i, grouping in enumerate(aggregation.groupings))
-        categories = result.setdefault((bucket, key), {})
-        category = str(row[group_count])
-        categories[category] = categories.get(category, 0) + int(row[group_count + 1] or 0)
-    return result
 
 
 def parse_categories(text: str | None) -> dict[str, int]:

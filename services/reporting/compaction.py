@@ -7,9 +7,12 @@ since (a new minute, more events in a minute, or a LATE event for a minute compa
 (``attempt_count <> compacted_attempt_count``, found through a partial index). Compaction takes the hours
 holding dirty rows and, in ONE transaction, REPLACES those hours' 1h rows with the sum of their 1m rows,
 replaces the days containing them in 1d with the sum of their 1h rows, and advances the watermark of the
-rows it summed. Replacing rather than adding makes a rerun harmless and a crash at any step a rollback, so
-nothing is ever counted twice. Only closed minutes get their watermark advanced (so compaction does not
-contend with ingest on the live minute); the open minute keeps its hour dirty until the next run.
+rows it summed. The narrower-keyed 1h and 1d rollups (tables.COARSE_ROLLUPS) are rebuilt in the same
+transaction, each from the next wider key's hours, so every key always agrees; so are the hours' and
+days' token category sums (tables.token_category_rollup_table), from the raw events of those hours.
+Replacing rather than adding makes a rerun harmless and a crash at any step a rollback, so nothing is ever
+counted twice. Only closed minutes get their watermark advanced (so compaction does not contend with
+ingest on the live minute); the open minute keeps its hour dirty until the next run.
 
 The planner reads 1h and 1d only for hours without dirty rows (planner.py), so reports are exact at every
 moment: compaction only decides how much can be read from the coarse tables.
@@ -33,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settings import ServerSettings
-from services.storage import tables
+from services.storage import dialect, tables
 from services.storage.uow import UnitOfWork
 
 log = structlog.get_logger("meterwire.reporting.compaction")
@@ -46,7 +49,6 @@ _RETRIES: Final = 5
 
 _DIRTY: Final = sa.text("attempt_count <> compacted_attempt_count")
 _m, _h, _d = tables.usage_rollup_1m, tables.usage_rollup_1h, tables.usage_rollup_1d
-_GROUP_DIMENSIONS: Final = tables.ROLLUP_DIMENSIONS[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,15 @@ def _in_ranges(column: sa.ColumnElement[int], starts: list[int], width: int) -> 
 
 
 def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) -> list[sa.Executable]:
-    """Statements replacing `target`'s buckets at `starts` with the sums of `source` rows within them."""
+    """Statements replacing `target`'s buckets at `starts` with the sums of `source` rows within them.
+
+    `target`'s key must be `source`'s or a subset of it (the narrow rollups fold the full-key ones).
+    """
+    key = [column.name for column in target.primary_key.columns]
+    metrics = [column.name for column in target.columns if not column.primary_key]
     bucket = source.c.bucket_start - source.c.bucket_start % width
-    dimensions = [source.c[name] for name in _GROUP_DIMENSIONS]
-    sums = [sa.func.sum(source.c[name]) for name in tables.ROLLUP_SUM_COLUMNS]
+    dimensions = [source.c[name] for name in key[1:]]
+    sums = [sa.func.sum(source.c[name]) for name in metrics]
     select = (
         sa.select(bucket, *dimensions, *sums)
         .where(_in_ranges(source.c.bucket_start, starts, width))
@@ -71,7 +78,36 @@ def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) 
     )
     return [
         target.delete().where(target.c.bucket_start.in_(starts)),
-        target.insert().from_select([*tables.ROLLUP_DIMENSIONS, *tables.ROLLUP_SUM_COLUMNS], select),
+        target.insert().from_select([*key, *metrics], select),
+    ]
+
+
+def _rebuild_token_categories(hours: list[int], *, dialect_name: str) -> list[sa.Executable]:
+    """Statements replacing the hours' token category rollups with the sums of their raw events' categories.
+
+    Late events are accepted only within raw retention (older ones are rejected as TOO_OLD), so an hour
+    that can still turn dirty still has every raw event it needs."""
+    events, target = tables.usage_events, tables.token_categories_1h
+    pairs, value = dialect.json_integer_pairs(events.c.token_categories, dialect_name=dialect_name)
+    hour = events.c.event_time_us // (HOUR_S * 1_000_000) * HOUR_S
+    key = [column.name for column in target.primary_key.columns]
+    dimensions = [events.c[name] for name in key[1:-1]]
+    in_hours = sa.or_(
+        *(
+            sa.and_(events.c.event_time_us >= h * 1_000_000, events.c.event_time_us < (h + HOUR_S) * 1_000_000)
+            for h in hours
+        )
+    )
+    select = (
+        sa.select(hour, *dimensions, pairs.c.key, sa.func.sum(value))
+        .select_from(events)
+        .join(pairs, sa.true())
+        .where(events.c.token_categories.is_not(None), in_hours)
+        .group_by(hour, *dimensions, pairs.c.key)
+    )
+    return [
+        target.delete().where(target.c.bucket_start.in_(hours)),
+        target.insert().from_select([*key, "tokens"], select),
     ]
 
 
@@ -85,14 +121,22 @@ async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> 
         engine = engine.execution_options(isolation_level="REPEATABLE READ")
     async with UnitOfWork(engine) as uow:
         connection = uow.connection
-        for statement in _rebuild(_h, _m, hours, HOUR_S):
-            await connection.execute(statement)
+        # Each coarser key from the next wider one: full-key hours from minutes, then narrower hours from them.
+        hourly = [hourly for hourly, _ in reversed(tables.COARSE_ROLLUPS)]
+        for target, source in zip(hourly, [_m, *hourly], strict=False):
+            for statement in _rebuild(target, source, hours, HOUR_S):
+                await connection.execute(statement)
         await connection.execute(
             _m.update()
             .where(_DIRTY, _in_ranges(_m.c.bucket_start, hours, HOUR_S), _m.c.bucket_start < closed_before)
             .values(compacted_attempt_count=_m.c.attempt_count)
         )
-        for statement in _rebuild(_d, _h, days, DAY_S):
+        for statement in _rebuild_token_categories(hours, dialect_name=engine.dialect.name):
+            await connection.execute(statement)
+        for hourly_table, daily_table in reversed(tables.COARSE_ROLLUPS):
+            for statement in _rebuild(daily_table, hourly_table, days, DAY_S):
+                await connection.execute(statement)
+        for statement in _rebuild(tables.token_categories_1d, tables.token_categories_1h, days, DAY_S):
             await connection.execute(statement)
         await uow.commit()
     return len(days)
@@ -165,12 +209,15 @@ async def prune(engine: AsyncEngine, settings: ServerSettings, *, now_s: float |
                 break
     rollups: dict[str, int] = {}
     # One day behind: the oldest day still open to late events keeps every minute and hour it needs.
-    for table, retention, slice_s in (
-        (_m, settings.rollup_1m_retention, HOUR_S),
-        (_h, settings.rollup_1h_retention, DAY_S),
-        (_d, settings.rollup_1d_retention, 30 * DAY_S),
-    ):
-        cutoff = _day_floor(now_s - retention.total_seconds()) - (DAY_S if table is not _d else 0)
+    # (table, retention, rows deleted per transaction as a time slice, days kept behind the cutoff)
+    targets = [(_m, settings.rollup_1m_retention, HOUR_S, 1)]
+    for hourly, daily in tables.COARSE_ROLLUPS:
+        targets += [
+            (hourly, settings.rollup_1h_retention, DAY_S, 1),
+            (daily, settings.rollup_1d_retention, 30 * DAY_S, 0),
+        ]
+    for table, retention, slice_s, days_behind in targets:
+        cutoff = _day_floor(now_s - retention.total_seconds()) - days_behind * DAY_S
         rollups[table.name] = await _prune_rollup(engine, table, cutoff, slice_s)
     return PruneReport(raw_events=raw_deleted, rollup_rows=rollups)
 

@@ -9,7 +9,7 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.reporting.aggregate import Aggregation, KeyNames, aggregate, token_categories
+from services.reporting.aggregate import Aggregation, KeyNames, aggregate, plan_for, token_categories
 from services.reporting.figures import usage_summary
 from services.reporting.filters import Grouping, UsageSelection
 from services.reporting.planner import BucketGrid, bucket_grid, time_zone, whole_range
@@ -52,8 +52,9 @@ async def export_groups(
         aggregation = Aggregation(scoped, window, groupings)
         async with engine.connect() as connection:
             names = await KeyNames.load(connection)
-            totals = await aggregate(connection, aggregation, names)
-            categories = await token_categories(connection, aggregation, names)
+            plan = await plan_for(connection, aggregation)
+            totals = await aggregate(connection, aggregation, names, plan=plan)
+            categories = await token_categories(connection, aggregation, names, plan)
         for bucket, key in sorted(totals):
             seconds = (window.bounds_us[bucket + 1] - window.bounds_us[bucket]) / 1e6
             summary = usage_summary(

@@ -80,6 +80,22 @@ class UsageSelection:
         return bool(self.tags)
 
     @property
+    def value_filters(self) -> dict[str, tuple[str, ...] | tuple[int, ...]]:
+        """Column -> accepted values, for every dimension filtered by value (gateways and tags aside)."""
+        candidates: dict[str, tuple[str, ...] | tuple[int, ...]] = {
+            "requested_model": self.requested_models,
+            "resolved_model": self.resolved_models,
+            "provider": self.providers,
+            "api_key_id": self.api_key_ids,
+            "user_id": self.user_ids,
+            "route": self.routes,
+            "credential_type": self.credential_types,
+            "status_class": self.status_classes,
+            "request_type": self.request_types,
+        }
+        return {column: values for column, values in candidates.items() if values}
+
+    @property
     def duration_us(self) -> int:
         return self.end_us - self.start_us
 
@@ -138,12 +154,21 @@ def groupings(group_by: Sequence[pb.GroupBy], *, field: str, minimum: int = 1) -
 
 
 def usage_conditions(
-    table: sa.Table, selection: UsageSelection, time_ranges: Sequence[tuple[int, int]]
+    table: sa.Table,
+    selection: UsageSelection,
+    time_ranges: Sequence[tuple[int, int]],
+    *,
+    index_on_time_only: bool = False,
 ) -> list[ColumnElement[bool]]:
     """THE translation of a selection into SQL, for a rollup table or usage_events.
 
     `time_ranges` are [start, end) in the table's own time unit: epoch seconds of ``bucket_start`` for a
     rollup, epoch microseconds of ``event_time_us`` for raw events. Tag matches need raw events.
+
+    `index_on_time_only` writes the environment and gateway conditions so no index can serve them, for a
+    query that must go through a small partial index on event time: SQLite otherwise prefers the
+    (environment, time) index, which means scanning every event of the environment (20 s at 10 M events
+    where the partial index takes 80 ms).
     """
     columns = table.c
     is_raw = table is tables.usage_events
@@ -151,25 +176,18 @@ def usage_conditions(
     conditions: list[ColumnElement[bool]] = [
         sa.or_(*(sa.and_(time_column >= start, time_column < end) for start, end in time_ranges))
     ]
+    environment: ColumnElement[str] = columns.environment_id
+    gateway_key: ColumnElement[int] = columns.gateway_key
+    if index_on_time_only:
+        environment, gateway_key = environment.concat(""), gateway_key + 0
     if selection.environment_ids is not None:
-        conditions.append(columns.environment_id.in_(sorted(selection.environment_ids)))
+        conditions.append(environment.in_(sorted(selection.environment_ids)))
     if selection.gateway_ids:
         gateways = tables.gateways
         keys = sa.select(gateways.c.gateway_key).where(gateways.c.gateway_id.in_(selection.gateway_ids))
-        conditions.append(columns.gateway_key.in_(keys.scalar_subquery()))
-    for column, values in (
-        ("requested_model", selection.requested_models),
-        ("resolved_model", selection.resolved_models),
-        ("provider", selection.providers),
-        ("api_key_id", selection.api_key_ids),
-        ("user_id", selection.user_ids),
-        ("route", selection.routes),
-        ("credential_type", selection.credential_types),
-        ("status_class", selection.status_classes),
-        ("request_type", selection.request_types),
-    ):
-        if values:
-            conditions.append(columns[column].in_(values))
+        conditions.append(gateway_key.in_(keys.scalar_subquery()))
+    for column, values in selection.value_filters.items():
+        conditions.append(columns[column].in_(values))
     if selection.tags:
         if not is_raw:
             raise ValueError("tag filters need raw events; the planner must not send them to a rollup")

@@ -1,9 +1,11 @@
 """Chooses, for every piece of a time range, the coarsest source that answers it exactly.
 
 Sources, coarsest first: ``usage_rollup_1d``, ``usage_rollup_1h``, ``usage_rollup_1m`` and raw
-``usage_events``. A rollup row answers a piece exactly only if its whole bucket lies inside one output bucket
-(the range, or one time-series bucket), so a piece is cut at the output boundaries first and then covered,
-from its edges inwards, by raw events (sub-minute edges), minutes, hours and whole UTC days.
+``usage_events``. Hours and days come in several keys (tables.COARSE_ROLLUPS): a report reads the pair
+with the fewest rows whose key holds every dimension it filters or groups by. A rollup row answers a piece
+exactly only if its whole bucket lies inside one output bucket (the range, or one time-series bucket), so a
+piece is cut at the output boundaries first and then covered, from its edges inwards, by raw events
+(sub-minute edges), minutes, hours and whole UTC days.
 
 Hours and days are only exact once compaction has folded every per-minute row of them in. An hour holding a
 per-minute row that ingest changed after its last compaction ("dirty", see compaction.py) is read from the
@@ -19,7 +21,7 @@ split, so their edges come from minutes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from itertools import pairwise
@@ -62,11 +64,24 @@ class Source(Enum):
         return self is not Source.RAW
 
 
+def coarse_rollups(columns: frozenset[str]) -> dict[Source, sa.Table]:
+    """The hourly and daily rollups with the fewest rows whose key holds every one of `columns`."""
+    for hourly, daily in tables.COARSE_ROLLUPS:
+        if columns <= frozenset(hourly.primary_key.columns.keys()):
+            return {Source.HOUR: hourly, Source.DAY: daily}
+    raise ValueError(f"no rollup is keyed by {sorted(columns)}")
+
+
 @dataclass(frozen=True, slots=True)
 class QueryPlan:
     """Per source, the merged [start, end) ranges in epoch microseconds it answers."""
 
     ranges: dict[Source, tuple[tuple[int, int], ...]]
+    coarse: dict[Source, sa.Table] = field(default_factory=dict)
+    """The hourly and daily tables to read (coarse_rollups); missing: the full-key ones."""
+
+    def table(self, source: Source) -> sa.Table:
+        return self.coarse.get(source, source.table)
 
     def in_table_units(self, source: Source) -> list[tuple[int, int]]:
         """The ranges in the unit of the source's time column (rollups: seconds; raw events: microseconds)."""
@@ -83,7 +98,13 @@ def _ceil(value: int, unit: int) -> int:
     return -_floor(-value, unit)
 
 
-def plan_sources(bounds_us: Sequence[int], *, dirty_hours_us: frozenset[int], raw_only: bool) -> QueryPlan:
+def plan_sources(
+    bounds_us: Sequence[int],
+    *,
+    dirty_hours_us: frozenset[int],
+    raw_only: bool,
+    coarse: dict[Source, sa.Table] | None = None,
+) -> QueryPlan:
     """The plan for consecutive output buckets [bounds[i], bounds[i+1]); `dirty_hours_us` are hour starts."""
     pieces: dict[Source, list[tuple[int, int]]] = {source: [] for source in Source}
     if raw_only:
@@ -92,7 +113,7 @@ def plan_sources(bounds_us: Sequence[int], *, dirty_hours_us: frozenset[int], ra
         dirty_days = frozenset(_floor(hour, DAY_US) for hour in dirty_hours_us)
         for start, end in pairwise(bounds_us):
             _cover(start, end, pieces, dirty_hours_us, dirty_days)
-    return QueryPlan({source: _merged(ranges) for source, ranges in pieces.items() if ranges})
+    return QueryPlan({source: _merged(ranges) for source, ranges in pieces.items() if ranges}, coarse or {})
 
 
 def _cover(

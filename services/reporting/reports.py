@@ -22,6 +22,7 @@ from services.reporting.aggregate import (
     Sums,
     aggregate,
     merged,
+    plan_for,
     token_categories,
 )
 from services.reporting.figures import metric_columns, metric_message, metric_value, usage_summary
@@ -79,8 +80,9 @@ class UsageReports:
         aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us))
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
-            totals = await aggregate(connection, aggregation, names)
-            categories = await token_categories(connection, aggregation, names)
+            plan = await plan_for(connection, aggregation)
+            totals = await aggregate(connection, aggregation, names, plan=plan)
+            categories = await token_categories(connection, aggregation, names, plan)
             currency = await currency_of(connection, selection)
         sums = totals.get((0, ()), [0] * len(SUM_COLUMNS))
         return usage_summary(
@@ -105,8 +107,9 @@ class UsageReports:
         aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us), groupings)
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
-            totals = await aggregate(connection, aggregation, names)
-            categories = await token_categories(connection, aggregation, names)
+            plan = await plan_for(connection, aggregation)
+            totals = await aggregate(connection, aggregation, names, plan=plan)
+            categories = await token_categories(connection, aggregation, names, plan)
             currency = await currency_of(connection, selection)
         ranked = _ranked({key: sums for (_, key), sums in totals.items()}, order_by, ascending=request.ascending)
         top = ranked[: request.top_n] if request.top_n else ranked

@@ -1,12 +1,15 @@
-"""The one place SQL differs between SQLite and PostgreSQL: conflict-aware INSERT statements."""
+"""The one place SQL differs between SQLite and PostgreSQL: conflict-aware INSERT statements, JSON objects."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import Insert, Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.storage.errors import StorageConfigError
 
@@ -58,3 +61,17 @@ def upsert_replacing(
     updated: dict[str, Any] = {name: statement.excluded[name] for name in replace_columns}
     updated.update(constants or {})
     return statement.on_conflict_do_update(index_elements=[table.c[name] for name in key_columns], set_=updated)
+
+
+def json_integer_pairs(
+    column: ColumnElement[Any], *, dialect_name: str
+) -> tuple[sa.TableValuedAlias, ColumnElement[Any]]:
+    """The key/value rows of a JSON object of integers stored as text, and the value as an integer.
+
+    Join the first to the column's table with ``ON true``; select its ``key`` column and the second.
+    """
+    if dialect_name == "postgresql":
+        pairs = sa.func.jsonb_each_text(sa.cast(column, JSONB)).table_valued("key", "value").render_derived()
+        return pairs, sa.cast(pairs.c.value, sa.BigInteger)
+    pairs = sa.func.json_each(column).table_valued("key", "value")
+    return pairs, pairs.c.value

@@ -7,7 +7,7 @@ rollup ``bucket_start`` / budget ``window_*`` are epoch seconds.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -250,25 +250,55 @@ _ROLLUP_METRIC_COMMENTS: Final = {
 }
 
 
-def rollup_table(name: str, *extra: Column[int] | Index) -> Table:
-    """A usage rollup table; every granularity has the same columns and key (`extra`: per-table additions)."""
+NARROW_ROLLUP_DIMENSIONS: Final = tuple(name for name in ROLLUP_DIMENSIONS if name not in ("api_key_id", "user_id"))
+"""The key of the narrow hourly and daily rollups: the full key without API key and user.
+
+Keys and users are the high-cardinality dimensions (thousands, against tens of models and gateways), so the
+full-key rollups hold nearly a row per request and user; without them an hour of a busy fleet folds into a
+few hundred rows."""
+
+MODEL_ROLLUP_DIMENSIONS: Final = (
+    "bucket_start",
+    "environment_id",
+    "gateway_key",
+    "requested_model",
+    "resolved_model",
+    "provider",
+)
+"""The key of the per-model hourly and daily rollups: where traffic went, nothing about how it went.
+
+The commonest reports (fleet totals, spend by model, gateway or provider) read these: a day of a fleet is
+a row per gateway and model. Every rollup row sums ROLLUP_SUM_COLUMNS (120 of them, histograms included),
+so the number of rows read is what a report costs."""
+
+_DIMENSION_TYPES: Final = {
+    "bucket_start": BigInteger,
+    "gateway_key": Integer,
+    "request_type": SmallInteger,
+    "credential_type": SmallInteger,
+    "status_class": SmallInteger,
+    "streaming": Boolean,
+}
+
+
+def rollup_table(name: str, *extra: Column[int] | Index, dimensions: tuple[str, ...] = ROLLUP_DIMENSIONS) -> Table:
+    """A usage rollup table keyed by `dimensions` (bucket_start first); every metric of ROLLUP_SUM_COLUMNS.
+
+    No foreign key to gateways: rollups are written on the ingest hot path and gateways are never deleted.
+    """
+    key: list[Column[Any]] = [
+        Column(
+            dimension,
+            _DIMENSION_TYPES.get(dimension, Text),
+            primary_key=True,
+            comment="Epoch seconds, bucket-aligned." if dimension == "bucket_start" else None,
+        )
+        for dimension in dimensions
+    ]
     return Table(
         name,
         metadata,
-        Column("bucket_start", BigInteger, primary_key=True, comment="Epoch seconds, bucket-aligned."),
-        Column("environment_id", Text, primary_key=True),
-        # No foreign key: rollups are written on the ingest hot path and gateways are never deleted.
-        Column("gateway_key", Integer, primary_key=True),
-        Column("requested_model", Text, primary_key=True),
-        Column("resolved_model", Text, primary_key=True),
-        Column("provider", Text, primary_key=True),
-        Column("api_key_id", Text, primary_key=True),
-        Column("user_id", Text, primary_key=True),
-        Column("route", Text, primary_key=True),
-        Column("request_type", SmallInteger, primary_key=True),
-        Column("credential_type", SmallInteger, primary_key=True),
-        Column("status_class", SmallInteger, primary_key=True),
-        Column("streaming", Boolean, primary_key=True),
+        *key,
         *(_zero(column, _ROLLUP_METRIC_COMMENTS.get(column)) for column in ROLLUP_SUM_COLUMNS),
         *extra,
     )
@@ -290,6 +320,38 @@ usage_rollup_1m: Final = rollup_table(
 )
 usage_rollup_1h: Final = rollup_table("usage_rollup_1h")
 usage_rollup_1d: Final = rollup_table("usage_rollup_1d")
+usage_rollup_1h_narrow: Final = rollup_table("usage_rollup_1h_narrow", dimensions=NARROW_ROLLUP_DIMENSIONS)
+usage_rollup_1d_narrow: Final = rollup_table("usage_rollup_1d_narrow", dimensions=NARROW_ROLLUP_DIMENSIONS)
+usage_rollup_1h_model: Final = rollup_table("usage_rollup_1h_model", dimensions=MODEL_ROLLUP_DIMENSIONS)
+usage_rollup_1d_model: Final = rollup_table("usage_rollup_1d_model", dimensions=MODEL_ROLLUP_DIMENSIONS)
+
+
+def token_category_rollup_table(name: str) -> Table:
+    """Token sums per pricing category, keyed like the per-model rollups plus the category.
+
+    Compaction builds them from raw events' token_categories for the hours it has compacted, so reports
+    read categories from here for clean hours instead of parsing the JSON of every such event."""
+    key = [Column(c.name, c.type, primary_key=True, comment=c.comment) for c in usage_rollup_1h_model.primary_key]
+    return Table(
+        name,
+        metadata,
+        *key,
+        Column("category", Text, primary_key=True),
+        _zero("tokens"),
+    )
+
+
+token_categories_1h: Final = token_category_rollup_table("usage_token_categories_1h")
+token_categories_1d: Final = token_category_rollup_table("usage_token_categories_1d")
+
+COARSE_ROLLUPS: Final = (
+    (usage_rollup_1h_model, usage_rollup_1d_model),
+    (usage_rollup_1h_narrow, usage_rollup_1d_narrow),
+    (usage_rollup_1h, usage_rollup_1d),
+)
+"""(hourly, daily) rollup pairs, fewest dimensions (and rows) first; each key is a subset of the next one's,
+so compaction builds each pair from the one after it, and the planner reads the first pair whose key holds
+every dimension a report filters or groups by."""
 
 budgets: Final = Table(
     "budgets",

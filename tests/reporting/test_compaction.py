@@ -20,6 +20,8 @@ from tests.reporting.dataset import GATEWAYS, make_dataset
 from tests.reporting.test_oracle import ingest, usage_filter
 from tests.services.conftest import Tokens, bearer
 
+COARSE_ROLLUPS = tuple(table for pair in tables.COARSE_ROLLUPS for table in pair)
+
 
 async def _totals(control_plane: ControlPlane, table: sa.Table) -> tuple[int, ...]:
     columns = ("attempt_count", "cost_micros", "latency_b20", "input_tokens")
@@ -43,25 +45,24 @@ async def test_a_crash_between_compaction_steps_leaves_nothing_counted_twice(
     await ingest(channel, secrets, events)
     minutes = await _totals(control_plane, tables.usage_rollup_1m)
     real_rebuild = compaction._rebuild
-    calls = 0
 
-    def crashing_rebuild(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # after 1h was rebuilt and the watermark advanced, before 1d
+    def crashing_rebuild(target: sa.Table, *args: Any) -> Any:
+        if target is tables.usage_rollup_1d:  # after every 1h was rebuilt and the watermark advanced
             raise RuntimeError("crash")
-        return real_rebuild(*args)
+        return real_rebuild(target, *args)
 
     monkeypatch.setattr(compaction, "_rebuild", crashing_rebuild)
     with pytest.raises(RuntimeError, match="crash"):
         await compact(control_plane.engine)
-    assert await _totals(control_plane, tables.usage_rollup_1h) == (0, 0, 0, 0)  # rolled back whole
+    for table in COARSE_ROLLUPS:
+        assert await _totals(control_plane, table) == (0, 0, 0, 0)  # rolled back whole
+    assert len(await dirty_hour_starts(control_plane.engine)) > 1
     monkeypatch.setattr(compaction, "_rebuild", real_rebuild)
 
     await compact(control_plane.engine)
     await compact(control_plane.engine)  # a rerun replaces, never adds
-    assert await _totals(control_plane, tables.usage_rollup_1h) == minutes
-    assert await _totals(control_plane, tables.usage_rollup_1d) == minutes
+    for table in COARSE_ROLLUPS:
+        assert await _totals(control_plane, table) == minutes, table.name
     # Only the still-open minute (if any event is in it) may remain dirty.
     assert len(await dirty_hour_starts(control_plane.engine)) <= 1
 
@@ -82,7 +83,9 @@ async def test_late_events_reach_hourly_and_daily_rollups(
     before = (await stub.GetUsageSummary(request, metadata=bearer(tokens.admin))).summary
     assert before.attempts == len(events)  # exact while dirty: the planner reads minutes there
     await compact(control_plane.engine)
-    assert await _totals(control_plane, tables.usage_rollup_1d) == await _totals(control_plane, tables.usage_rollup_1m)
+    minutes = await _totals(control_plane, tables.usage_rollup_1m)
+    for table in COARSE_ROLLUPS:
+        assert await _totals(control_plane, table) == minutes, table.name
     after = (await stub.GetUsageSummary(request, metadata=bearer(tokens.admin))).summary
     assert after == before
 
@@ -111,10 +114,15 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
             .select_from(tables.usage_event_tags)
             .where(tables.usage_event_tags.c.event_time_us < cutoff_us)
         )
-        oldest_minute = await connection.scalar(sa.select(sa.func.min(tables.usage_rollup_1m.c.bucket_start)))
+        oldest = {
+            table.name: await connection.scalar(sa.select(sa.func.min(table.c.bucket_start)))
+            for table in (tables.usage_rollup_1m, *(hourly for hourly, _ in tables.COARSE_ROLLUPS))
+        }
     assert remaining == len(events) - report.raw_events
     assert orphans == 0
     day = 86_400
-    assert oldest_minute is not None
-    assert oldest_minute >= (int(now - day) // day * day) - day
-    assert await _totals(control_plane, tables.usage_rollup_1d) != (0, 0, 0, 0)  # days are kept for years
+    for name, bucket_start in oldest.items():
+        assert bucket_start is not None, name
+        assert bucket_start >= (int(now - day) // day * day) - day, name
+    for _, table in tables.COARSE_ROLLUPS:
+        assert await _totals(control_plane, table) != (0, 0, 0, 0)  # days are kept for years

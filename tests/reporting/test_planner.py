@@ -9,7 +9,8 @@ import pytest
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.errors import InvalidArgumentError
-from services.reporting.planner import DAY_US, HOUR_US, MINUTE_US, Source, bucket_grid, plan_sources
+from services.reporting.planner import DAY_US, HOUR_US, MINUTE_US, Source, bucket_grid, coarse_rollups, plan_sources
+from services.storage import tables
 
 T0 = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -68,3 +69,17 @@ def test_too_many_buckets_name_the_granularity() -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         bucket_grid(T0, T0 + 30 * DAY_US, pb.GRANULARITY_MINUTE, ZoneInfo("UTC"), max_points=10_000)
     assert caught.value.field == "granularity"
+
+
+def test_reports_read_the_smallest_rollups_keyed_by_what_they_filter_or_group_by() -> None:
+    model = coarse_rollups(frozenset({"environment_id", "gateway_key", "requested_model"}))
+    narrow = coarse_rollups(frozenset({"requested_model", "status_class", "route"}))
+    full = coarse_rollups(frozenset({"requested_model", "user_id"}))
+
+    assert model == {Source.HOUR: tables.usage_rollup_1h_model, Source.DAY: tables.usage_rollup_1d_model}
+    assert coarse_rollups(frozenset()) == model
+    assert narrow == {Source.HOUR: tables.usage_rollup_1h_narrow, Source.DAY: tables.usage_rollup_1d_narrow}
+    assert full == {Source.HOUR: tables.usage_rollup_1h, Source.DAY: tables.usage_rollup_1d}
+    assert coarse_rollups(frozenset({"api_key_id"})) == full
+    with pytest.raises(ValueError, match="no rollup is keyed by"):
+        coarse_rollups(frozenset({"error_message"}))

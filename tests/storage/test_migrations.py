@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -27,7 +28,7 @@ from services.storage.migrate import (
 
 
 def test_head_revision_is_the_newest_migration() -> None:
-    assert HEAD_REVISION == "0001"
+    assert HEAD_REVISION == "0002"
 
 
 async def test_migrations_upgrade_an_empty_database(database_url: str) -> None:
@@ -37,9 +38,9 @@ async def test_migrations_upgrade_an_empty_database(database_url: str) -> None:
 
         report = await prepare_schema(engine)
 
-        assert report == SchemaReport(from_revision=None, to_revision="0001")
+        assert report == SchemaReport(from_revision=None, to_revision=HEAD_REVISION)
         assert report.upgraded
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == HEAD_REVISION
         async with engine.connect() as connection:
             table_names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
     finally:
@@ -50,22 +51,22 @@ async def test_migrations_upgrade_an_empty_database(database_url: str) -> None:
 async def test_prepare_schema_leaves_a_current_schema_alone(engine: AsyncEngine) -> None:
     report = await prepare_schema(engine)
 
-    assert report == SchemaReport(from_revision="0001", to_revision="0001")
+    assert report == SchemaReport(from_revision=HEAD_REVISION, to_revision=HEAD_REVISION)
     assert not report.upgraded
 
 
 async def test_serve_refuses_a_schema_newer_than_it_knows(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
-        await connection.execute(text("UPDATE alembic_version SET version_num = '0002_from_the_future'"))
+        await connection.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
 
     with pytest.raises(SchemaTooNewError) as raised:
         await prepare_schema(engine)
 
     assert str(raised.value) == (
-        "database schema is at revision 0002_from_the_future, newer than this meterwire knows "
-        "(head 0001); upgrade meterwire"
+        "database schema is at revision 9999_from_the_future, newer than this meterwire knows "
+        f"(head {HEAD_REVISION}); upgrade meterwire"
     )
-    assert await current_revision(engine) == "0002_from_the_future"
+    assert await current_revision(engine) == "9999_from_the_future"
 
 
 async def test_concurrent_upgrades_apply_the_schema_once(database_url: str) -> None:
@@ -73,13 +74,13 @@ async def test_concurrent_upgrades_apply_the_schema_once(database_url: str) -> N
     try:
         await asyncio.gather(*(upgrade(replica) for replica in replicas))
 
-        assert await current_revision(replicas[0]) == "0001"
+        assert await current_revision(replicas[0]) == HEAD_REVISION
         async with replicas[0].connect() as connection:
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
     finally:
         for replica in replicas:
             await replica.dispose()
-    assert [tuple(row) for row in versions] == [("0001",)]
+    assert [tuple(row) for row in versions] == [(HEAD_REVISION,)]
 
 
 def _schema_differences(connection: Connection) -> list[Any]:
@@ -125,7 +126,7 @@ async def test_replica_processes_starting_together_migrate_once(database_url: st
     assert outcomes == [("", 0)] * 3
     engine = create_engine(database_url)
     try:
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == HEAD_REVISION
     finally:
         await engine.dispose()
 
@@ -133,3 +134,34 @@ async def test_replica_processes_starting_together_migrate_once(database_url: st
 async def _stderr(process: asyncio.subprocess.Process) -> str:
     _, stderr = await process.communicate()
     return stderr.decode()
+
+
+async def test_upgrade_to_0002_has_the_next_compaction_build_the_narrow_rollups(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine, "0001")
+        minute = {name: "" for name in ("requested_model", "resolved_model", "provider", "api_key_id", "user_id")}
+        async with engine.begin() as connection:
+            await connection.execute(
+                tables.usage_rollup_1m.insert().values(
+                    bucket_start=1_700_000_040,
+                    environment_id="prod",
+                    gateway_key=1,
+                    route="",
+                    request_type=1,
+                    credential_type=1,
+                    status_class=1,
+                    streaming=False,
+                    attempt_count=3,
+                    compacted_attempt_count=3,  # folded into 1h and 1d before the narrow rollups existed
+                    **minute,
+                )
+            )
+
+        await upgrade(engine)
+
+        async with engine.connect() as connection:
+            watermark = await connection.scalar(sa.select(tables.usage_rollup_1m.c.compacted_attempt_count))
+    finally:
+        await engine.dispose()
+    assert watermark == 0  # dirty again: the planner reads minutes there until compaction has run
