@@ -257,15 +257,9 @@ Keys and users are the high-cardinality dimensions (thousands, against tens of m
 full-key rollups hold nearly a row per request and user; without them an hour of a busy fleet folds into a
 few hundred rows."""
 
-MODEL_ROLLUP_DIMENSIONS: Final = (
-    "bucket_start",
-    "environment_id",
-    "gateway_key",
-    "requested_model",
-    "resolved_model",
-    "provider",
-)
-"""The key of the per-model hourly and daily rollups: where traffic went, nothing about how it went.
+MODEL_ROLLUP_DIMENSIONS: Final = ROLLUP_DIMENSIONS[: ROLLUP_DIMENSIONS.index("provider") + 1]
+"""The key of the per-model hourly and daily rollups (the full key up to provider): where traffic went,
+nothing about how it went.
 
 The commonest reports (fleet totals, spend by model, gateway or provider) read these: a day of a fleet is
 a row per gateway and model. Every rollup row sums ROLLUP_SUM_COLUMNS (120 of them, histograms included),
