@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import tempfile
@@ -18,6 +19,12 @@ from services.gc_tuning import tune_garbage_collector
 from tests.gateway_agent.harness import agent_settings, control_plane, eventually
 
 UNREACHABLE = "127.0.0.1:9"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb() -> float:
@@ -96,10 +103,13 @@ async def bench_drain(work: Path, count: int, batch_events: int) -> None:
     status = agent.status()
     print(f"spool: filled {status.spool_depth:,} events in {fill_s:.1f} s ({status.spool_bytes / 1e6:.0f} MB payload)")
     print(f"agent RSS holding {status.spool_depth:,} spooled events: {rss_mb():.0f} MB (target <= 150 MB)")
-    with control_plane(work / "cp", port=port, token=token):
+    with control_plane(work / "cp", port=port, token=token) as cp:
+        server_pid = cp.process.process.pid
+        server_cpu, agent_cpu = cpu_seconds(server_pid), time.process_time()
         started = time.monotonic()
         await eventually(lambda: agent.status().spool_depth == 0, within=600, what="the drain", interval=0.2)
         drain_s = time.monotonic() - started
+        server_cpu, agent_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - agent_cpu
         final = agent.status()
     await agent.shutdown()
     print(
@@ -107,6 +117,11 @@ async def bench_drain(work: Path, count: int, batch_events: int) -> None:
         f"(batches of {batch_events}, window {settings.max_unacked_batches}); target <= 60 s: "
         f"{'MET' if drain_s <= 60 else 'MISSED'}; accepted {final.events_accepted:,}, duplicates "
         f"{final.events_duplicate:,}, rejected {final.events_rejected:,}"
+    )
+    # Which side limits the drain: the control plane (validation, pricing, storage) or the agent (spool, sender).
+    print(
+        f"drain CPU per event: control plane {server_cpu / count * 1e6:.1f} µs, "
+        f"agent {agent_cpu / count * 1e6:.1f} µs; {os.cpu_count()} CPUs"
     )
 
 

@@ -25,6 +25,8 @@ _RESTORE_LIMIT_AFTER_ACKS = 64
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x4000:  # one or two bytes: every event's length in a batch, so the loop below is rare
+        return bytes((value,)) if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         bits = value & 0x7F

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -51,9 +52,8 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and ("full" in text or "disk i/o" in text)
 
 
-@dataclass(frozen=True)
-class SpooledEvent:
-    """One committed spool row as the sender reads it."""
+class SpooledEvent(NamedTuple):
+    """One committed spool row as the sender reads it (a named tuple: a drain makes one per spooled event)."""
 
     sequence: int
     event_id: str
@@ -297,7 +297,7 @@ class Spool:
             size += len(row[3])
             if batch and size > max_bytes:
                 break
-            batch.append(SpooledEvent(*row))
+            batch.append(SpooledEvent._make(row))
         return batch
 
     async def oldest_enqueue_us(self, after: int) -> int | None:

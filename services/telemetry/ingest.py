@@ -50,7 +50,7 @@ from services.gateway_registry import GatewayKeys
 from services.pricing import PriceBook
 from services.settings import ServerSettings
 from services.telemetry import metrics
-from services.telemetry.rows import TagRow, UsageEventRow, usage_event_row, usage_event_tag_rows
+from services.telemetry.rows import TagRow, UsageEventRow, tag_items, usage_event_row, usage_event_tag_rows
 from services.telemetry.validation import BatchLimits, check_batch, rejection_of
 from services.telemetry.writer import GroupCommitWriter, PreparedBatch
 
@@ -164,13 +164,16 @@ class UsageIngest:
         rejected: list[pb.RejectedEvent] = []
         max_sequence = 0
         for index, event in enumerate(events):
-            row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, prices=prices)
-            rejection = rejection_of(event, row, index, now_us, limits)
+            tags = tag_items(event)
+            row = usage_event_row(
+                event, environment_id=environment_id, gateway_key=gateway_key, prices=prices, tags=tags
+            )
+            rejection = rejection_of(event, row, tags, index, now_us, limits)
             if rejection is not None:
                 rejected.append(rejection)
                 continue
-            if event.tags:
-                tag_rows[len(rows)] = usage_event_tag_rows(event, row)
+            if tags:
+                tag_rows[len(rows)] = usage_event_tag_rows(tags, row)
             rows.append(row)
             max_sequence = max(max_sequence, row["sequence"])
         if rejected:

@@ -9,7 +9,7 @@ from typing import Any, Final
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.errors import InvalidArgumentError
-from services.telemetry.rows import COST_REPORTED
+from services.telemetry.rows import COST_REPORTED, TagItems
 
 MAX_REQUEST_ID_BYTES: Final = 128
 MAX_ERROR_MESSAGE_BYTES: Final = 1024
@@ -105,12 +105,12 @@ def _duration_problem(duration_us: int) -> str | None:
 
 
 def rejection_of(
-    event: usage_pb2.UsageEvent, row: dict[str, Any], index: int, now_us: int, limits: BatchLimits
+    event: usage_pb2.UsageEvent, row: dict[str, Any], tags: TagItems, index: int, now_us: int, limits: BatchLimits
 ) -> pb.RejectedEvent | None:
     """Why the event must be refused (the first problem found), or None when it is acceptable.
 
-    Checks the event's row (rows.usage_event_row), which holds every value read once from the protobuf;
-    only maps (tags, token categories) are read from the event itself, and only when present.
+    Checks the event's row (rows.usage_event_row), which holds every value read once from the protobuf, and
+    its tags (rows.tag_items); only token categories are read from the event itself, and only when present.
     """
     event_id = row["event_id"]
     if not event_id:
@@ -177,8 +177,8 @@ def rejection_of(
         return _reject(event, index, "cache_savings_micros", f"must be within +/-{MAX_ABS_MICROS}")
     if row["sequence"] > MAX_SEQUENCE:
         return _reject(event, index, "sequence", f"must be at most {MAX_SEQUENCE}")
-    if row["tags"] is not None:
-        return _tag_rejection(event, index)
+    if tags:
+        return _tag_rejection(event, tags, index)
     return None
 
 
@@ -200,13 +200,12 @@ def _category_rejection(event: usage_pb2.UsageEvent, index: int) -> pb.RejectedE
     return None
 
 
-def _tag_rejection(event: usage_pb2.UsageEvent, index: int) -> pb.RejectedEvent | None:
-    tags = event.tags
+def _tag_rejection(event: usage_pb2.UsageEvent, tags: TagItems, index: int) -> pb.RejectedEvent | None:
     if len(tags) > MAX_TAGS:
         return _reject(event, index, "tags", f"has {len(tags)} entries; at most {MAX_TAGS} are allowed")
-    for key, value in tags.items():
-        if not key or len(key.encode()) > MAX_TAG_KEY_BYTES:
+    for key, value in tags:
+        if not key or _too_long(key, MAX_TAG_KEY_BYTES):
             return _reject(event, index, "tags", f"key {key[:MAX_TAG_KEY_BYTES]!r} must be 1-{MAX_TAG_KEY_BYTES} bytes")
-        if len(value.encode()) > MAX_TAG_VALUE_BYTES:
+        if _too_long(value, MAX_TAG_VALUE_BYTES):
             return _reject(event, index, f"tags.{key}", f"value is longer than {MAX_TAG_VALUE_BYTES} bytes")
     return None

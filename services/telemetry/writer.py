@@ -262,8 +262,10 @@ class GroupCommitWriter:
                     if tags:
                         tag_rows.extend(tags)
             results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
-        if tag_rows:
-            connection.exec_driver_sql(self._insert_tags.sql, tag_rows)
+        # Multi-row like the events: executemany steps SQLite once per row, and every step releases and retakes
+        # the GIL (profiling showed this thread waiting for it behind the event loop preparing the next batches).
+        for sql, parameters in self._insert_tags.chunks(tag_rows):
+            connection.exec_driver_sql(sql, parameters)
         if rollups:
             connection.exec_driver_sql(self._upsert_rollups.sql, rollup_rows(rollups))
         if plan.sequences:
