@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from services.storage.migrate import HEAD_REVISION
 from tests.system.serve import free_port, health_status, one_line_error, run_cli, serve, stderr_of
 
 pytestmark = pytest.mark.system
@@ -143,7 +144,7 @@ def test_serve_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     upgraded = run_cli("db", "upgrade", "--data-dir", str(data_dir))
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "upgraded empty database -> 0001" in upgraded.stdout
+    assert f"upgraded empty database -> {HEAD_REVISION}" in upgraded.stdout
     with sqlite3.connect(data_dir / "meterwire.db") as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
     result = run_cli("serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}")
