@@ -99,8 +99,9 @@ class ServerSettings(BaseSettings):
     ingest_max_clock_skew: timedelta = timedelta(minutes=5)
     """An event_time further than this in the future is rejected (REJECTION_REASON_FROM_THE_FUTURE)."""
     raw_event_retention: timedelta = timedelta(days=90)
-    """Raw events are kept this long; it is also the dedupe horizon: an older event is rejected TOO_OLD,
-    because the server could no longer tell whether it was counted already."""
+    """Raw events are kept at least this long (pruning works in whole days, one day behind); it is also the
+    dedupe horizon: an older event is rejected TOO_OLD, because the server could no longer tell whether it
+    was counted already."""
     ingest_commit_linger: timedelta = timedelta(milliseconds=2)
     """Group commit: how long the writer waits for more batches to share one transaction."""
     ingest_commit_max_events: int = Field(default=10_000, ge=1)

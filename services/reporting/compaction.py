@@ -19,7 +19,10 @@ moment: compaction only decides how much can be read from the coarse tables.
 
 Retention. A late event can arrive up to ``raw_event_retention`` after its time (older ones are rejected as
 TOO_OLD), and re-compacting its hour needs every minute of it, so per-minute rows are kept at least that
-long (settings enforce raw <= 1m <= 1h <= 1d) and rollups are pruned by whole days, one day behind.
+long (settings enforce raw <= 1m <= 1h <= 1d). Everything is pruned by whole days, one day behind the
+retention: the day that straddles the cutoff keeps every raw event, minute and hour that re-compacting it
+needs (the hour's token category sums are rebuilt from its raw events, so a half-pruned hour would lose
+some). Token category rollups go with the hourly and daily rollups they sit beside.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ async def prune(engine: AsyncEngine, settings: ServerSettings, *, now_s: float |
     now_s = time.time() if now_s is None else now_s
     chunk = settings.retention_prune_chunk_rows
     events = tables.usage_events
-    raw_cutoff_us = int((now_s - settings.raw_event_retention.total_seconds()) * 1_000_000)
+    raw_cutoff_us = (_day_floor(now_s - settings.raw_event_retention.total_seconds()) - DAY_S) * 1_000_000
     raw_deleted = 0
     async with engine.connect() as connection:
         environment_ids = [str(e) for (e,) in await connection.execute(sa.select(events.c.environment_id).distinct())]
@@ -211,7 +214,7 @@ async def prune(engine: AsyncEngine, settings: ServerSettings, *, now_s: float |
     # One day behind: the oldest day still open to late events keeps every minute and hour it needs.
     # (table, retention, rows deleted per transaction as a time slice, days kept behind the cutoff)
     targets = [(_m, settings.rollup_1m_retention, HOUR_S, 1)]
-    for hourly, daily in tables.COARSE_ROLLUPS:
+    for hourly, daily in (*tables.COARSE_ROLLUPS, (tables.token_categories_1h, tables.token_categories_1d)):
         targets += [
             (hourly, settings.rollup_1h_retention, DAY_S, 1),
             (daily, settings.rollup_1d_retention, 30 * DAY_S, 0),

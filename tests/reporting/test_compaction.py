@@ -102,10 +102,14 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
         rollup_1h_retention=timedelta(days=1),
         retention_prune_chunk_rows=100,
     )
-    now = datetime.now(UTC).timestamp()
+    # Pruning as of tomorrow: everything before the start of yesterday goes (one whole day behind the
+    # one-day retention), so more than a day of the three-day dataset is pruned whatever the time of day.
+    day = 86_400
+    now = datetime.now(UTC).timestamp() + day
     report = await prune(control_plane.engine, settings, now_s=now)
-    cutoff_us = int((now - 86_400) * 1e6)
-    assert report.raw_events == sum(1 for e in events if e.time_us < cutoff_us)
+    cutoff = int(now - day) // day * day - day
+    cutoff_us = cutoff * 1_000_000
+    assert report.raw_events == sum(1 for e in events if e.time_us < cutoff_us) > 0
     async with control_plane.engine.connect() as connection:
         raw = tables.usage_events
         remaining = await connection.scalar(sa.select(sa.func.count()).select_from(raw))
@@ -116,13 +120,17 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
         )
         oldest = {
             table.name: await connection.scalar(sa.select(sa.func.min(table.c.bucket_start)))
-            for table in (tables.usage_rollup_1m, *(hourly for hourly, _ in tables.COARSE_ROLLUPS))
+            for table in (
+                tables.usage_rollup_1m,
+                *(hourly for hourly, _ in tables.COARSE_ROLLUPS),
+                tables.token_categories_1h,
+            )
         }
+        kept_days = await connection.scalar(sa.select(sa.func.count()).select_from(tables.token_categories_1d))
     assert remaining == len(events) - report.raw_events
     assert orphans == 0
-    day = 86_400
     for name, bucket_start in oldest.items():
-        assert bucket_start is not None, name
-        assert bucket_start >= (int(now - day) // day * day) - day, name
+        assert cutoff <= bucket_start < cutoff + day, name  # the day at the cutoff is kept, nothing before it
     for _, table in tables.COARSE_ROLLUPS:
         assert await _totals(control_plane, table) != (0, 0, 0, 0)  # days are kept for years
+    assert kept_days
