@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -97,6 +98,14 @@ def _raw_sum_expressions() -> dict[str, ColumnElement[Any]]:
 
 
 _RAW_SUMS: Final = _raw_sum_expressions()
+
+
+@functools.cache
+def _rollup_sums(table: sa.Table) -> dict[str, ColumnElement[Any]]:
+    """`sum(column)` for every metric column of a rollup table, built once: constructing the ~120 function
+    expressions of a full summary took ~6 ms per statement, more than SQLite took to run most of them."""
+    return {column: sa.func.sum(table.c[column]) for column in SUM_COLUMNS}
+
 
 _CREDENTIAL_TYPES: Final[dict[int, str]] = {
     usage_pb2.CREDENTIAL_TYPE_MANAGED: "managed",
@@ -214,11 +223,8 @@ async def aggregate(
 def _source_query(source: Source, plan: QueryPlan, aggregation: Aggregation, *, by_bucket: bool) -> sa.Select[Any]:
     table = plan.table(source)
     group_columns, from_clause = _grouped_from(table, aggregation, by_bucket=by_bucket)
-    sums: list[ColumnElement[Any]]
-    if source.is_rollup:
-        sums = [sa.func.sum(table.c[column]) for column in aggregation.columns]
-    else:
-        sums = [_RAW_SUMS[column] for column in aggregation.columns]
+    expressions = _rollup_sums(table) if source.is_rollup else _RAW_SUMS
+    sums = [expressions[column] for column in aggregation.columns]
     conditions = usage_conditions(table, aggregation.selection, plan.in_table_units(source))
     query = sa.select(*group_columns, *sums).select_from(from_clause).where(*conditions)
     return query.group_by(*group_columns) if group_columns else query

@@ -38,6 +38,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.reporting.planner import dirty_hours_query
 from services.settings import ServerSettings
 from services.storage import dialect, tables
 from services.storage.uow import UnitOfWork
@@ -50,7 +51,6 @@ HOURS_PER_TRANSACTION: Final = 48
 """Dirty hours compacted per transaction: bounds a catch-up run's transaction (and its locks)."""
 _RETRIES: Final = 5
 
-_DIRTY: Final = sa.text("attempt_count <> compacted_attempt_count")
 _m, _h, _d = tables.usage_rollup_1m, tables.usage_rollup_1h, tables.usage_rollup_1d
 
 
@@ -131,7 +131,11 @@ async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> 
                 await connection.execute(statement)
         await connection.execute(
             _m.update()
-            .where(_DIRTY, _in_ranges(_m.c.bucket_start, hours, HOUR_S), _m.c.bucket_start < closed_before)
+            .where(
+                tables.ROLLUP_1M_DIRTY,
+                _in_ranges(_m.c.bucket_start, hours, HOUR_S),
+                _m.c.bucket_start < closed_before,
+            )
             .values(compacted_attempt_count=_m.c.attempt_count)
         )
         for statement in _rebuild_token_categories(hours, dialect_name=engine.dialect.name):
@@ -147,10 +151,8 @@ async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> 
 
 async def dirty_hour_starts(engine: AsyncEngine) -> list[int]:
     """Every hour (epoch seconds) holding a per-minute row not yet folded into 1h and 1d, oldest first."""
-    bucket = _m.c.bucket_start
-    query = sa.select(bucket - bucket % HOUR_S).distinct().where(_DIRTY).select_from(_m)
     async with engine.connect() as connection:
-        return sorted(int(hour) for (hour,) in await connection.execute(query))
+        return [int(hour) for (hour,) in await connection.execute(dirty_hours_query(0, 2**62))]
 
 
 async def compact(engine: AsyncEngine, *, now_s: int | None = None) -> CompactionReport:

@@ -298,7 +298,8 @@ def rollup_table(name: str, *extra: Column[int] | Index, dimensions: tuple[str, 
     )
 
 
-_ROLLUP_1M_DIRTY: Final = text("attempt_count <> compacted_attempt_count")
+ROLLUP_1M_DIRTY: Final = text("attempt_count <> compacted_attempt_count")
+"""A per-minute row ingest touched since compaction last folded it into 1h and 1d (ix_usage_rollup_1m_dirty)."""
 
 usage_rollup_1m: Final = rollup_table(
     "usage_rollup_1m",
@@ -308,8 +309,8 @@ usage_rollup_1m: Final = rollup_table(
     Index(
         "ix_usage_rollup_1m_dirty",
         "bucket_start",
-        sqlite_where=_ROLLUP_1M_DIRTY,
-        postgresql_where=_ROLLUP_1M_DIRTY,
+        sqlite_where=ROLLUP_1M_DIRTY,
+        postgresql_where=ROLLUP_1M_DIRTY,
     ),
 )
 usage_rollup_1h: Final = rollup_table("usage_rollup_1h")

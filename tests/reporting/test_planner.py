@@ -6,11 +6,23 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.errors import InvalidArgumentError
-from services.reporting.planner import DAY_US, HOUR_US, MINUTE_US, Source, bucket_grid, coarse_rollups, plan_sources
+from services.reporting.planner import (
+    DAY_US,
+    HOUR_US,
+    MINUTE_US,
+    Source,
+    bucket_grid,
+    coarse_rollups,
+    dirty_hours,
+    dirty_hours_query,
+    plan_sources,
+)
 from services.storage import tables
+from tests.storage.rows import add_gateway
 
 T0 = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -83,3 +95,47 @@ def test_reports_read_the_smallest_rollups_keyed_by_what_they_filter_or_group_by
     assert coarse_rollups(frozenset({"api_key_id"})) == full
     with pytest.raises(ValueError, match="no rollup is keyed by"):
         coarse_rollups(frozenset({"error_message"}))
+
+
+async def test_dirty_hours_are_found_one_probe_per_hour_within_the_range(engine: AsyncEngine) -> None:
+    """Several dirty minutes in one hour count once; clean rows, and hours outside the range, not at all."""
+    hour = T0 // 1_000_000
+    # (minute offset from T0 in seconds, user, attempt_count, compacted_attempt_count)
+    rows = [
+        (0, "a", 5, 5),  # hour 0: clean
+        (3 * 3600 + 60, "a", 2, 1),  # hour 3: dirty, three times
+        (3 * 3600 + 120, "a", 1, 0),
+        (3 * 3600 + 120, "b", 4, 0),
+        (3 * 3600 + 180, "a", 3, 3),
+        (7 * 3600 + 3540, "a", 1, 0),  # hour 7, its last minute
+        (30 * 3600, "a", 1, 0),  # hour 30: outside the range below
+    ]
+    async with engine.begin() as connection:
+        gateway_key = await add_gateway(connection)
+        key = {name: "" for name in tables.ROLLUP_DIMENSIONS}
+        await connection.execute(
+            tables.usage_rollup_1m.insert(),
+            [
+                {
+                    **key,
+                    "bucket_start": hour + offset,
+                    "environment_id": "prod",
+                    "gateway_key": gateway_key,
+                    "user_id": user,
+                    "request_type": 0,
+                    "credential_type": 0,
+                    "status_class": 0,
+                    "streaming": False,
+                    "attempt_count": attempts,
+                    "compacted_attempt_count": compacted,
+                }
+                for offset, user, attempts, compacted in rows
+            ],
+        )
+    async with engine.connect() as connection:
+        found = await dirty_hours(connection, T0, T0 + 24 * HOUR_US)
+        from_the_middle = await dirty_hours(connection, T0 + 4 * HOUR_US + 5 * MINUTE_US, T0 + 24 * HOUR_US)
+        everything = [int(h) for (h,) in await connection.execute(dirty_hours_query(0, 2**62))]
+    assert found == {T0 + 3 * HOUR_US, T0 + 7 * HOUR_US}
+    assert from_the_middle == {T0 + 7 * HOUR_US}
+    assert everything == [hour + 3 * 3600, hour + 7 * 3600, hour + 30 * 3600]
