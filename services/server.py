@@ -34,7 +34,8 @@ from services.interceptors import ServerInterceptor
 from services.reporting.servicer import ReportingServicer
 from services.revocation import Revocations
 from services.settings import ServerSettings, ServiceName, parse_listen_address
-from services.storage.engine import check_connection, create_engine
+from services.storage import tables
+from services.storage.engine import check_connection, create_engine, maintenance_warnings
 from services.storage.migrate import prepare_schema
 from services.telemetry.ingest import UsageIngest
 from services.telemetry.servicer import TelemetryServicer
@@ -177,6 +178,8 @@ class ControlPlane:
             await check_connection(self._engine)
             schema = await prepare_schema(self._engine)
             log.info("database ready", from_revision=schema.from_revision, revision=schema.to_revision)
+            for warning in await maintenance_warnings(self._engine, tables.metadata.tables):
+                log.warning(warning)
             if await admin.bootstrap_admin_token(settings.admin_token_path):
                 log.warning(
                     "created the first admin token; keep it secret",

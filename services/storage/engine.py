@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -145,6 +145,39 @@ async def check_connection(engine: AsyncEngine) -> None:
             await connection.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise DatabaseUnreachableError(f"cannot reach database {redact(engine.url)}: {_reason(exc)}") from exc
+
+
+async def maintenance_warnings(engine: AsyncEngine, table_names: Iterable[str]) -> list[str]:
+    """What the database's own settings will make slower over time, worded for the operator.
+
+    PostgreSQL: every ingest upsert and every compaction leaves a dead row version in the rollup tables, and
+    only (auto)vacuum reclaims them; without it tables and indexes bloat and ingest and reports slow down.
+    """
+    if engine.dialect.name != "postgresql":
+        return []
+    warnings = []
+    async with engine.connect() as connection:
+        if await connection.scalar(text("SHOW autovacuum")) == "off":
+            warnings.append(
+                "autovacuum is off on this PostgreSQL server: dead rows in meterwire's rollup tables are never "
+                "reclaimed, so ingest and reports slow down over time; turn it on (autovacuum = on) or run "
+                "VACUUM on the usage_* tables regularly"
+            )
+        disabled = await connection.scalars(
+            text(
+                "SELECT relname FROM pg_class, unnest(reloptions) AS option "
+                "WHERE relname = ANY(:names) AND lower(option) IN "
+                "('autovacuum_enabled=false', 'autovacuum_enabled=off', 'autovacuum_enabled=0', "
+                "'autovacuum_enabled=no', 'autovacuum_enabled=f', 'autovacuum_enabled=n') ORDER BY relname"
+            ),
+            {"names": list(table_names)},
+        )
+        for name in disabled:
+            warnings.append(
+                f"autovacuum is disabled for table {name} (ALTER TABLE {name} RESET (autovacuum_enabled) "
+                "turns it back on): its dead rows are never reclaimed, so it slows down over time"
+            )
+    return warnings
 
 
 def _reason(exc: BaseException) -> str:

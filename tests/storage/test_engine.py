@@ -10,10 +10,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.storage import tables
 from services.storage.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     check_connection,
     create_engine,
+    maintenance_warnings,
     sqlite_url,
 )
 from services.storage.errors import DatabaseUnreachableError, StorageConfigError, StorageError
@@ -101,3 +103,23 @@ async def test_unreachable_database_error_names_the_url(database_url: str, tmp_p
     assert "s3cret" not in message
     assert "\n" not in message
     assert time.monotonic() - started < 10
+
+
+async def test_maintenance_warnings_name_autovacuum_off_for_the_server_or_a_table(engine: AsyncEngine) -> None:
+    names = list(tables.metadata.tables)
+    if engine.dialect.name != "postgresql":
+        assert await maintenance_warnings(engine, names) == []
+        return
+    async with engine.connect() as connection:
+        server_off = await connection.scalar(text("SHOW autovacuum")) == "off"
+    warnings = await maintenance_warnings(engine, names)
+    assert any("autovacuum is off on this PostgreSQL server" in w for w in warnings) == server_off
+    assert not any("usage_rollup_1m" in w for w in warnings)
+
+    async with engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE usage_rollup_1m SET (autovacuum_enabled = off)"))
+    warnings = await maintenance_warnings(engine, names)
+    assert [w for w in warnings if "usage_rollup_1m" in w] == [
+        "autovacuum is disabled for table usage_rollup_1m (ALTER TABLE usage_rollup_1m RESET (autovacuum_enabled) "
+        "turns it back on): its dead rows are never reclaimed, so it slows down over time"
+    ]
