@@ -93,7 +93,6 @@ async def bench_drain(work: Path, count: int, batch_events: int) -> None:
         work / "agent",
         backoff_max=timedelta(milliseconds=500),
         max_batch_events=batch_events,
-        max_pending_events=200_000,
     )
     agent = GatewayAgent(settings)
     await agent.start()
