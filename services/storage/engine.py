@@ -166,7 +166,7 @@ async def maintenance_warnings(engine: AsyncEngine, table_names: Iterable[str]) 
         disabled = await connection.scalars(
             text(
                 "SELECT relname FROM pg_class, unnest(reloptions) AS option "
-                "WHERE relname = ANY(:names) AND lower(option) IN "
+                "WHERE relnamespace = current_schema()::regnamespace AND relname = ANY(:names) AND lower(option) IN "
                 "('autovacuum_enabled=false', 'autovacuum_enabled=off', 'autovacuum_enabled=0', "
                 "'autovacuum_enabled=no', 'autovacuum_enabled=f', 'autovacuum_enabled=n') ORDER BY relname"
             ),
