@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -90,12 +92,18 @@ async def test_unreachable_database_error_names_the_url(database_url: str, tmp_p
         expected_prefix = f"cannot reach database {unreachable.render_as_string(hide_password=True)}: "
         expected_reason = "Connection refused"
     engine = create_engine(url)
+    threads_before = set(threading.enumerate())
     started = time.monotonic()
     try:
         with pytest.raises(DatabaseUnreachableError) as raised:
             await check_connection(engine)
     finally:
         await engine.dispose()
+        # aiosqlite stops a connection that failed to open without waiting for its worker thread, which then
+        # resolves a future on this test's loop: let it finish before the loop closes.
+        for thread in set(threading.enumerate()) - threads_before:
+            if "_connection_worker_thread" in thread.name:
+                await asyncio.to_thread(thread.join, 10)
 
     message = str(raised.value)
     assert message.startswith(expected_prefix)
