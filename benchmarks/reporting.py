@@ -273,17 +273,20 @@ def _write_manifest(path: Path, dataset: tuple[int, int, int]) -> None:
     path.write_text(json.dumps({**kept, "dataset": dataset}))
 
 
-async def run_one(
-    label: str,
-    engine: AsyncEngine,
-    *,
-    events: int,
-    budget_s: float,
-    runs: int,
-    raw_runs: int,
-    manifest: Path | None = None,
+async def run_one(label: str, url: str, args: argparse.Namespace, *, events: int, manifest: Path | None) -> None:
+    """On a fresh engine for `url`: loads (or, with a `manifest` from an earlier run, reuses) the dataset,
+    compacts it and measures."""
+    engine = create_engine(url)
+    try:
+        await _load_compact_measure(label, engine, args, events=events, manifest=manifest)
+    finally:
+        await engine.dispose()
+
+
+async def _load_compact_measure(
+    label: str, engine: AsyncEngine, args: argparse.Namespace, *, events: int, manifest: Path | None
 ) -> None:
-    """Loads (or, with a `manifest` from an earlier run, reuses) the dataset, compacts it and measures."""
+    budget_s = args.load_budget
     await upgrade(engine)
     previous = _read_manifest(manifest) if manifest is not None else None
     if previous is not None:
@@ -317,7 +320,7 @@ async def run_one(
         if engine.dialect.name == "sqlite":
             await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     tune_garbage_collector()
-    await measure(engine, start_us, end_us, runs=runs, raw_runs=raw_runs)
+    await measure(engine, start_us, end_us, runs=args.runs, raw_runs=args.raw_runs)
 
 
 async def main() -> None:
@@ -328,22 +331,11 @@ async def main() -> None:
     parser.add_argument("--raw-runs", type=int, default=3)
     parser.add_argument("--postgres-events", type=int, default=1_000_000, help="0 skips PostgreSQL.")
     parser.add_argument("--postgres-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--data-dir", type=Path, help="Keep (or reuse) the SQLite dataset in this directory.")
+    parser.add_argument("--data-dir", type=Path, help="Keep (or reuse) both datasets; see the module docstring.")
     args = parser.parse_args()
     directory = args.data_dir or Path(tempfile.mkdtemp(prefix="mw-reporting-bench-"))
-    engine = create_engine(sqlite_url(directory))
-    try:
-        await run_one(
-            f"SQLite ({directory})",
-            engine,
-            events=args.events,
-            budget_s=args.load_budget,
-            runs=args.runs,
-            raw_runs=args.raw_runs,
-            manifest=directory / "benchmark.json" if args.data_dir else None,
-        )
-    finally:
-        await engine.dispose()
+    manifest = directory / "benchmark.json" if args.data_dir else None
+    await run_one(f"SQLite ({directory})", sqlite_url(directory), args, events=args.events, manifest=manifest)
     if args.postgres_events:
         await run_postgres(args)
 
@@ -362,19 +354,15 @@ async def run_postgres(args: argparse.Namespace) -> None:
         if not exists and kept:
             kept.pop("dataset", None)  # the database went away: load again
         keep.write_text(json.dumps({"database": database, **(kept or {})}))
-    engine = create_engine(args.postgres_url.rsplit("/", 1)[0] + f"/{database}")
     try:
         await run_one(
             f"PostgreSQL ({database}{', kept' if keep else ''})",
-            engine,
+            args.postgres_url.rsplit("/", 1)[0] + f"/{database}",
+            args,
             events=args.postgres_events,
-            budget_s=args.load_budget,
-            runs=args.runs,
-            raw_runs=args.raw_runs,
             manifest=keep,
         )
     finally:
-        await engine.dispose()
         if keep is None:
             async with server.connect() as connection:
                 await connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))

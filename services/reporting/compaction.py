@@ -95,12 +95,7 @@ def _rebuild_token_categories(hours: list[int], *, dialect_name: str) -> list[sa
     hour = events.c.event_time_us // (HOUR_S * 1_000_000) * HOUR_S
     key = [column.name for column in target.primary_key.columns]
     dimensions = [events.c[name] for name in key[1:-1]]
-    in_hours = sa.or_(
-        *(
-            sa.and_(events.c.event_time_us >= h * 1_000_000, events.c.event_time_us < (h + HOUR_S) * 1_000_000)
-            for h in hours
-        )
-    )
+    in_hours = _in_ranges(events.c.event_time_us, [h * 1_000_000 for h in hours], HOUR_S * 1_000_000)
     select = (
         sa.select(hour, *dimensions, pairs.c.key, sa.func.sum(value))
         .select_from(events)

@@ -170,6 +170,9 @@ def _merged(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple(result)
 
 
+_HOUR_S: Final = HOUR_US // 1_000_000
+
+
 def dirty_hours_query(start_s: int, end_s: int) -> sa.Select[int]:
     """Hour starts (epoch seconds) in [start_s, end_s) holding a dirty per-minute row, oldest first.
 
@@ -185,7 +188,7 @@ def dirty_hours_query(start_s: int, end_s: int) -> sa.Select[int]:
 
     def first_dirty_hour(at_or_after: sa.ColumnElement[int] | int) -> sa.ScalarSelect[int]:
         return (
-            sa.select(bucket - bucket % 3600)
+            sa.select(bucket - bucket % _HOUR_S)
             .where(tables.ROLLUP_1M_DIRTY, bucket >= at_or_after, bucket < end_s)
             .order_by(bucket)
             .limit(1)
@@ -193,7 +196,7 @@ def dirty_hours_query(start_s: int, end_s: int) -> sa.Select[int]:
         )
 
     found = sa.select(first_dirty_hour(start_s).label("hour")).cte("dirty_hours", recursive=True)
-    found = found.union_all(sa.select(first_dirty_hour(found.c.hour + 3600)).where(found.c.hour.is_not(None)))
+    found = found.union_all(sa.select(first_dirty_hour(found.c.hour + _HOUR_S)).where(found.c.hour.is_not(None)))
     return sa.select(found.c.hour).where(found.c.hour.is_not(None))
 
 
