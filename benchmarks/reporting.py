@@ -52,6 +52,8 @@ from services.telemetry.rows import (
     EVENT_COLUMNS,
     ROLLUP_COLUMNS,
     TAG_COLUMNS,
+    RollupKey,
+    RollupRow,
     add_to_rollup,
     event_values,
     rollup_rows,
@@ -188,7 +190,7 @@ async def load(engine: AsyncEngine, *, events: int, budget_s: float, seed: int) 
         span_us = (end_us - start_us) // events
         slice_start = start_us + loaded * span_us
         rows, tags = _rows(rng, count, slice_start, count * span_us, keys, profiles, loaded)
-        rollups: dict[Any, list[int]] = {}
+        rollups: dict[RollupKey, RollupRow] = {}
         for row in rows:
             add_to_rollup(rollups, row)
         async with engine.begin() as connection:

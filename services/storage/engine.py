@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
@@ -126,14 +126,28 @@ def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
     """A synchronous engine on the same SQLite file as `engine`, for a writer that runs whole transactions in
     one worker thread (one hop off the event loop per transaction instead of one per statement).
 
-    One connection, with the same pragmas, plus a larger page cache so big transactions do not spill. The
+    One connection, with the same pragmas, plus a larger page cache so big transactions do not spill. Every
+    transaction starts with ``BEGIN IMMEDIATE``: it holds the database's write lock from its first statement,
+    so what it reads (which event ids are stored already) cannot change under it before it writes. The
     caller must use it from a single thread: the connection is opened there and never shared.
     """
     if engine.dialect.name != "sqlite":
         raise ValueError(f"create_sqlite_thread_engine needs a SQLite engine, not {engine.dialect.name}")
     thread_engine = create_sync_engine(engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1)
     event.listen(thread_engine, "connect", _pragmas(*SQLITE_PRAGMAS, f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}"))
+    # SQLAlchemy's recipe for explicit transactions on pysqlite: the driver's own implicit BEGIN (deferred,
+    # emitted only before the first write) is turned off and the engine emits the BEGIN it is told to.
+    event.listen(thread_engine, "connect", _driver_transactions_off)
+    event.listen(thread_engine, "begin", _begin_immediate)
     return thread_engine
+
+
+def _driver_transactions_off(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _begin_immediate(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 async def check_connection(engine: AsyncEngine) -> None:

@@ -168,7 +168,9 @@ def usage_event_tag_rows(tags: TagItems, row: UsageEventRow) -> list[TagRow]:
     return [(gateway_key, event_id, key, value, environment_id, event_time_us) for key, value in tags]
 
 
-_SUM_INDEX: Final = {name: i for i, name in enumerate(tables.ROLLUP_SUM_COLUMNS)}
+# Offsets into a rollup row (ROLLUP_COLUMNS: the dimensions, then the metrics), which add_to_rollup fills in
+# place, so the row needs no copying into the tuple the driver takes.
+_SUM_INDEX: Final = {name: i for i, name in enumerate(ROLLUP_COLUMNS) if i >= len(tables.ROLLUP_DIMENSIONS)}
 _ATTEMPTS = _SUM_INDEX["attempt_count"]
 _REQUESTS = _SUM_INDEX["request_count"]
 _SUCCESSES = _SUM_INDEX["success_count"]
@@ -190,11 +192,14 @@ _TTFT_SUM = _SUM_INDEX["ttft_sum_us"]
 _TTFT_COUNT = _SUM_INDEX["ttft_count"]
 _LATENCY_BUCKET_0 = _SUM_INDEX[tables.LATENCY_BUCKET_COLUMNS[0]]
 _TTFT_BUCKET_0 = _SUM_INDEX[tables.TTFT_BUCKET_COLUMNS[0]]
-_METRIC_COUNT: Final = len(tables.ROLLUP_SUM_COLUMNS)
+_NO_METRICS: Final = (0,) * len(tables.ROLLUP_SUM_COLUMNS)
+
+RollupRow = list[Any]
+"""Values of ROLLUP_COLUMNS: a rollup key's dimensions, then its metrics."""
 
 
-def add_to_rollup(rollups: dict[RollupKey, list[int]], row: UsageEventRow) -> None:
-    """Counts one NEW event's row into the per-minute rollup metrics of its dimensions (see ingest.py)."""
+def add_to_rollup(rollups: dict[RollupKey, RollupRow], row: UsageEventRow) -> None:
+    """Counts one NEW event's row into the per-minute rollup row of its dimensions (see ingest.py)."""
     key = (
         row["event_time_us"] // _US_PER_ROLLUP_BUCKET * ROLLUP_BUCKET_SECONDS,
         row["environment_id"],
@@ -212,7 +217,7 @@ def add_to_rollup(rollups: dict[RollupKey, list[int]], row: UsageEventRow) -> No
     )
     metrics = rollups.get(key)
     if metrics is None:
-        metrics = rollups[key] = [0] * _METRIC_COUNT
+        metrics = rollups[key] = [*key, *_NO_METRICS]
     metrics[_ATTEMPTS] += 1
     if row["attempt"] == 1:
         metrics[_REQUESTS] += 1
@@ -255,6 +260,6 @@ def add_to_rollup(rollups: dict[RollupKey, list[int]], row: UsageEventRow) -> No
         metrics[_TTFT_BUCKET_0 + bucket_index(ttft)] += 1
 
 
-def rollup_rows(rollups: dict[RollupKey, list[int]]) -> list[tuple[Any, ...]]:
+def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[RollupRow]:
     """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding: every dimension and every metric."""
-    return [(*key, *metrics) for key, metrics in rollups.items()]
+    return list(rollups.values())

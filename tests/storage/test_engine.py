@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from services.storage.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     check_connection,
     create_engine,
+    create_sqlite_thread_engine,
     maintenance_warnings,
     sqlite_url,
 )
@@ -49,6 +51,29 @@ async def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path
         "foreign_keys": 1,
         "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
     }
+
+
+async def test_the_writer_engine_holds_the_write_lock_from_the_start_of_each_transaction(tmp_path: Path) -> None:
+    # The ingest writer asks which event ids are stored, then inserts the others: no other connection may
+    # write in between, so its transactions must take the write lock before their first statement, a read.
+    engine = create_engine(sqlite_url(tmp_path))
+    writer = create_sqlite_thread_engine(engine)
+    other = sqlite3.connect(tmp_path / "meterwire.db", timeout=0, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE t (x INTEGER)")
+        with writer.begin() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 0
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                other.execute("INSERT INTO t VALUES (1)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+        other.execute("INSERT INTO t VALUES (3)")  # committed: the lock is released
+        with writer.connect() as connection:
+            assert connection.exec_driver_sql("SELECT x FROM t ORDER BY x").scalars().all() == [2, 3]
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    finally:
+        other.close()
+        writer.dispose()
+        await engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy import event as sa_event
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
@@ -255,3 +256,39 @@ async def test_duplicates_within_one_batch_count_once_and_ids_ignore_case(
     async with control_plane.engine.connect() as connection:
         sequence = (await connection.execute(select(tables.gateways.c.last_acked_sequence))).scalar_one()
     assert sequence == 7
+
+
+async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    # Statements, not rows, are the writer's unit: a statement per row (executemany, or RETURNING rows read one
+    # by one) hands the GIL to the event loop once per row, and under load each handoff waits a switch interval.
+    secret = await _gateway(tokens)
+    events = varied_events(1_800)
+    await report(channel, secret, events[:500])  # stored before: 500 of the next batch are duplicates
+    executed: list[tuple[str, bool]] = []
+
+    def record(
+        _connection: object, _cursor: object, statement: str, _parameters: object, _context: object, many: bool
+    ) -> None:
+        executed.append((statement, many))
+
+    sa_event.listen(Engine, "before_cursor_execute", record)
+    try:
+        ack = await report(channel, secret, [*events, *events[1_000:1_100]])
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", record)
+
+    assert (ack.accepted_count, ack.duplicate_count) == (1_300, 600)
+    touching = {
+        table: [(statement, many) for statement, many in executed if f"INTO {table} " in statement]
+        for table in ("usage_events", "usage_event_tags", "usage_rollup_1m")
+    }
+    assert all(not many for statements in touching.values() for _, many in statements), touching.keys()
+    # 1,300 new 37-column rows need 2 statements on SQLite (bind-parameter limit), 1 on PostgreSQL (unnest).
+    assert 1 <= len(touching["usage_events"]) <= 2
+    assert len(touching["usage_event_tags"]) == 1
+    assert 1 <= len(touching["usage_rollup_1m"]) <= 1_300 * len(tables.ROLLUP_SUM_COLUMNS) // 30_000 + 1
+    assert len(executed) <= 12
+    assert await stored_event_count(control_plane.engine) == 1_800
+    assert await rollup_sums(control_plane.engine) == expected_rollup(events)
