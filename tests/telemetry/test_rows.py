@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Final
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.pricing import PriceBook
-from services.telemetry.rows import json_object, tag_items, usage_event_row, usage_event_tag_rows
+from services.telemetry.rows import (
+    EVENT_COLUMNS,
+    event_values,
+    json_object,
+    tag_items,
+    usage_event_row,
+    usage_event_tag_rows,
+)
 from services.telemetry.validation import (
     MAX_TAG_KEY_BYTES,
     MAX_TAG_VALUE_BYTES,
@@ -65,6 +75,21 @@ def test_token_categories_are_the_sorted_json_object_they_always_were() -> None:
 def test_json_object_equals_json_dumps_with_sorted_keys(items: list[tuple[str, str | int]]) -> None:
     ordered = sorted(items)
     assert json_object(ordered) == json.dumps(dict(ordered), sort_keys=True)
+
+
+_INT64: Final = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@given(st.lists(st.tuples(st.text(), st.text() | _INT64), unique_by=lambda item: item[0]))
+def test_json_object_of_any_map_equals_json_dumps_with_sorted_keys(items: list[tuple[str, str | int]]) -> None:
+    assert json_object(items) == json.dumps(dict(items), sort_keys=True)
+
+
+def test_a_row_lists_its_columns_in_the_order_the_insert_takes_them() -> None:
+    row, _ = _row_and_rejection(usage_event(tags={"team": "search"}))
+
+    assert tuple(row) == EVENT_COLUMNS
+    assert event_values(row) == tuple(row[column] for column in EVENT_COLUMNS)
 
 
 def test_an_event_without_tags_has_no_tags_column_and_no_tag_rows() -> None:
