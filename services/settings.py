@@ -106,6 +106,11 @@ class ServerSettings(BaseSettings):
     """Group commit: how long the writer waits for more batches to share one transaction."""
     ingest_commit_max_events: int = Field(default=10_000, ge=1)
     """Group commit: most events in one transaction."""
+    sqlite_checkpoint_interval: timedelta = timedelta(milliseconds=250)
+    """SQLite: how often the write-ahead log is copied into the database file, from a thread of its own (ingest
+    commits never wait for it)."""
+    sqlite_wal_truncate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """SQLite: a log still larger than this after a copy is emptied, holding ingest back for the frames left."""
 
     # Heartbeats
     heartbeat_interval: timedelta = timedelta(seconds=10)

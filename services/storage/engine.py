@@ -126,20 +126,41 @@ def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
     """A synchronous engine on the same SQLite file as `engine`, for a writer that runs whole transactions in
     one worker thread (one hop off the event loop per transaction instead of one per statement).
 
-    One connection, with the same pragmas, plus a larger page cache so big transactions do not spill. Every
-    transaction starts with ``BEGIN IMMEDIATE``: it holds the database's write lock from its first statement,
-    so what it reads (which event ids are stored already) cannot change under it before it writes. The
-    caller must use it from a single thread: the connection is opened there and never shared.
+    One connection, with the same pragmas, plus a larger page cache so big transactions do not spill, and no
+    automatic checkpoints: those run inside the commit that crosses the threshold and flush the disk, so the
+    writer's log is checkpointed by a storage.checkpoint.WalCheckpointer instead. Every transaction starts
+    with ``BEGIN IMMEDIATE``: it holds the database's write lock from its first statement, so what it reads
+    (which event ids are stored already) cannot change under it before it writes. The caller must use it from
+    a single thread: the connection is opened there and never shared.
     """
-    if engine.dialect.name != "sqlite":
-        raise ValueError(f"create_sqlite_thread_engine needs a SQLite engine, not {engine.dialect.name}")
-    thread_engine = create_sync_engine(engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1)
-    event.listen(thread_engine, "connect", _pragmas(*SQLITE_PRAGMAS, f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}"))
+    thread_engine = _sqlite_sync_engine(engine)
+    event.listen(
+        thread_engine,
+        "connect",
+        _pragmas(*SQLITE_PRAGMAS, f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}", "PRAGMA wal_autocheckpoint=0"),
+    )
     # SQLAlchemy's recipe for explicit transactions on pysqlite: the driver's own implicit BEGIN (deferred,
     # emitted only before the first write) is turned off and the engine emits the BEGIN it is told to.
     event.listen(thread_engine, "connect", _driver_transactions_off)
     event.listen(thread_engine, "begin", _begin_immediate)
     return thread_engine
+
+
+def create_sqlite_autocommit_engine(engine: AsyncEngine, *pragmas: str) -> Engine:
+    """A synchronous engine on the same SQLite file as `engine` that runs every statement outside a transaction
+    (checkpoints must), with the same pragmas and then `pragmas`; one connection, for one thread, like
+    create_sqlite_thread_engine."""
+    autocommit_engine = _sqlite_sync_engine(engine, isolation_level="AUTOCOMMIT")
+    event.listen(autocommit_engine, "connect", _pragmas(*SQLITE_PRAGMAS, *pragmas))
+    return autocommit_engine
+
+
+def _sqlite_sync_engine(engine: AsyncEngine, **options: Any) -> Engine:
+    if engine.dialect.name != "sqlite":
+        raise ValueError(f"a synchronous SQLite engine needs a SQLite engine, not {engine.dialect.name}")
+    return create_sync_engine(
+        engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1, **options
+    )
 
 
 def _driver_transactions_off(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -112,6 +112,8 @@ class UsageIngest:
             engine,
             linger_s=settings.ingest_commit_linger.total_seconds(),
             max_events=settings.ingest_commit_max_events,
+            checkpoint_interval_s=settings.sqlite_checkpoint_interval.total_seconds(),
+            wal_truncate_bytes=settings.sqlite_wal_truncate_bytes,
         )
         self._gateway_keys = GatewayKeys(engine)
         self._prices = PriceBooks(engine)

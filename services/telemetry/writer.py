@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.errors import MeterwireError
 from services.storage import dialect, tables
+from services.storage.checkpoint import WalCheckpointer
 from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
@@ -81,7 +82,15 @@ class GroupCommitWriter:
     poison batch cannot fail its neighbours; a batch that still fails gets BatchNotStoredError.
     """
 
-    def __init__(self, engine: AsyncEngine, *, linger_s: float, max_events: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        linger_s: float,
+        max_events: int,
+        checkpoint_interval_s: float,
+        wal_truncate_bytes: int,
+    ) -> None:
         self._engine = engine
         self._linger_s = linger_s
         self._max_events = max_events
@@ -90,12 +99,17 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         name = engine.dialect.name
-        # SQLite: a synchronous connection of the writer's own, used only from its own thread.
+        # SQLite: a synchronous connection of the writer's own, used only from its own thread, whose log is
+        # checkpointed from another thread (its own commits never checkpoint).
         self._sqlite: tuple[sa.Engine, ThreadPoolExecutor] | None = None
+        self._checkpointer: WalCheckpointer | None = None
         if name == "sqlite":
             self._sqlite = (
                 create_sqlite_thread_engine(engine),
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer"),
+            )
+            self._checkpointer = WalCheckpointer(
+                engine, interval_s=checkpoint_interval_s, truncate_bytes=wal_truncate_bytes
             )
         events = tables.usage_events
         # How a transaction learns which of its events are stored already (duplicates), per dialect. On
@@ -145,6 +159,8 @@ class GroupCommitWriter:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-group-commit")
+            if self._checkpointer is not None:
+                await self._checkpointer.start()
 
     def submit(self, batch: PreparedBatch) -> asyncio.Future[pb.UsageAck]:
         """Queues a batch; the future resolves with its ack after its transaction commits."""
@@ -173,6 +189,8 @@ class GroupCommitWriter:
             (sqlite, thread), self._sqlite = self._sqlite, None
             await asyncio.get_running_loop().run_in_executor(thread, sqlite.dispose)
             thread.shutdown(wait=False)
+        if self._checkpointer is not None:
+            await self._checkpointer.shutdown()
 
     async def _run(self) -> None:
         try:
