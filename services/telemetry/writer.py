@@ -115,10 +115,10 @@ class GroupCommitWriter:
         # How a transaction learns which of its events are stored already (duplicates), per dialect. On
         # SQLite it asks first, then inserts the rest: an INSERT ... RETURNING there hands back its rows one
         # driver step at a time, and every step releases and retakes the GIL, so while the event loop was busy
-        # each row waited for a switch interval (ack p50 541 ms at 10,000 events/s; see _stored_before). The
-        # transaction holds the write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can
-        # store an id between the question and the insert. On PostgreSQL, where replicas insert concurrently,
-        # ON CONFLICT DO NOTHING RETURNING decides it in the insert itself, in one round trip.
+        # each row could wait a whole switch interval for it (see _insert_new_events). The transaction holds
+        # the write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can store an id between
+        # the question and the insert. On PostgreSQL, where replicas insert concurrently, ON CONFLICT DO
+        # NOTHING RETURNING decides it in the insert itself, in one round trip.
         self._stored_event_ids = sa.select(events.c.event_id).where(
             events.c.gateway_key == sa.bindparam("gateway_key"),
             events.c.event_id.in_(sa.bindparam("event_ids", expanding=True)),
@@ -275,7 +275,7 @@ class GroupCommitWriter:
 
     def _write(self, connection: sa.Connection, plan: _Plan) -> list[_Result]:
         """The transaction's statements (the caller begins and commits): events, tags, rollups, sequences."""
-        stored = self._stored_before(connection, plan)
+        duplicates = self._insert_new_events(connection, plan)
         results: list[_Result] = []
         tag_rows: list[TagRow] = []
         rollups: dict[RollupKey, RollupRow] = {}
@@ -284,7 +284,7 @@ class GroupCommitWriter:
             gateway_key = batch.gateway_key
             for index in firsts:
                 row = batch.rows[index]
-                if (gateway_key, row["event_id"]) not in stored:
+                if (gateway_key, row["event_id"]) not in duplicates:
                     accepted += 1
                     add_to_rollup(rollups, row)
                     tags = batch.tag_rows.get(index)
@@ -304,8 +304,8 @@ class GroupCommitWriter:
             )
         return results
 
-    def _stored_before(self, connection: sa.Connection, plan: _Plan) -> set[_EventKey]:
-        """Inserts the plan's events that are new and returns the keys of those stored before (duplicates).
+    def _insert_new_events(self, connection: sa.Connection, plan: _Plan) -> set[_EventKey]:
+        """Inserts the plan's events that are not stored yet; returns the keys of those that were (duplicates).
 
         Statements, not rows, are the unit: each is one driver call of up to the bind-parameter limit, so the
         writer thread hands the GIL to the event loop a few times per transaction, not once per row.
