@@ -52,9 +52,10 @@ class WalCheckpointer:
 
     Why not SQLite's automatic checkpoint: it runs inside the COMMIT that crosses wal_autocheckpoint (1,000
     pages), on the committing connection, and with synchronous=NORMAL it flushes the log and the database file
-    to disk. On this project's benchmark machine such commits took 0.4-1 s, and every batch behind them waited
-    (paced ingest: ack p99 680 ms). The ingest writer's connection has it off (create_sqlite_thread_engine) and
-    this runs PASSIVE checkpoints instead, which never block a writer.
+    to disk. On this project's benchmark machine a checkpoint took up to 2.5 s, and every batch behind such a
+    commit waited (paced ingest at half the top rate: ack p99 0.4-1 s with it, 42-94 ms without, runs of
+    240,000 events). The ingest writer's connection has it off (create_sqlite_thread_engine) and this runs
+    PASSIVE checkpoints instead, which never block a writer.
 
     A passive checkpoint copies the frames committed when it began, so while writes keep coming it never
     finds the whole log copied and the log is never reset: under sustained ingest the file would only grow.
