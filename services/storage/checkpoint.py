@@ -6,7 +6,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Self
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,6 +75,13 @@ class WalCheckpointer:
         self._stopped = False
         self._disposed = False
 
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.shutdown()
+
     async def start(self) -> None:
         if self._task is None and not self._stopped:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="sqlite-wal-checkpoint")
@@ -98,6 +105,7 @@ class WalCheckpointer:
             started = time.perf_counter()
             _busy, log_frames, _copied = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
             CHECKPOINT_SECONDS.labels("passive").observe(time.perf_counter() - started)
+            log_frames = max(log_frames, 0)  # -1: not in WAL mode
             truncated = False
             if log_frames * self._page_size > self._truncate_bytes:
                 started = time.perf_counter()

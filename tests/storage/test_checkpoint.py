@@ -103,15 +103,13 @@ async def test_the_checkpointer_runs_every_interval_until_shut_down_twice(
     await asyncio.to_thread(_write, writer, transactions=4, bytes_each=_MIB)
     assert _wal_bytes(tmp_path) > 4 * _MIB
 
-    await checkpointer.start()
-
     async def log_emptied() -> bool:
         return _wal_bytes(tmp_path) == 0
 
-    await wait_until(log_emptied)
+    async with checkpointer:
+        await wait_until(log_emptied)
 
-    await checkpointer.shutdown()
-    await checkpointer.shutdown()
+    await checkpointer.shutdown()  # again: nothing happens
     await asyncio.to_thread(_write, writer, transactions=2, bytes_each=_MIB)
     await asyncio.sleep(0.1)
     assert _wal_bytes(tmp_path) > 2 * _MIB  # nothing checkpoints after the shutdown
