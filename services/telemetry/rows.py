@@ -272,6 +272,7 @@ def add_to_rollup(rollups: dict[RollupKey, RollupRow], row: UsageEventRow) -> No
         metrics[_TTFT_BUCKET_0 + bucket_index(ttft)] += 1
 
 
-def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[RollupRow]:
-    """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding: every dimension and every metric."""
-    return list(rollups.values())
+def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[tuple[Any, ...]]:
+    """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding, as the tuples drivers take for an
+    executemany or CompiledStatement.chunks: every dimension and every metric."""
+    return [tuple(row) for row in rollups.values()]

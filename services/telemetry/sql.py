@@ -56,7 +56,7 @@ class CompiledStatement:
         groups = [_renumber(self._group, row * width) for row in range(rows)]
         return self._head + ", ".join(groups) + self._tail
 
-    def chunks(self, rows: Sequence[Sequence[Any]]) -> list[tuple[str, tuple[Any, ...]]]:
+    def chunks(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, tuple[Any, ...]]]:
         """(sql, parameters) per statement needed to insert `rows`: one unnest statement on PostgreSQL,
         multi-row VALUES of at most `max_rows_per_statement` rows otherwise."""
         if not rows:

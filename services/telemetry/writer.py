@@ -296,13 +296,13 @@ class GroupCommitWriter:
         for sql, parameters in self._insert_tags.chunks(tag_rows):
             connection.exec_driver_sql(sql, parameters)
         rows = rollup_rows(rollups)
-        if self._sqlite is not None or not rows:
+        if self._sqlite is not None:
             for sql, parameters in self._upsert_rollups.chunks(rows):
                 connection.exec_driver_sql(sql, parameters)
-        else:
+        elif rows:
             # asyncpg sends an executemany as one pipeline of plain values; unnest's arrays would cost it a type
             # check per element, 133 per rollup row (paced ingest: 64 -> 47-49 µs CPU per event).
-            connection.exec_driver_sql(self._upsert_rollups.sql, [tuple(row) for row in rows])
+            connection.exec_driver_sql(self._upsert_rollups.sql, rows)
         if plan.sequences:
             connection.execute(
                 self._advance_sequence,
