@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Final
 
-from sqlalchemy import Insert
+from sqlalchemy import Insert, Update
 from sqlalchemy.engine import Dialect
 
 MAX_BIND_PARAMETERS: Final = 32_766
@@ -72,6 +72,19 @@ class CompiledStatement:
                 flat.extend(row)
             result.append((self.multirow_sql(len(chunk)), tuple(flat)))
         return result
+
+
+class DriverStatement:
+    """A Core UPDATE compiled once to driver SQL; `parameters` orders values as its placeholders take
+    them (a bind parameter used twice is bound twice on SQLite, once on PostgreSQL)."""
+
+    def __init__(self, statement: Update, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = str(compiled)
+        self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
+
+    def parameters(self, **values: Any) -> tuple[Any, ...]:
+        return tuple(values[name] for name in self._names)
 
 
 def _renumber(group: str, offset: int) -> str:

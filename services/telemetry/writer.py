@@ -33,7 +33,7 @@ from services.telemetry.rows import (
     event_values,
     rollup_rows,
 )
-from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement
+from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement
 
 log = structlog.get_logger("meterwire.telemetry.writer")
 
@@ -112,26 +112,25 @@ class GroupCommitWriter:
                 engine, interval_s=checkpoint_interval_s, truncate_bytes=wal_truncate_bytes
             )
         events = tables.usage_events
-        # How a transaction learns which of its events are stored already (duplicates), per dialect. On
-        # SQLite it asks first, then inserts the rest: an INSERT ... RETURNING there hands back its rows one
-        # driver step at a time, and every step releases and retakes the GIL, so while the event loop was busy
-        # each row could wait a whole switch interval for it (see _insert_new_events). The transaction holds
-        # the write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can store an id between
-        # the question and the insert. On PostgreSQL, where replicas insert concurrently, ON CONFLICT DO
-        # NOTHING RETURNING decides it in the insert itself, in one round trip.
+        # How a transaction learns which of its events are stored already (duplicates), per dialect. On SQLite
+        # it inserts them all, skipping stored ids, and counts: nearly always every row went in and there is
+        # nothing to ask. Otherwise the insert is rolled back to a savepoint, the writer asks which ids are
+        # stored and inserts the rest (see _insert_new_events). It cannot use INSERT ... RETURNING: SQLite
+        # hands those rows back one driver step at a time, and every step releases and retakes the GIL, so
+        # while the event loop was busy each row could wait a whole switch interval. The transaction holds the
+        # write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can store an id between the
+        # question and the insert. On PostgreSQL, where replicas insert concurrently, ON CONFLICT DO NOTHING
+        # RETURNING decides it in the insert itself, in one round trip.
         self._stored_event_ids = sa.select(events.c.event_id).where(
             events.c.gateway_key == sa.bindparam("gateway_key"),
             events.c.event_id.in_(sa.bindparam("event_ids", expanding=True)),
         )
-        self._insert_events = CompiledStatement(
-            events.insert()
-            if self._sqlite is not None
-            else dialect.insert_ignore_duplicates(
-                events, dialect_name=name, index_elements=("gateway_key", "event_id")
-            ).returning(events.c.gateway_key, events.c.event_id),
-            engine.dialect,
-            EVENT_COLUMNS,
+        insert_events = dialect.insert_ignore_duplicates(
+            events, dialect_name=name, index_elements=("gateway_key", "event_id")
         )
+        if self._sqlite is None:
+            insert_events = insert_events.returning(events.c.gateway_key, events.c.event_id)
+        self._insert_events = CompiledStatement(insert_events, engine.dialect, EVENT_COLUMNS)
         self._insert_tags = CompiledStatement(tables.usage_event_tags.insert(), engine.dialect, TAG_COLUMNS)
         self._upsert_rollups = CompiledStatement(
             dialect.upsert_adding(
@@ -145,7 +144,7 @@ class GroupCommitWriter:
         )
         gateways = tables.gateways
         new_sequence = sa.bindparam("new_sequence", type_=sa.BigInteger)
-        self._advance_sequence = (
+        self._advance_sequence = DriverStatement(
             gateways.update()
             .where(gateways.c.gateway_key == sa.bindparam("key", type_=sa.Integer))
             .values(
@@ -153,7 +152,8 @@ class GroupCommitWriter:
                     (gateways.c.last_acked_sequence < new_sequence, new_sequence),
                     else_=gateways.c.last_acked_sequence,
                 )
-            )
+            ),
+            engine.dialect,
         )
 
     async def start(self) -> None:
@@ -304,9 +304,10 @@ class GroupCommitWriter:
             # check per element, 133 per rollup row (paced ingest: 64 -> 47-49 µs CPU per event).
             connection.exec_driver_sql(self._upsert_rollups.sql, rows)
         if plan.sequences:
-            connection.execute(
-                self._advance_sequence,
-                [{"key": key, "new_sequence": sequence} for key, sequence in plan.sequences.items()],
+            advance = self._advance_sequence
+            connection.exec_driver_sql(
+                advance.sql,
+                [advance.parameters(key=key, new_sequence=sequence) for key, sequence in plan.sequences.items()],
             )
         return results
 
@@ -323,6 +324,18 @@ class GroupCommitWriter:
             if len(inserted) == len(plan.insert_rows):
                 return set()
             return {key for key in plan.event_keys() if key not in inserted}
+        rows = plan.insert_rows
+        # A savepoint in driver SQL: SQLAlchemy's begin_nested() costs ~0.4 ms per transaction (measured).
+        connection.exec_driver_sql("SAVEPOINT new_events")
+        new_count = sum(
+            connection.exec_driver_sql(sql, parameters).rowcount for sql, parameters in self._insert_events.chunks(rows)
+        )
+        if new_count == len(rows):
+            connection.exec_driver_sql("RELEASE new_events")
+            return set()
+        # Some ids were stored before (a resent batch): undo the insert, ask which, and insert the others.
+        connection.exec_driver_sql("ROLLBACK TO new_events")
+        connection.exec_driver_sql("RELEASE new_events")
         stored: set[_EventKey] = set()
         for gateway_key, event_ids in plan.event_ids.items():
             for start in range(0, len(event_ids), MAX_BIND_PARAMETERS - 1):
@@ -331,9 +344,7 @@ class GroupCommitWriter:
                     {"gateway_key": gateway_key, "event_ids": event_ids[start : start + MAX_BIND_PARAMETERS - 1]},
                 )
                 stored.update((gateway_key, event_id) for (event_id,) in found)
-        rows = plan.insert_rows
-        if stored:
-            rows = [row for row in rows if (row[_GATEWAY_KEY], row[_EVENT_ID]) not in stored]
+        rows = [row for row in rows if (row[_GATEWAY_KEY], row[_EVENT_ID]) not in stored]
         for sql, parameters in self._insert_events.chunks(rows):
             connection.exec_driver_sql(sql, parameters)
         return stored

@@ -17,7 +17,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
 from services.server import ControlPlane
 from services.storage import tables
-from services.telemetry.rows import ROLLUP_COLUMNS
+from services.telemetry.rows import EVENT_COLUMNS, ROLLUP_COLUMNS
 from services.telemetry.sql import MAX_BIND_PARAMETERS
 from tests.services.conftest import Tokens, bearer
 
@@ -269,9 +269,10 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
     # under load each handoff waits a switch interval. On PostgreSQL a statement is a round trip; asyncpg
     # sends an executemany as one pipeline (the rollups use it: it binds plain values, where unnest's arrays
     # cost asyncpg a type check per element).
+    sqlite = control_plane.engine.dialect.name == "sqlite"
     secret = await _gateway(tokens)
     events = varied_events(1_800)
-    await report(channel, secret, events[:500])  # stored before: 500 of the next batch are duplicates
+    await report(channel, secret, events[:500])  # stored before: 500 of a later batch are duplicates
     executed: list[tuple[str, bool]] = []
 
     def record(
@@ -279,29 +280,56 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
     ) -> None:
         executed.append((statement, many))
 
-    sa_event.listen(Engine, "before_cursor_execute", record)
-    try:
-        ack = await report(channel, secret, [*events, *events[1_000:1_100]])
-    finally:
-        sa_event.remove(Engine, "before_cursor_execute", record)
+    async def report_recording(batch: list[usage_pb2.UsageEvent]) -> tuple[pb.UsageAck, list[tuple[str, bool]]]:
+        executed.clear()
+        sa_event.listen(Engine, "before_cursor_execute", record)
+        try:
+            ack = await report(channel, secret, batch)
+        finally:
+            sa_event.remove(Engine, "before_cursor_execute", record)
+        return ack, list(executed)
 
-    assert (ack.accepted_count, ack.duplicate_count) == (1_300, 600)
-    touching = {
-        table: [many for statement, many in executed if f"INTO {table} " in statement]
-        for table in ("usage_events", "usage_event_tags", "usage_rollup_1m")
-    }
-    if control_plane.engine.dialect.name == "sqlite":
-        # 1,300 new 37-column rows need 2 statements (bind-parameter limit); a rollup row per new event at most.
-        rollup_statements = math.ceil(1_300 / (MAX_BIND_PARAMETERS // len(ROLLUP_COLUMNS)))
-        assert touching["usage_events"] == [False] * 2
-        assert touching["usage_event_tags"] == [False]
-        assert touching["usage_rollup_1m"] in ([False] * n for n in range(1, rollup_statements + 1))
+    def touching(ran: list[tuple[str, bool]]) -> dict[str, list[bool]]:
+        return {
+            table: [many for statement, many in ran if f"INTO {table} " in statement]
+            for table in ("usage_events", "usage_event_tags", "usage_rollup_1m")
+        }
+
+    def asked_for_ids(ran: list[tuple[str, bool]]) -> int:
+        return sum(1 for statement, _ in ran if statement.startswith("SELECT") and "FROM usage_events" in statement)
+
+    def writer_statements(ran: list[tuple[str, bool]]) -> list[str]:
+        # Other components' statements (checkpoints, say) aside.
+        return [statement for statement, _ in ran if "usage_" in statement or "gateways" in statement]
+
+    rows_per_event_statement = MAX_BIND_PARAMETERS // len(EVENT_COLUMNS)
+    rollup_statements = math.ceil(1_300 / (MAX_BIND_PARAMETERS // len(ROLLUP_COLUMNS))) if sqlite else 1
+
+    # 1,300 new events: SQLite inserts them (skipping stored ids) and, as every row went in, asks nothing.
+    fresh = varied_events(1_300, seed=8)
+    ack, ran = await report_recording(fresh)
+    assert (ack.accepted_count, ack.duplicate_count) == (1_300, 0)
+    if sqlite:
+        assert touching(ran)["usage_events"] == [False] * math.ceil(1_300 / rows_per_event_statement)
+        assert touching(ran)["usage_event_tags"] == [False]
+        assert touching(ran)["usage_rollup_1m"] in ([False] * n for n in range(1, rollup_statements + 1))
     else:
-        rollup_statements = 1
-        assert touching == {"usage_events": [False], "usage_event_tags": [False], "usage_rollup_1m": [True]}
-    # Everything the transaction ran (other components' statements, such as checkpoints, aside): the stored
-    # ids asked for (SQLite), the inserts above and the gateway's acked sequence.
-    writer_statements = [statement for statement, _ in executed if "usage_" in statement or "gateways" in statement]
-    assert len(writer_statements) <= 1 + 2 + 1 + rollup_statements + 1, [s[:40] for s in writer_statements]
-    assert await stored_event_count(control_plane.engine) == 1_800
-    assert await rollup_sums(control_plane.engine) == expected_rollup(events)
+        assert touching(ran) == {"usage_events": [False], "usage_event_tags": [False], "usage_rollup_1m": [True]}
+    assert asked_for_ids(ran) == 0
+    assert len(writer_statements(ran)) <= 2 + 1 + rollup_statements + 1, [s[:40] for s in writer_statements(ran)]
+
+    # 1,900 events, 500 stored before and 100 repeated in the batch: SQLite's insert does not take every row,
+    # so it is undone, the stored ids are asked for once, and the 1,300 others are inserted.
+    ack, ran = await report_recording([*events, *events[1_000:1_100]])
+    assert (ack.accepted_count, ack.duplicate_count) == (1_300, 600)
+    if sqlite:
+        attempts = math.ceil(1_800 / rows_per_event_statement) + math.ceil(1_300 / rows_per_event_statement)
+        assert touching(ran)["usage_events"] == [False] * attempts
+        assert asked_for_ids(ran) == 1
+        assert len(writer_statements(ran)) <= attempts + 1 + 1 + rollup_statements + 1
+    else:
+        assert touching(ran) == {"usage_events": [False], "usage_event_tags": [False], "usage_rollup_1m": [True]}
+        assert asked_for_ids(ran) == 0
+        assert len(writer_statements(ran)) <= 1 + 1 + 1 + 1
+    assert await stored_event_count(control_plane.engine) == 1_800 + 1_300
+    assert await rollup_sums(control_plane.engine) == expected_rollup([*events, *fresh])
