@@ -6,7 +6,8 @@ Run: ``.venv/bin/python -m benchmarks.ingest [--events 240000] [--batch 500] [--
 Every measurement uses the same pre-built batches. The servers (an echo servicer for C1, ``meterwire serve``
 for E) run in a subprocess, so the client's protobuf encoding does not share the server's core; CPU seconds
 per event are the client's ``time.process_time`` plus the server process's user+system time from /proc,
-both printed. C2 runs in this process and times only ``executemany`` + commit of pre-built row tuples.
+both printed. C2 runs in this process and times only ``executemany`` + commit of pre-built row tuples: the
+rows E stores (events, their tags, the upserts of the batch's per-minute rollups); C2e times the events alone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -46,9 +48,23 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
 from services.pricing import PriceBook
 from services.storage import tables
+from services.storage.dialect import insert_ignore_duplicates, upsert_adding
 from services.storage.engine import create_engine, sqlite_url
 from services.storage.migrate import upgrade
-from services.telemetry.rows import usage_event_row
+from services.telemetry.rows import (
+    EVENT_COLUMNS,
+    ROLLUP_COLUMNS,
+    TAG_COLUMNS,
+    RollupKey,
+    RollupRow,
+    add_to_rollup,
+    event_values,
+    rollup_rows,
+    tag_items,
+    usage_event_row,
+    usage_event_tag_rows,
+)
+from services.telemetry.sql import CompiledStatement
 
 POSTGRES_SERVER_URL = os.environ.get("MW_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 _MODELS = (("gpt-4o", "openai"), ("claude-3-5-sonnet", "anthropic"), ("llama-3-70b", "bedrock"))
@@ -290,22 +306,41 @@ async def c1_grpc(batches: Sequence[pb.StreamUsageRequest], *, streams: int, win
 # --- C2: raw sqlite3 ----------------------------------------------------------------------------------------
 
 
-async def c2_sqlite(batches: Sequence[pb.StreamUsageRequest], workdir: Path) -> Figures:
-    data_dir = workdir / "c2"
-    engine = create_engine(sqlite_url(data_dir))
-    await upgrade(engine)
-    await engine.dispose()
-    columns = [c.name for c in tables.usage_events.columns if c.name != "event_key"]
+@dataclass(frozen=True)
+class _StoredRows:
+    """What E stores for one batch, as driver tuples: its events, their tags and its per-minute rollups."""
+
+    events: list[tuple[Any, ...]]
+    tags: list[tuple[Any, ...]]
+    rollups: list[tuple[Any, ...]]
+
+
+def _stored_rows(batches: Sequence[pb.StreamUsageRequest]) -> list[_StoredRows]:
     book = PriceBook()
     now_us = time.time_ns() // 1000
     prepared = []
     for batch in batches:
-        rows = []
+        events, tags = [], []
+        rollups: dict[RollupKey, RollupRow] = {}
         for event in batch.events:
-            row = usage_event_row(event, environment_id="bench", gateway_key=1, prices=book)
+            items = tag_items(event)
+            row = usage_event_row(event, environment_id="bench", gateway_key=1, prices=book, tags=items)
             row["ingest_time_us"] = now_us
-            rows.append(tuple(row[c] for c in columns))
-        prepared.append(rows)
+            events.append(event_values(row))
+            tags.extend(usage_event_tag_rows(items, row))
+            add_to_rollup(rollups, row)
+        prepared.append(_StoredRows(events, tags, rollup_rows(rollups)))
+    return prepared
+
+
+async def c2_sqlite(batches: Sequence[pb.StreamUsageRequest], workdir: Path, *, events_only: bool) -> Figures:
+    """Raw sqlite3: one executemany per table and a commit per batch, of the rows E stores for it (pre-built,
+    untimed): its events, their tags and the upserts of its rollups; `events_only`: the events alone."""
+    data_dir = workdir / ("c2-events" if events_only else "c2")
+    engine = create_engine(sqlite_url(data_dir))
+    await upgrade(engine)
+    await engine.dispose()
+    prepared = _stored_rows(batches)
     connection = sqlite3.connect(data_dir / "meterwire.db", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -315,19 +350,38 @@ async def c2_sqlite(batches: Sequence[pb.StreamUsageRequest], workdir: Path) -> 
     connection.execute(
         "INSERT INTO gateways (environment_id, gateway_id, register_time) VALUES ('bench', 'gw', '2026-01-01')"
     )
-    statement = (
-        f"INSERT INTO usage_events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-        "ON CONFLICT (gateway_key, event_id) DO NOTHING"
-    )
+    sqlite = sqlite_dialect.dialect()
+    insert_events = CompiledStatement(
+        insert_ignore_duplicates(
+            tables.usage_events, dialect_name="sqlite", index_elements=("gateway_key", "event_id")
+        ),
+        sqlite,
+        EVENT_COLUMNS,
+    ).sql
+    insert_tags = CompiledStatement(tables.usage_event_tags.insert(), sqlite, TAG_COLUMNS).sql
+    upsert_rollups = CompiledStatement(
+        upsert_adding(
+            tables.usage_rollup_1m,
+            dialect_name="sqlite",
+            key_columns=tables.ROLLUP_DIMENSIONS,
+            add_columns=tables.ROLLUP_SUM_COLUMNS,
+        ),
+        sqlite,
+        ROLLUP_COLUMNS,
+    ).sql
     cpu, started = time.process_time(), time.perf_counter()
     for rows in prepared:
         connection.execute("BEGIN")
-        connection.executemany(statement, rows)
+        connection.executemany(insert_events, rows.events)
+        if not events_only:
+            connection.executemany(insert_tags, rows.tags)
+            connection.executemany(upsert_rollups, rows.rollups)
         connection.execute("COMMIT")
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     connection.close()
-    events = sum(len(rows) for rows in prepared)
-    return Figures("C2 sqlite3 executemany, commit/batch", events, wall, cpu, 0.0, [])
+    events = sum(len(rows.events) for rows in prepared)
+    name = "C2e sqlite3, events alone" if events_only else "C2 sqlite3 executemany, commit/batch"
+    return Figures(name, events, wall, cpu, 0.0, [])
 
 
 # --- E: meterwire serve -------------------------------------------------------------------------------------
@@ -397,13 +451,19 @@ async def main(arguments: argparse.Namespace) -> None:
         workdir = Path(temporary)
         c1 = await c1_grpc(batches, streams=streams, window=window)
         print(c1.line())
-        c2 = await c2_sqlite(batches, workdir)
+        c2 = await c2_sqlite(batches, workdir, events_only=False)
         print(c2.line())
+        c2_events = await c2_sqlite(batches, workdir, events_only=True)
+        print(c2_events.line())
         ceiling = min(c1.events_per_s, c2.events_per_s)
+        events_ceiling = min(c1.events_per_s, c2_events.events_per_s)
         e_sqlite = await e_end_to_end(
             "E StreamUsage SQLite", batches, workdir / "e-sqlite", database_url=None, streams=streams, window=window
         )
-        print(e_sqlite.line() + f"  E/min(C1,C2) {e_sqlite.events_per_s / ceiling:.2f}")
+        print(
+            e_sqlite.line() + f"  E/min(C1,C2) {e_sqlite.events_per_s / ceiling:.2f}"
+            f" (C2e: {e_sqlite.events_per_s / events_ceiling:.2f})"
+        )
         async with _postgres_database() as url:
             e_postgres = await e_end_to_end(
                 "E StreamUsage PostgreSQL", batches, workdir / "e-pg", database_url=url, streams=streams, window=window

@@ -54,8 +54,9 @@ async def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path
 
 
 async def test_the_writer_engine_holds_the_write_lock_from_the_start_of_each_transaction(tmp_path: Path) -> None:
-    # The ingest writer asks which event ids are stored, then inserts the others: no other connection may
-    # write in between, so its transactions must take the write lock before their first statement, a read.
+    # When the ingest writer's insert skipped stored event ids, it asks which and inserts the others: no other
+    # connection may write in between, so its transactions take the write lock before their first statement
+    # (a deferred transaction would take it at its first write, or fail to upgrade a read without waiting).
     engine = create_engine(sqlite_url(tmp_path))
     writer = create_sqlite_thread_engine(engine)
     other = sqlite3.connect(tmp_path / "meterwire.db", timeout=0, isolation_level=None)
