@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,7 +50,16 @@ from services.gateway_registry import GatewayKeys
 from services.pricing import PriceBook
 from services.settings import ServerSettings
 from services.telemetry import metrics
-from services.telemetry.rows import TagRow, UsageEventRow, tag_items, usage_event_row, usage_event_tag_rows
+from services.telemetry.rows import (
+    RollupKey,
+    RollupRow,
+    TagRow,
+    UsageEventRow,
+    add_to_rollup,
+    tag_items,
+    usage_event_row,
+    usage_event_tag_rows,
+)
 from services.telemetry.validation import BatchLimits, check_batch, rejection_of
 from services.telemetry.writer import GroupCommitWriter, PreparedBatch
 
@@ -162,7 +171,9 @@ class UsageIngest:
         environment_id = gateway.environment_id
         gateway_key = gateway.gateway_key
         rows: list[UsageEventRow] = []
+        values: list[Any] = []
         tag_rows: dict[int, list[TagRow]] = {}
+        rollups: dict[RollupKey, RollupRow] = {}
         rejected: list[pb.RejectedEvent] = []
         max_sequence = 0
         for index, event in enumerate(events):
@@ -177,6 +188,8 @@ class UsageIngest:
             if tags:
                 tag_rows[len(rows)] = usage_event_tag_rows(tags, row)
             rows.append(row)
+            values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)
+            add_to_rollup(rollups, row)
             max_sequence = max(max_sequence, row["sequence"])
         if rejected:
             log.info(
@@ -194,7 +207,9 @@ class UsageIngest:
             gateway_key=gateway_key,
             batch_sequence=batch_sequence,
             rows=rows,
+            values=values,
             tag_rows=tag_rows,
+            rollups=rollups,
             rejected=rejected,
             max_sequence=max_sequence,
         )

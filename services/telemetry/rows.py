@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
+from operator import add
 from typing import Any, Final
 
 from meterwire.common.v1 import usage_pb2
@@ -270,6 +271,19 @@ def add_to_rollup(rollups: dict[RollupKey, RollupRow], row: UsageEventRow) -> No
         metrics[_TTFT_SUM] += ttft
         metrics[_TTFT_COUNT] += 1
         metrics[_TTFT_BUCKET_0 + bucket_index(ttft)] += 1
+
+
+_FIRST_METRIC: Final = len(tables.ROLLUP_DIMENSIONS)
+
+
+def merge_rollups(into: dict[RollupKey, RollupRow], rollups: dict[RollupKey, RollupRow]) -> None:
+    """Adds `rollups` (add_to_rollup's rows) into `into`, metric by metric; `rollups` is left as it was."""
+    for key, row in rollups.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = row.copy()
+        else:
+            mine[_FIRST_METRIC:] = map(add, mine[_FIRST_METRIC:], row[_FIRST_METRIC:])
 
 
 def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[tuple[Any, ...]]:

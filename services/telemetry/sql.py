@@ -59,19 +59,27 @@ class CompiledStatement:
     def chunks(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, tuple[Any, ...]]]:
         """(sql, parameters) per statement needed to insert `rows`: one unnest statement on PostgreSQL,
         multi-row VALUES of at most `max_rows_per_statement` rows otherwise."""
-        if not rows:
+        values: list[Any] = []
+        for row in rows:
+            values.extend(row)
+        return self.chunks_of_values(values)
+
+    def chunks_of_values(self, values: list[Any]) -> list[tuple[str, tuple[Any, ...]]]:
+        """`chunks` of rows given as their values concatenated (each row's in `columns` order): slicing them
+        into statements or columns takes no Python per row."""
+        if not values:
             return []
+        width = len(self.columns)
+        if len(values) % width:
+            raise ValueError(f"{len(values)} values are not whole rows of {width} columns")
         if self._unnest_sql is not None:
-            return [(self._unnest_sql, tuple(list(column) for column in zip(*rows, strict=True)))]
+            return [(self._unnest_sql, tuple(values[column::width] for column in range(width)))]
+        rows = len(values) // width
         step = self.max_rows_per_statement
-        result = []
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            flat: list[Any] = []
-            for row in chunk:
-                flat.extend(row)
-            result.append((self.multirow_sql(len(chunk)), tuple(flat)))
-        return result
+        return [
+            (self.multirow_sql(min(step, rows - start)), tuple(values[start * width : (start + step) * width]))
+            for start in range(0, rows, step)
+        ]
 
 
 class DriverStatement:

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from services.telemetry.rows import (
     UsageEventRow,
     add_to_rollup,
     event_values,
+    merge_rollups,
     rollup_rows,
 )
 from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement
@@ -60,8 +61,12 @@ class PreparedBatch:
     batch_sequence: int
     rows: list[UsageEventRow]
     """Valid events' usage_events rows, in batch order."""
+    values: list[Any]
+    """The EVENT_COLUMNS values of `rows`, concatenated (the writer sets ingest_time_us)."""
     tag_rows: dict[int, list[TagRow]]
     """Index into `rows` -> that event's usage_event_tags rows (events without tags are absent)."""
+    rollups: dict[RollupKey, RollupRow]
+    """`rows` counted into per-minute rollups (rows.add_to_rollup), as if every one of them is new."""
     rejected: list[pb.RejectedEvent]
     max_sequence: int
     """Highest agent spool sequence among the valid events (0: none)."""
@@ -255,26 +260,73 @@ class GroupCommitWriter:
     async def _store(self, group: list[PreparedBatch]) -> list[_Result]:
         """One transaction for the whole group; returns each batch's (accepted, duplicate) counts."""
         started = time.perf_counter()
-        plan = _plan(group)
         if self._sqlite is not None:
             # The whole transaction is one hop to the writer's own thread: no statement waits for a turn of
             # the event loop (busy receiving and validating the next batches), and SQLite's work overlaps it.
             sqlite, thread = self._sqlite
-            results = await asyncio.get_running_loop().run_in_executor(thread, self._in_sqlite_thread, sqlite, plan)
+            results = await asyncio.get_running_loop().run_in_executor(thread, self._in_sqlite_thread, sqlite, group)
         else:
             async with UnitOfWork(self._engine) as uow:
-                results = await uow.connection.run_sync(self._write, plan)
+                results = await uow.connection.run_sync(self._write, group)
                 await uow.commit()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.TRANSACTION_EVENTS.observe(sum(len(batch.rows) for batch in group))
         return results
 
-    def _in_sqlite_thread(self, engine: sa.Engine, plan: _Plan) -> list[_Result]:
+    def _in_sqlite_thread(self, engine: sa.Engine, group: list[PreparedBatch]) -> list[_Result]:
         with engine.begin() as connection:
-            return self._write(connection, plan)
+            return self._write(connection, group)
 
-    def _write(self, connection: sa.Connection, plan: _Plan) -> list[_Result]:
-        """The transaction's statements (the caller begins and commits): events, tags, rollups, sequences."""
+    def _write(self, connection: sa.Connection, group: list[PreparedBatch]) -> list[_Result]:
+        """The transaction's statements (the caller begins and commits): events, tags, rollups, sequences.
+
+        Nearly every event is new, so the events of the whole group are inserted first as they are, and when
+        every one went in, each batch's own rollups and tags are the transaction's: no Python runs per event
+        here. Otherwise the insert is undone and the group is stored the exact way (_write_exactly).
+        """
+        now_us = time.time_ns() // 1000
+        if self._insert_all(connection, group, now_us):
+            results = [_Result(accepted=len(batch.rows), duplicate=0) for batch in group]
+            tag_rows = [row for batch in group for rows in batch.tag_rows.values() for row in rows]
+            if len(group) == 1:
+                rollups = group[0].rollups
+            else:
+                rollups = {}
+                for batch in group:
+                    merge_rollups(rollups, batch.rollups)
+        else:
+            results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us))
+        self._write_the_rest(connection, group, tag_rows, rollups)
+        return results
+
+    def _insert_all(self, connection: sa.Connection, group: list[PreparedBatch], now_us: int) -> bool:
+        """Inserts every event of the group, skipping ids stored already, and tells whether all went in; if
+        any was skipped (stored before, or twice in the group), the insert is undone and this returns False.
+
+        A savepoint in driver SQL: SQLAlchemy's begin_nested() cost ~0.4 ms per transaction (measured).
+        """
+        values: list[Any] = []
+        for batch in group:
+            values += batch.values
+        width = len(EVENT_COLUMNS)
+        events = len(values) // width
+        values[_INGEST_TIME::width] = [now_us] * events
+        connection.exec_driver_sql("SAVEPOINT new_events")
+        inserted = 0
+        for sql, parameters in self._insert_events.chunks_of_values(values):
+            result = connection.exec_driver_sql(sql, parameters)
+            inserted += result.rowcount if self._sqlite is not None else len(result.all())
+        if inserted == events:
+            connection.exec_driver_sql("RELEASE new_events")
+            return True
+        connection.exec_driver_sql("ROLLBACK TO new_events")
+        connection.exec_driver_sql("RELEASE new_events")
+        return False
+
+    def _write_exactly(
+        self, connection: sa.Connection, plan: _Plan
+    ) -> tuple[list[_Result], list[TagRow], dict[RollupKey, RollupRow]]:
+        """Stores the plan's events that are new and counts only those (some ids are stored already)."""
         duplicates = self._insert_new_events(connection, plan)
         results: list[_Result] = []
         tag_rows: list[TagRow] = []
@@ -291,6 +343,16 @@ class GroupCommitWriter:
                     if tags:
                         tag_rows.extend(tags)
             results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
+        return results, tag_rows, rollups
+
+    def _write_the_rest(
+        self,
+        connection: sa.Connection,
+        group: list[PreparedBatch],
+        tag_rows: list[TagRow],
+        rollups: dict[RollupKey, RollupRow],
+    ) -> None:
+        """The new events' tags and rollups, and each gateway's acked sequence."""
         # Multi-row like the events: executemany steps SQLite once per row, and every step releases and retakes
         # the GIL (profiling showed this thread waiting for it behind the event loop preparing the next batches).
         for sql, parameters in self._insert_tags.chunks(tag_rows):
@@ -303,13 +365,16 @@ class GroupCommitWriter:
             # asyncpg sends an executemany as one pipeline of plain values; unnest's arrays would cost it a type
             # check per element, 133 per rollup row (paced ingest: 64 -> 47-49 µs CPU per event).
             connection.exec_driver_sql(self._upsert_rollups.sql, rows)
-        if plan.sequences:
+        sequences: dict[int, int] = {}
+        for batch in group:
+            if batch.max_sequence > sequences.get(batch.gateway_key, 0):
+                sequences[batch.gateway_key] = batch.max_sequence
+        if sequences:
             advance = self._advance_sequence
             connection.exec_driver_sql(
                 advance.sql,
-                [advance.parameters(key=key, new_sequence=sequence) for key, sequence in plan.sequences.items()],
+                [advance.parameters(key=key, new_sequence=sequence) for key, sequence in sequences.items()],
             )
-        return results
 
     def _insert_new_events(self, connection: sa.Connection, plan: _Plan) -> set[_EventKey]:
         """Inserts the plan's events that are not stored yet; returns the keys of those that were (duplicates).
@@ -324,18 +389,6 @@ class GroupCommitWriter:
             if len(inserted) == len(plan.insert_rows):
                 return set()
             return {key for key in plan.event_keys() if key not in inserted}
-        rows = plan.insert_rows
-        # A savepoint in driver SQL: SQLAlchemy's begin_nested() costs ~0.4 ms per transaction (measured).
-        connection.exec_driver_sql("SAVEPOINT new_events")
-        new_count = sum(
-            connection.exec_driver_sql(sql, parameters).rowcount for sql, parameters in self._insert_events.chunks(rows)
-        )
-        if new_count == len(rows):
-            connection.exec_driver_sql("RELEASE new_events")
-            return set()
-        # Some ids were stored before (a resent batch): undo the insert, ask which, and insert the others.
-        connection.exec_driver_sql("ROLLBACK TO new_events")
-        connection.exec_driver_sql("RELEASE new_events")
         stored: set[_EventKey] = set()
         for gateway_key, event_ids in plan.event_ids.items():
             for start in range(0, len(event_ids), MAX_BIND_PARAMETERS - 1):
@@ -344,7 +397,9 @@ class GroupCommitWriter:
                     {"gateway_key": gateway_key, "event_ids": event_ids[start : start + MAX_BIND_PARAMETERS - 1]},
                 )
                 stored.update((gateway_key, event_id) for (event_id,) in found)
-        rows = [row for row in rows if (row[_GATEWAY_KEY], row[_EVENT_ID]) not in stored]
+        rows = plan.insert_rows
+        if stored:
+            rows = [row for row in rows if (row[_GATEWAY_KEY], row[_EVENT_ID]) not in stored]
         for sql, parameters in self._insert_events.chunks(rows):
             connection.exec_driver_sql(sql, parameters)
         return stored
@@ -393,8 +448,6 @@ class _Plan:
     """usage_events values (EVENT_COLUMNS order) of the first occurrence of each event in the group."""
     candidates: list[list[int]]
     """Per batch, the indexes of its rows that are first occurrences (the others are duplicates already)."""
-    sequences: dict[int, int]
-    """gateway_key -> the highest agent spool sequence in the group."""
     event_ids: dict[int, list[str]]
     """gateway_key -> the event ids of `insert_rows` of that gateway."""
 
@@ -403,15 +456,14 @@ class _Plan:
 
 
 _GATEWAY_KEY: Final = EVENT_COLUMNS.index("gateway_key")
+_INGEST_TIME: Final = EVENT_COLUMNS.index("ingest_time_us")
 _EVENT_ID: Final = EVENT_COLUMNS.index("event_id")
 
 
-def _plan(group: list[PreparedBatch]) -> _Plan:
-    now_us = time.time_ns() // 1000
+def _plan(group: list[PreparedBatch], now_us: int) -> _Plan:
     seen: set[_EventKey] = set()
     insert_rows: list[tuple[object, ...]] = []
     candidates: list[list[int]] = []
-    sequences: dict[int, int] = {}
     event_ids: dict[int, list[str]] = {}
     for batch in group:
         gateway_key = batch.gateway_key
@@ -428,9 +480,7 @@ def _plan(group: list[PreparedBatch]) -> _Plan:
             gateway_event_ids.append(event_id)
             firsts.append(index)
         candidates.append(firsts)
-        if batch.max_sequence > sequences.get(gateway_key, 0):
-            sequences[gateway_key] = batch.max_sequence
-    return _Plan(group, insert_rows, candidates, sequences, event_ids)
+    return _Plan(group, insert_rows, candidates, event_ids)
 
 
 @dataclass(frozen=True, slots=True)

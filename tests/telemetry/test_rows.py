@@ -15,8 +15,12 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.pricing import PriceBook
 from services.telemetry.rows import (
     EVENT_COLUMNS,
+    RollupKey,
+    RollupRow,
+    add_to_rollup,
     event_values,
     json_object,
+    merge_rollups,
     tag_items,
     usage_event_row,
     usage_event_tag_rows,
@@ -28,7 +32,7 @@ from services.telemetry.validation import (
     BatchLimits,
     rejection_of,
 )
-from tests.telemetry.events import usage_event
+from tests.telemetry.events import usage_event, varied_events
 
 _LIMITS = BatchLimits(max_events=2000, max_bytes=4 << 20, max_clock_skew_us=300_000_000, dedupe_horizon_us=10**14)
 
@@ -90,6 +94,25 @@ def test_a_row_lists_its_columns_in_the_order_the_insert_takes_them() -> None:
 
     assert tuple(row) == EVENT_COLUMNS
     assert event_values(row) == tuple(row[column] for column in EVENT_COLUMNS)
+
+
+def test_merged_rollups_equal_the_rollups_of_all_the_rows_and_leave_their_parts_alone() -> None:
+    # The writer merges the rollups each batch made of its own rows when every event of a transaction is new.
+    rows = [
+        usage_event_row(event, environment_id="env", gateway_key=1, prices=PriceBook()) for event in varied_events(300)
+    ]
+    whole: dict[RollupKey, RollupRow] = {}
+    parts: list[dict[RollupKey, RollupRow]] = [{}, {}, {}]
+    for n, row in enumerate(rows):
+        add_to_rollup(whole, row)
+        add_to_rollup(parts[n * 3 // len(rows)], row)
+    copies = [{key: list(row) for key, row in part.items()} for part in parts]
+    merged: dict[RollupKey, RollupRow] = {}
+    for part in parts:
+        merge_rollups(merged, part)
+    assert merged == whole
+    assert len(whole) < sum(len(part) for part in parts)  # keys shared between the parts were added up
+    assert parts == copies
 
 
 def test_an_event_without_tags_has_no_tags_column_and_no_tag_rows() -> None:
