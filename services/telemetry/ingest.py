@@ -10,6 +10,10 @@ a duplicate and is counted nowhere again. Dedupe holds as long as the raw event 
 with REJECTION_REASON_TOO_OLD, because its raw twin may already have been deleted and storing it could count
 it twice; the agent keeps refused events in its dead-letter table, so nothing is lost silently.
 
+Preparation. Validation, pricing and rows (prepare.py) are most of ingest's Python; with ``ingest_workers``
+(the default on a multi-core machine) they run in worker processes (IngestWorkers), so one server uses more
+than one core, while the event loop keeps gRPC and the writer.
+
 Commit-then-ack. Batches go to one group-commit writer per process (writer.py), which stores the raw events,
 their tags, the per-minute rollups and the gateway's acked spool sequence in ONE transaction and only then
 resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
@@ -32,8 +36,13 @@ Rollup semantics (``usage_rollup_1m``, counted for NEW events only, keyed by min
 from __future__ import annotations
 
 import asyncio
+import functools
+import multiprocessing
+import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -41,7 +50,6 @@ from typing import Any, Final
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.auth import Principal
 from services.config.store import get_version
@@ -50,18 +58,9 @@ from services.gateway_registry import GatewayKeys
 from services.pricing import PriceBook
 from services.settings import ServerSettings
 from services.telemetry import metrics
-from services.telemetry.rows import (
-    RollupKey,
-    RollupRow,
-    TagRow,
-    UsageEventRow,
-    add_to_rollup,
-    tag_items,
-    usage_event_row,
-    usage_event_tag_rows,
-)
-from services.telemetry.validation import BatchLimits, check_batch, rejection_of
-from services.telemetry.writer import GroupCommitWriter, PreparedBatch
+from services.telemetry.prepare import PreparedEvents, prepare_events, prepare_serialized, start_worker
+from services.telemetry.validation import BatchLimits, check_batch
+from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
 
 log = structlog.get_logger("meterwire.telemetry")
 
@@ -87,24 +86,85 @@ class Gateway:
     gateway_key: int
 
 
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """An environment's pricing table, parsed and serialized (b"": it has none)."""
+
+    book: PriceBook
+    serialized: bytes
+
+
 class PriceBooks:
     """Each environment's pricing table (the Config service's latest version), re-read every few seconds."""
 
     def __init__(self, engine: AsyncEngine, *, refresh_s: float = PRICING_REFRESH_S) -> None:
         self._engine = engine
         self._refresh_s = refresh_s
-        self._books: dict[str, tuple[float, PriceBook]] = {}
+        self._pricing: dict[str, tuple[float, Pricing]] = {}
 
-    async def get(self, environment_id: str) -> PriceBook:
+    async def get(self, environment_id: str) -> Pricing:
         now = time.monotonic()
-        cached = self._books.get(environment_id)
+        cached = self._pricing.get(environment_id)
         if cached is not None and now - cached[0] < self._refresh_s:
             return cached[1]
         async with self._engine.connect() as connection:
             stored = await get_version(connection, environment_id)
-        book = PriceBook(stored.config.pricing if stored is not None and stored.config.HasField("pricing") else None)
-        self._books[environment_id] = (now, book)
-        return book
+        table = stored.config.pricing if stored is not None and stored.config.HasField("pricing") else None
+        pricing = Pricing(PriceBook(table), b"" if table is None else table.SerializeToString())
+        self._pricing[environment_id] = (now, pricing)
+        return pricing
+
+
+class IngestWorkers:
+    """Processes that prepare usage batches (prepare.prepare_serialized): validation, pricing and rows are
+    most of ingest's Python, and in worker processes they use other cores while the event loop keeps gRPC and
+    the writer. A worker that dies fails the batches it held with UNAVAILABLE (the agent resends them) and the
+    pool is made anew for the next batch.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Starts the pool and waits until a worker answers (spawning one and importing takes ~1 s), so the
+        first batches do not wait for it."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._ensure_pool(), os.getpid)
+        except BrokenProcessPool as error:
+            raise RuntimeError(
+                "the ingest worker processes could not start (their error is above); "
+                "MW_INGEST_WORKERS=0 prepares usage batches in the server process instead"
+            ) from error
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: a forked copy of a process running gRPC's threads can deadlock.
+            self._pool = ProcessPoolExecutor(
+                self._count, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker
+            )
+        return self._pool
+
+    async def prepare(self, batch_sequence: int, batch: bytes, **context: Any) -> PreparedEvents:
+        """prepare_serialized(batch, **context) in a worker; BatchNotStoredError if the worker died."""
+        pool = self._ensure_pool()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, functools.partial(prepare_serialized, batch, **context)
+            )
+        except BrokenProcessPool as error:
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False)
+            metrics.BATCHES_FAILED.inc()
+            log.error("an ingest worker process stopped; starting new ones", batch_sequence=batch_sequence)
+            raise BatchNotStoredError(batch_sequence, "an ingest worker process stopped") from error
+
+    async def shutdown(self) -> None:
+        """Stops the workers once they have finished what they hold; safe to call twice."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True)
 
 
 class UsageIngest:
@@ -126,13 +186,18 @@ class UsageIngest:
         )
         self._gateway_keys = GatewayKeys(engine)
         self._prices = PriceBooks(engine)
+        self._workers = IngestWorkers(settings.ingest_workers) if settings.ingest_workers else None
 
     async def start(self) -> None:
         await self._writer.start()
+        if self._workers is not None:
+            await self._workers.start()
 
     async def shutdown(self) -> None:
         """Stores what is queued, then stops; safe to call twice."""
         await self._writer.shutdown()
+        if self._workers is not None:
+            await self._workers.shutdown()
 
     async def gateway(self, principal: Principal) -> Gateway:
         """The principal's gateway, registered on first contact. Only gateway tokens carry one."""
@@ -142,19 +207,15 @@ class UsageIngest:
         return Gateway(principal.environment_id, principal.gateway_id, key)
 
     async def submit(
-        self,
-        gateway: Gateway,
-        *,
-        batch_sequence: int,
-        events: Sequence[usage_pb2.UsageEvent],
-        byte_size: int,
+        self, gateway: Gateway, request: pb.StreamUsageRequest | pb.ReportUsageRequest
     ) -> asyncio.Future[pb.UsageAck]:
         """Validates and prices a batch and queues it; the future resolves with its ack once committed.
 
         Raises INVALID_ARGUMENT (nothing stored) for an empty or oversized batch.
         """
+        batch_sequence = request.batch_sequence
         try:
-            check_batch(len(events), byte_size, self._limits)
+            check_batch(len(request.events), request.ByteSize(), self._limits)
         except MeterwireError as error:
             metrics.BATCHES_REFUSED.inc()
             log.info(
@@ -165,53 +226,44 @@ class UsageIngest:
                 reason=str(error),
             )
             raise
-        prices = await self._prices.get(gateway.environment_id)
+        pricing = await self._prices.get(gateway.environment_id)
         now_us = time.time_ns() // 1000
-        limits = self._limits
-        environment_id = gateway.environment_id
-        gateway_key = gateway.gateway_key
-        rows: list[UsageEventRow] = []
-        values: list[Any] = []
-        tag_rows: dict[int, list[TagRow]] = {}
-        rollups: dict[RollupKey, RollupRow] = {}
-        rejected: list[pb.RejectedEvent] = []
-        max_sequence = 0
-        for index, event in enumerate(events):
-            tags = tag_items(event)
-            row = usage_event_row(
-                event, environment_id=environment_id, gateway_key=gateway_key, prices=prices, tags=tags
+        environment_id, gateway_key = gateway.environment_id, gateway.gateway_key
+        if self._workers is None:
+            events = prepare_events(
+                request.events,
+                environment_id=environment_id,
+                gateway_key=gateway_key,
+                prices=pricing.book,
+                now_us=now_us,
+                limits=self._limits,
             )
-            rejection = rejection_of(event, row, tags, index, now_us, limits)
-            if rejection is not None:
-                rejected.append(rejection)
-                continue
-            if tags:
-                tag_rows[len(rows)] = usage_event_tag_rows(tags, row)
-            rows.append(row)
-            values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)
-            add_to_rollup(rollups, row)
-            max_sequence = max(max_sequence, row["sequence"])
-        if rejected:
+        else:
+            events = await self._workers.prepare(
+                batch_sequence,
+                request.SerializeToString(),
+                environment_id=environment_id,
+                gateway_key=gateway_key,
+                pricing=pricing.serialized,
+                now_us=now_us,
+                limits=self._limits,
+            )
+        if events.rejected:
             log.info(
                 "usage events rejected",
-                environment_id=environment_id,
+                environment_id=gateway.environment_id,
                 gateway_id=gateway.gateway_id,
                 batch_sequence=batch_sequence,
-                rejected=len(rejected),
-                first_field=rejected[0].field,
-                first_reason=pb.RejectionReason.Name(rejected[0].reason),
+                rejected=len(events.rejected),
+                first_field=events.rejected[0].field,
+                first_reason=pb.RejectionReason.Name(events.rejected[0].reason),
             )
         batch = PreparedBatch(
-            environment_id=environment_id,
+            environment_id=gateway.environment_id,
             gateway_id=gateway.gateway_id,
-            gateway_key=gateway_key,
+            gateway_key=gateway.gateway_key,
             batch_sequence=batch_sequence,
-            rows=rows,
-            values=values,
-            tag_rows=tag_rows,
-            rollups=rollups,
-            rejected=rejected,
-            max_sequence=max_sequence,
+            events=events,
         )
         return self._writer.submit(batch)
 
@@ -231,12 +283,7 @@ class UsageIngest:
             try:
                 async for request in requests:
                     await window.acquire()
-                    future = await self.submit(
-                        gateway,
-                        batch_sequence=request.batch_sequence,
-                        events=request.events,
-                        byte_size=request.ByteSize(),
-                    )
+                    future = await self.submit(gateway, request)
                     pending.put_nowait(future)
             except Exception as error:
                 pending.put_nowait(error)

@@ -38,7 +38,5 @@ class TelemetryServicer(pb_grpc.TelemetryServiceServicer):
         self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportUsageResponse:
         gateway = await self._ingest.gateway(current_principal())
-        future = await self._ingest.submit(
-            gateway, batch_sequence=request.batch_sequence, events=request.events, byte_size=request.ByteSize()
-        )
+        future = await self._ingest.submit(gateway, request)
         return pb.ReportUsageResponse(ack=await future)

@@ -21,6 +21,7 @@ from services.storage.checkpoint import WalCheckpointer
 from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
+from services.telemetry.prepare import PreparedEvents
 from services.telemetry.rows import (
     EVENT_COLUMNS,
     ROLLUP_COLUMNS,
@@ -59,17 +60,7 @@ class PreparedBatch:
     gateway_id: str
     gateway_key: int
     batch_sequence: int
-    rows: list[UsageEventRow]
-    """Valid events' usage_events rows, in batch order."""
-    values: list[Any]
-    """The EVENT_COLUMNS values of `rows`, concatenated (the writer sets ingest_time_us)."""
-    tag_rows: dict[int, list[TagRow]]
-    """Index into `rows` -> that event's usage_event_tags rows (events without tags are absent)."""
-    rollups: dict[RollupKey, RollupRow]
-    """`rows` counted into per-minute rollups (rows.add_to_rollup), as if every one of them is new."""
-    rejected: list[pb.RejectedEvent]
-    max_sequence: int
-    """Highest agent spool sequence among the valid events (0: none)."""
+    events: PreparedEvents
     future: asyncio.Future[pb.UsageAck] = field(init=False)
 
 
@@ -117,15 +108,14 @@ class GroupCommitWriter:
                 engine, interval_s=checkpoint_interval_s, truncate_bytes=wal_truncate_bytes
             )
         events = tables.usage_events
-        # How a transaction learns which of its events are stored already (duplicates), per dialect. On SQLite
-        # it inserts them all, skipping stored ids, and counts: nearly always every row went in and there is
-        # nothing to ask. Otherwise the insert is rolled back to a savepoint, the writer asks which ids are
-        # stored and inserts the rest (see _insert_new_events). It cannot use INSERT ... RETURNING: SQLite
-        # hands those rows back one driver step at a time, and every step releases and retakes the GIL, so
-        # while the event loop was busy each row could wait a whole switch interval. The transaction holds the
-        # write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can store an id between the
-        # question and the insert. On PostgreSQL, where replicas insert concurrently, ON CONFLICT DO NOTHING
-        # RETURNING decides it in the insert itself, in one round trip.
+        # Duplicates. A transaction first inserts all its events, skipping stored ids, and counts what went in
+        # (_insert_all): nearly always, all. Otherwise the insert is undone and the exact path learns which ids
+        # were stored (_insert_new_events). SQLite asks, then inserts the others; it cannot use INSERT ...
+        # RETURNING, whose rows SQLite hands back one driver step at a time, and every step releases and
+        # retakes the GIL, so while the event loop was busy each row could wait a whole switch interval. The
+        # transaction holds the write lock from BEGIN IMMEDIATE (create_sqlite_thread_engine), so nobody can
+        # store an id between the question and the insert. PostgreSQL, where replicas insert concurrently,
+        # decides it in the insert itself: ON CONFLICT DO NOTHING RETURNING, in one round trip.
         self._stored_event_ids = sa.select(events.c.event_id).where(
             events.c.gateway_key == sa.bindparam("gateway_key"),
             events.c.event_id.in_(sa.bindparam("event_ids", expanding=True)),
@@ -175,7 +165,7 @@ class GroupCommitWriter:
         future.add_done_callback(_retrieve_exception)
         batch.future = future
         metrics.BATCHES_IN_FLIGHT.inc()
-        if not batch.rows:
+        if not batch.events.count:
             # Every event was rejected: there is nothing to make durable, so the ack is final now.
             self._resolve(batch, _EMPTY_RESULT)
             return future
@@ -215,15 +205,15 @@ class GroupCommitWriter:
             self._wakeup.clear()
             await self._wakeup.wait()
         group = [queue.popleft()]
-        events = len(group[0].rows)
+        events = group[0].events.count
         deadline = asyncio.get_running_loop().time() + self._linger_s
         while events < self._max_events:
             if queue:
-                if events + len(queue[0].rows) > self._max_events:
+                if events + queue[0].events.count > self._max_events:
                     break
                 batch = queue.popleft()
                 group.append(batch)
-                events += len(batch.rows)
+                events += batch.events.count
                 continue
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0 or self._stopping:
@@ -270,7 +260,7 @@ class GroupCommitWriter:
                 results = await uow.connection.run_sync(self._write, group)
                 await uow.commit()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        metrics.TRANSACTION_EVENTS.observe(sum(len(batch.rows) for batch in group))
+        metrics.TRANSACTION_EVENTS.observe(sum(batch.events.count for batch in group))
         return results
 
     def _in_sqlite_thread(self, engine: sa.Engine, group: list[PreparedBatch]) -> list[_Result]:
@@ -286,14 +276,14 @@ class GroupCommitWriter:
         """
         now_us = time.time_ns() // 1000
         if self._insert_all(connection, group, now_us):
-            results = [_Result(accepted=len(batch.rows), duplicate=0) for batch in group]
-            tag_rows = [row for batch in group for rows in batch.tag_rows.values() for row in rows]
+            results = [_Result(accepted=batch.events.count, duplicate=0) for batch in group]
+            tag_rows = [row for batch in group for rows in batch.events.tag_rows.values() for row in rows]
             if len(group) == 1:
-                rollups = group[0].rollups
+                rollups = group[0].events.rollups
             else:
                 rollups = {}
                 for batch in group:
-                    merge_rollups(rollups, batch.rollups)
+                    merge_rollups(rollups, batch.events.rollups)
         else:
             results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us))
         self._write_the_rest(connection, group, tag_rows, rollups)
@@ -307,7 +297,7 @@ class GroupCommitWriter:
         """
         values: list[Any] = []
         for batch in group:
-            values += batch.values
+            values += batch.events.values
         width = len(EVENT_COLUMNS)
         events = len(values) // width
         values[_INGEST_TIME::width] = [now_us] * events
@@ -331,18 +321,18 @@ class GroupCommitWriter:
         results: list[_Result] = []
         tag_rows: list[TagRow] = []
         rollups: dict[RollupKey, RollupRow] = {}
-        for batch, firsts in zip(plan.group, plan.candidates, strict=True):
+        for batch, rows, firsts in zip(plan.group, plan.rows, plan.candidates, strict=True):
             accepted = 0
             gateway_key = batch.gateway_key
             for index in firsts:
-                row = batch.rows[index]
+                row = rows[index]
                 if (gateway_key, row["event_id"]) not in duplicates:
                     accepted += 1
                     add_to_rollup(rollups, row)
-                    tags = batch.tag_rows.get(index)
+                    tags = batch.events.tag_rows.get(index)
                     if tags:
                         tag_rows.extend(tags)
-            results.append(_Result(accepted=accepted, duplicate=len(batch.rows) - accepted))
+            results.append(_Result(accepted=accepted, duplicate=batch.events.count - accepted))
         return results, tag_rows, rollups
 
     def _write_the_rest(
@@ -367,8 +357,8 @@ class GroupCommitWriter:
             connection.exec_driver_sql(self._upsert_rollups.sql, rows)
         sequences: dict[int, int] = {}
         for batch in group:
-            if batch.max_sequence > sequences.get(batch.gateway_key, 0):
-                sequences[batch.gateway_key] = batch.max_sequence
+            if batch.events.max_sequence > sequences.get(batch.gateway_key, 0):
+                sequences[batch.gateway_key] = batch.events.max_sequence
         if sequences:
             advance = self._advance_sequence
             connection.exec_driver_sql(
@@ -409,15 +399,16 @@ class GroupCommitWriter:
         metrics.BATCHES_STORED.inc()
         metrics.EVENTS_ACCEPTED.inc(result.accepted)
         metrics.EVENTS_DUPLICATE.inc(result.duplicate)
-        metrics.EVENTS_REJECTED.inc(len(batch.rejected))
+        rejected = batch.events.rejected
+        metrics.EVENTS_REJECTED.inc(len(rejected))
         if not batch.future.done():
             batch.future.set_result(
                 pb.UsageAck(
                     batch_sequence=batch.batch_sequence,
                     accepted_count=result.accepted,
                     duplicate_count=result.duplicate,
-                    rejected_count=len(batch.rejected),
-                    rejected=batch.rejected,
+                    rejected_count=len(rejected),
+                    rejected=rejected,
                 )
             )
 
@@ -434,7 +425,7 @@ class GroupCommitWriter:
             environment_id=batch.environment_id,
             gateway_id=batch.gateway_id,
             batch_sequence=batch.batch_sequence,
-            events=len(batch.rows),
+            events=batch.events.count,
             exc_info=error,
         )
 
@@ -444,6 +435,8 @@ class _Plan:
     """A group's candidate rows: each (gateway, event id) once, in submission order."""
 
     group: list[PreparedBatch]
+    rows: list[list[UsageEventRow]]
+    """Per batch, its events' rows (PreparedEvents.rows)."""
     insert_rows: list[tuple[object, ...]]
     """usage_events values (EVENT_COLUMNS order) of the first occurrence of each event in the group."""
     candidates: list[list[int]]
@@ -462,14 +455,15 @@ _EVENT_ID: Final = EVENT_COLUMNS.index("event_id")
 
 def _plan(group: list[PreparedBatch], now_us: int) -> _Plan:
     seen: set[_EventKey] = set()
+    batch_rows = [batch.events.rows() for batch in group]
     insert_rows: list[tuple[object, ...]] = []
     candidates: list[list[int]] = []
     event_ids: dict[int, list[str]] = {}
-    for batch in group:
+    for batch, rows in zip(group, batch_rows, strict=True):
         gateway_key = batch.gateway_key
         gateway_event_ids = event_ids.setdefault(gateway_key, [])
         firsts: list[int] = []
-        for index, row in enumerate(batch.rows):
+        for index, row in enumerate(rows):
             event_id = row["event_id"]
             key = (gateway_key, event_id)
             if key in seen:
@@ -480,7 +474,7 @@ def _plan(group: list[PreparedBatch], now_us: int) -> _Plan:
             gateway_event_ids.append(event_id)
             firsts.append(index)
         candidates.append(firsts)
-    return _Plan(group, insert_rows, candidates, event_ids)
+    return _Plan(group, batch_rows, insert_rows, candidates, event_ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[Cont
         drain_delay=timedelta(0),
         shutdown_grace=timedelta(seconds=1),
         rollup_compaction_interval=timedelta(0),
+        ingest_workers=0,  # tests/telemetry prepares batches both ways
     )
     async with ControlPlane(settings) as plane:
         yield plane

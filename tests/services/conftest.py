@@ -26,6 +26,7 @@ async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[Cont
         data_dir=tmp_path / "var",
         database_url=database_url,
         drain_delay=timedelta(0),
+        ingest_workers=0,  # tests/telemetry prepares batches both ways
         shutdown_grace=timedelta(seconds=1),
     )
     async with ControlPlane(settings) as plane:

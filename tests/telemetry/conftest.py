@@ -13,10 +13,18 @@ from services.settings import ServerSettings, ServiceName
 from tests.services.conftest import admin_secret, channel, tokens  # noqa: F401
 
 
+@pytest.fixture(params=[0, 1], ids=["in-loop", "worker"])
+def ingest_workers(request: pytest.FixtureRequest) -> int:
+    """Batches prepared in the event loop (0) and in a worker process (1, the default on a multi-core machine)."""
+    workers: int = request.param
+    return workers
+
+
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def control_plane(database_url: str, tmp_path: Path, ingest_workers: int) -> AsyncIterator[ControlPlane]:
     # Telemetry and Admin (for tokens) only, so these tests exercise ingest and nothing else's startup.
     settings = ServerSettings(
+        ingest_workers=ingest_workers,
         listen="127.0.0.1:0",
         data_dir=tmp_path / "var",
         database_url=database_url,

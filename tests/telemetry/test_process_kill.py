@@ -26,6 +26,7 @@ from services.storage.engine import create_engine, sqlite_url
 from tests.services.conftest import bearer
 
 from .events import batches, stored_event_count, stream, varied_events, wait_until
+from .processes import children, running
 
 pytestmark = pytest.mark.system
 
@@ -44,7 +45,12 @@ class _Server:
     def __init__(self, data_dir: Path, *, linger_s: float) -> None:
         self.port = _free_port()
         self.metrics_port = _free_port()
-        environment = {**os.environ, "MW_INGEST_COMMIT_LINGER": str(linger_s), "MW_DRAIN_DELAY": "0"}
+        environment = {
+            **os.environ,
+            "MW_INGEST_COMMIT_LINGER": str(linger_s),
+            "MW_DRAIN_DELAY": "0",
+            "MW_INGEST_WORKERS": "1",
+        }
         command = [str(Path(sys.executable).parent / "meterwire"), "serve", "--data-dir", str(data_dir)]
         command += ["--listen", f"127.0.0.1:{self.port}", "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         command += ["--services", "telemetry,admin"]
@@ -73,6 +79,26 @@ class _Server:
         self.process.wait(timeout=10)
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+async def test_the_ingest_workers_of_a_killed_server_exit_too(tmp_path: Path) -> None:
+    # A server killed with SIGKILL cannot stop its worker processes; each watches its parent and exits.
+    server = _Server(tmp_path / "var", linger_s=0.002)
+    try:
+        async with await server.ready():
+
+            async def worker_started() -> bool:
+                return any(running(pid) for pid in children(server.process.pid))
+
+            await wait_until(worker_started, interval_s=0.05)
+            workers = [pid for pid in children(server.process.pid) if running(pid)]
+    finally:
+        server.kill()
+
+    async def workers_gone() -> bool:
+        return not any(running(pid) for pid in workers)
+
+    await wait_until(workers_gone, interval_s=0.1)
 
 
 async def test_a_batch_killed_before_commit_is_stored_exactly_once_when_resent(tmp_path: Path) -> None:
