@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -107,9 +106,10 @@ class ServerSettings(BaseSettings):
     """Group commit: how long the writer waits for more batches to share one transaction."""
     ingest_commit_max_events: int = Field(default=10_000, ge=1)
     """Group commit: most events in one transaction."""
-    ingest_workers: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0, le=64)
-    """Processes that validate, price and turn usage batches into rows, beside the server's event loop (0: in
-    the event loop itself). Default: 1 on a machine with more than one CPU, else 0."""
+    ingest_workers: int = Field(default=0, ge=0, le=64)
+    """Processes that validate, price and turn usage batches into rows beside the event loop (0: in the event
+    loop). They raise the most one server ingests when cores are spare, and cost CPU and latency to hand
+    batches over (benchmarks/ingest.py; README)."""
     sqlite_checkpoint_interval: timedelta = timedelta(milliseconds=250)
     """SQLite: how often the write-ahead log is copied into the database file, from a thread of its own (ingest
     commits never wait for it)."""

@@ -10,9 +10,9 @@ a duplicate and is counted nowhere again. Dedupe holds as long as the raw event 
 with REJECTION_REASON_TOO_OLD, because its raw twin may already have been deleted and storing it could count
 it twice; the agent keeps refused events in its dead-letter table, so nothing is lost silently.
 
-Preparation. Validation, pricing and rows (prepare.py) are most of ingest's Python; with ``ingest_workers``
-(the default on a multi-core machine) they run in worker processes (IngestWorkers), so one server uses more
-than one core, while the event loop keeps gRPC and the writer.
+Preparation. Validation, pricing and rows (prepare.py) are most of ingest's Python. They run in the event
+loop, or with ``ingest_workers`` in worker processes (IngestWorkers), so one server uses more than one core
+while the event loop keeps gRPC and the writer; handing batches over costs CPU and latency of its own.
 
 Commit-then-ack. Batches go to one group-commit writer per process (writer.py), which stores the raw events,
 their tags, the per-minute rollups and the gateway's acked spool sequence in ONE transaction and only then

@@ -15,7 +15,7 @@ from tests.services.conftest import admin_secret, channel, tokens  # noqa: F401
 
 @pytest.fixture(params=[0, 1], ids=["in-loop", "worker"])
 def ingest_workers(request: pytest.FixtureRequest) -> int:
-    """Batches prepared in the event loop (0) and in a worker process (1, the default on a multi-core machine)."""
+    """Batches prepared in the event loop (0, the default) and in a worker process (1)."""
     workers: int = request.param
     return workers
 
