@@ -125,6 +125,7 @@ class IngestWorkers:
     def __init__(self, count: int) -> None:
         self._count = count
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
 
     async def start(self) -> None:
         """Starts the pool and waits until a worker answers (spawning one and importing takes ~1 s), so the
@@ -147,6 +148,8 @@ class IngestWorkers:
 
     async def prepare(self, batch_sequence: int, batch: bytes, **context: Any) -> PreparedEvents:
         """prepare_serialized(batch, **context) in a worker; BatchNotStoredError if the worker died."""
+        if self._closed:
+            raise BatchNotStoredError(batch_sequence, "the server is shutting down")
         pool = self._ensure_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -162,6 +165,7 @@ class IngestWorkers:
 
     async def shutdown(self) -> None:
         """Stops the workers once they have finished what they hold; safe to call twice."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True)
