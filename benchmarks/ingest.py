@@ -296,15 +296,25 @@ async def _subprocess(command: list[str], port: int, env: dict[str, str] | None 
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), 60)
+            ready = asyncio.ensure_future(channel.channel_ready())
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({ready, exited}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()  # only the wait is cancelled, not the process
+            if not ready.done():
+                ready.cancel()
+                code = process.returncode
+                reason = "is not ready in 60 s" if code is None else f"exited with {code}"
+                name = " ".join([Path(command[0]).name, *command[1:3]])
+                raise RuntimeError(f"the server ({name} ...) {reason}; its error is above")
         yield process.pid
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 async def c1_grpc(batches: Sequence[pb.StreamUsageRequest], *, streams: int, window: int) -> Figures:
