@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -146,14 +146,33 @@ class IngestWorkers:
             )
         return self._pool
 
-    async def prepare(self, batch_sequence: int, batch: bytes, **context: Any) -> PreparedEvents:
-        """prepare_serialized(batch, **context) in a worker; BatchNotStoredError if the worker died."""
+    async def prepare(
+        self,
+        batch_sequence: int,
+        batch: bytes,
+        *,
+        environment_id: str,
+        gateway_key: int,
+        pricing: bytes,
+        now_us: int,
+        limits: BatchLimits,
+    ) -> PreparedEvents:
+        """prepare_serialized of the batch in a worker; BatchNotStoredError if the worker died."""
         if self._closed:
             raise BatchNotStoredError(batch_sequence, "the server is shutting down")
         pool = self._ensure_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                pool, functools.partial(prepare_serialized, batch, **context)
+                pool,
+                functools.partial(
+                    prepare_serialized,
+                    batch,
+                    environment_id=environment_id,
+                    gateway_key=gateway_key,
+                    pricing=pricing,
+                    now_us=now_us,
+                    limits=limits,
+                ),
             )
         except BrokenProcessPool as error:
             if self._pool is pool:

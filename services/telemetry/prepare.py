@@ -41,8 +41,6 @@ class PreparedEvents:
     values: list[Any]
     """The valid events' usage_events values (EVENT_COLUMNS order), concatenated; ingest_time_us is 0 until
     the writer sets it."""
-    count: int
-    """Valid events."""
     tag_rows: dict[int, list[TagRow]]
     """Index of a valid event -> its usage_event_tags rows (events without tags are absent)."""
     rollups: dict[RollupKey, RollupRow]
@@ -50,6 +48,11 @@ class PreparedEvents:
     rejected: list[pb.RejectedEvent]
     max_sequence: int
     """Highest agent spool sequence among the valid events (0: none)."""
+
+    @property
+    def count(self) -> int:
+        """Valid events."""
+        return len(self.values) // _WIDTH
 
     def rows(self) -> list[UsageEventRow]:
         """The valid events' rows again, from `values` (for the rare transaction that finds duplicates)."""
@@ -74,7 +77,7 @@ def prepare_events(
     tag_rows: dict[int, list[TagRow]] = {}
     rollups: dict[RollupKey, RollupRow] = {}
     rejected: list[pb.RejectedEvent] = []
-    count = max_sequence = 0
+    max_sequence = 0
     for index, event in enumerate(events):
         tags = tag_items(event)
         row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, prices=prices, tags=tags)
@@ -83,12 +86,11 @@ def prepare_events(
             rejected.append(rejection)
             continue
         if tags:
-            tag_rows[count] = usage_event_tag_rows(tags, row)
+            tag_rows[len(values) // _WIDTH] = usage_event_tag_rows(tags, row)
         values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)
         add_to_rollup(rollups, row)
-        count += 1
         max_sequence = max(max_sequence, row["sequence"])
-    return PreparedEvents(values, count, tag_rows, rollups, rejected, max_sequence)
+    return PreparedEvents(values, tag_rows, rollups, rejected, max_sequence)
 
 
 # --- in a worker process ------------------------------------------------------------------------------------

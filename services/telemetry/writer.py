@@ -123,9 +123,16 @@ class GroupCommitWriter:
         insert_events = dialect.insert_ignore_duplicates(
             events, dialect_name=name, index_elements=("gateway_key", "event_id")
         )
-        if self._sqlite is None:
-            insert_events = insert_events.returning(events.c.gateway_key, events.c.event_id)
-        self._insert_events = CompiledStatement(insert_events, engine.dialect, EVENT_COLUMNS)
+        # The first insert only counts (the driver's row count, on both engines); PostgreSQL's exact one
+        # returns the keys it inserted.
+        self._insert_events_counted = CompiledStatement(insert_events, engine.dialect, EVENT_COLUMNS)
+        self._insert_events = (
+            self._insert_events_counted
+            if self._sqlite is not None
+            else CompiledStatement(
+                insert_events.returning(events.c.gateway_key, events.c.event_id), engine.dialect, EVENT_COLUMNS
+            )
+        )
         self._insert_tags = CompiledStatement(tables.usage_event_tags.insert(), engine.dialect, TAG_COLUMNS)
         self._upsert_rollups = CompiledStatement(
             dialect.upsert_adding(
@@ -303,9 +310,8 @@ class GroupCommitWriter:
         values[_INGEST_TIME::width] = [now_us] * events
         connection.exec_driver_sql("SAVEPOINT new_events")
         inserted = 0
-        for sql, parameters in self._insert_events.chunks_of_values(values):
-            result = connection.exec_driver_sql(sql, parameters)
-            inserted += result.rowcount if self._sqlite is not None else len(result.all())
+        for sql, parameters in self._insert_events_counted.chunks_of_values(values):
+            inserted += connection.exec_driver_sql(sql, parameters).rowcount
         if inserted == events:
             connection.exec_driver_sql("RELEASE new_events")
             return True
