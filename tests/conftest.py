@@ -13,9 +13,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from services.logs import configure_logging
 from services.storage.engine import CONNECT_TIMEOUT_S, redact, sqlite_url
 from services.storage.engine import create_engine as create_storage_engine
 from services.storage.migrate import upgrade
+
+# In-process servers log as `meterwire serve` does. structlog's own default renders a logged exception as a rich
+# traceback with every frame's locals: 3 s for one failed usage batch, whose frames hold its rows.
+configure_logging()
 
 _DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 # Probed once per session: None means reachable, a string is why not.

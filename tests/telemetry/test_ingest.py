@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,14 +12,19 @@ import grpc
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
+from services.pricing import PriceBook
 from services.server import ControlPlane
 from services.storage import tables
+from services.telemetry.prepare import prepare_events
 from services.telemetry.rows import EVENT_COLUMNS, ROLLUP_COLUMNS
 from services.telemetry.sql import MAX_BIND_PARAMETERS
+from services.telemetry.validation import BatchLimits
+from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
 from tests.services.conftest import Tokens, bearer
 
 from .events import (
@@ -198,6 +204,86 @@ async def test_a_stream_cut_before_its_acks_are_read_stores_the_resent_batches_o
     assert await rollup_sums(control_plane.engine) == expected_rollup(events)
 
 
+async def _refuse_request_id(engine: AsyncEngine, request_id: str) -> None:
+    """A trigger that fails every transaction inserting an event with this request id: a real failure inside
+    the database, after the transaction has begun (and, on PostgreSQL, made its staging tables)."""
+    async with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            await connection.exec_driver_sql(
+                f"CREATE TRIGGER refuse_request BEFORE INSERT ON usage_events WHEN NEW.request_id = '{request_id}' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+            return
+        await connection.exec_driver_sql(
+            "CREATE FUNCTION refuse_request() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN "
+            f"IF NEW.request_id = '{request_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+            "RETURN NEW; END $body$"
+        )
+        await connection.exec_driver_sql(
+            "CREATE TRIGGER refuse_request BEFORE INSERT ON usage_events FOR EACH ROW EXECUTE FUNCTION refuse_request()"
+        )
+
+
+async def test_a_batch_whose_transaction_fails_stores_nothing_and_fails_alone(
+    channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
+) -> None:
+    engine = control_plane.engine
+    await _refuse_request_id(engine, "refused")
+    secret = await _gateway(tokens)
+    good = varied_events(600, seed=21)
+    poisoned = varied_events(300, seed=22)
+    poisoned[150].request_id = "refused"
+
+    # The server's first usage transaction fails: nothing of it is kept and the agent is told to resend.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await report(channel, secret, poisoned)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "nothing of it was kept: resend it" in (refused.value.details() or "")
+    assert await stored_event_count(engine) == 0
+    # The next transaction works (on PostgreSQL the failed one took the staging tables it made with it).
+    assert (await report(channel, secret, good[:200])).accepted_count == 200
+
+    # One group of three batches (queued before the writer runs) whose middle one fails: the group is retried
+    # batch by batch, so its neighbours are stored and only it fails.
+    async with engine.connect() as connection:
+        gateway_key = (await connection.execute(select(tables.gateways.c.gateway_key))).scalar_one()
+    writer = GroupCommitWriter(
+        engine, linger_s=0.05, max_events=10_000, checkpoint_interval_s=60, wal_truncate_bytes=64 << 20
+    )
+    await writer.start()
+    try:
+        futures = [
+            writer.submit(
+                PreparedBatch(
+                    environment_id="prod",
+                    gateway_id="gw-1",
+                    gateway_key=gateway_key,
+                    batch_sequence=sequence,
+                    events=prepare_events(
+                        events,
+                        environment_id="prod",
+                        gateway_key=gateway_key,
+                        prices=PriceBook(),
+                        now_us=time.time_ns() // 1000,
+                        limits=BatchLimits(10_000, 1 << 30, 300_000_000, 90 * 86_400_000_000),
+                    ),
+                )
+            )
+            for sequence, events in ((2, good[200:400]), (3, poisoned), (4, good[400:]))
+        ]
+        first, failed, last = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await writer.shutdown()
+    assert isinstance(failed, BatchNotStoredError)
+    assert [(ack.batch_sequence, ack.accepted_count) for ack in (first, last) if isinstance(ack, pb.UsageAck)] == [
+        (2, 200),
+        (4, 200),
+    ]
+    assert await stored_event_count(engine) == 600
+    assert await stored_event_count(engine, request_id="refused") == 0
+    assert await rollup_sums(engine) == expected_rollup(good)
+
+
 async def test_usage_lands_in_the_environment_and_gateway_of_the_token(
     channel: grpc.aio.Channel, control_plane: ControlPlane, tokens: Tokens
 ) -> None:
@@ -266,9 +352,9 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
 ) -> None:
     # Statements, not rows, are the writer's unit. On SQLite, whose writer runs in a thread, a driver step per
     # row (executemany, or RETURNING rows read one by one) hands the GIL to the event loop once per row, and
-    # under load each handoff waits a switch interval. On PostgreSQL a statement is a round trip; asyncpg
-    # sends an executemany as one pipeline (the rollups use it: it binds plain values, where unnest's arrays
-    # cost asyncpg a type check per element).
+    # under load each handoff waits a switch interval. On PostgreSQL a statement is a round trip; the events
+    # and rollups are COPYed into staging tables (which no cursor event sees) and moved by one INSERT ...
+    # SELECT each (sql.StagedInsert).
     sqlite = control_plane.engine.dialect.name == "sqlite"
     secret = await _gateway(tokens)
     events = varied_events(1_800)
@@ -298,6 +384,14 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
     def asked_for_ids(ran: list[tuple[str, bool]]) -> int:
         return sum(1 for statement, _ in ran if statement.startswith("SELECT") and "FROM usage_events" in statement)
 
+    def staged_from(ran: list[tuple[str, bool]]) -> list[str]:
+        return [
+            table
+            for statement, _ in ran
+            for table in ("usage_events", "usage_rollup_1m")
+            if f"INTO {table} " in statement and f"FROM mw_staged_{table}" in statement
+        ]
+
     def writer_statements(ran: list[tuple[str, bool]]) -> list[str]:
         # Other components' statements (checkpoints, say) aside.
         return [statement for statement, _ in ran if "usage_" in statement or "gateways" in statement]
@@ -314,9 +408,15 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
         assert touching(ran)["usage_event_tags"] == [False]
         assert touching(ran)["usage_rollup_1m"] in ([False] * n for n in range(1, rollup_statements + 1))
     else:
-        assert touching(ran) == {"usage_events": [False], "usage_event_tags": [False], "usage_rollup_1m": [True]}
+        assert touching(ran) == {"usage_events": [False], "usage_event_tags": [False], "usage_rollup_1m": [False]}
+        assert staged_from(ran) == ["usage_events", "usage_rollup_1m"]
     assert asked_for_ids(ran) == 0
-    assert len(writer_statements(ran)) <= 2 + 1 + rollup_statements + 1, [s[:40] for s in writer_statements(ran)]
+    # Events (SQLite: the statements of at most 2 row chunks), tags, rollups, the gateway's sequence; and on
+    # PostgreSQL the CREATE ... IF NOT EXISTS of each staging table.
+    staging = 0 if sqlite else 2
+    assert len(writer_statements(ran)) <= 2 + 1 + rollup_statements + 1 + staging, [
+        s[:40] for s in writer_statements(ran)
+    ]
 
     # 1,900 events, 500 stored before and 100 repeated in the batch: the insert does not take every row, so it
     # is undone; SQLite asks for the stored ids once and inserts the 1,300 others.
@@ -328,9 +428,11 @@ async def test_a_transaction_is_a_few_statements_whatever_the_number_of_events(
         assert asked_for_ids(ran) == 1
         assert len(writer_statements(ran)) <= attempts + 1 + 1 + rollup_statements + 1
     else:
-        # The first insert, undone, then the one whose RETURNING rows tell the new events from the stored.
-        assert touching(ran) == {"usage_events": [False] * 2, "usage_event_tags": [False], "usage_rollup_1m": [True]}
+        # The first insert (from staging), undone, then the one whose RETURNING rows tell the new events from
+        # the stored.
+        assert touching(ran) == {"usage_events": [False] * 2, "usage_event_tags": [False], "usage_rollup_1m": [False]}
+        assert staged_from(ran) == ["usage_events", "usage_rollup_1m"]
         assert asked_for_ids(ran) == 0
-        assert len(writer_statements(ran)) <= 2 + 1 + 1 + 1
+        assert len(writer_statements(ran)) == 2 + 1 + 1 + 1 + staging, [s[:40] for s in writer_statements(ran)]
     assert await stored_event_count(control_plane.engine) == 1_800 + 1_300
     assert await rollup_sums(control_plane.engine) == expected_rollup([*events, *fresh])
