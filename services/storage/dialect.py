@@ -22,43 +22,25 @@ def _dialect_insert(table: Table, dialect_name: str) -> postgresql.Insert | sqli
     raise StorageConfigError(f"unsupported SQL dialect {dialect_name!r}; use sqlite or postgresql")
 
 
-def _rows_from(table: Table, dialect_name: str, source: sa.Select[Any] | None) -> postgresql.Insert | sqlite.Insert:
-    statement = _dialect_insert(table, dialect_name)
-    if source is None:
-        return statement
-    return statement.from_select([column.name for column in source.selected_columns], source)
-
-
-def insert_ignore_duplicates(
-    table: Table, *, dialect_name: str, index_elements: Sequence[str], source: sa.Select[Any] | None = None
-) -> Insert:
-    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING``; `source`: the rows come from this SELECT,
-    whose columns are named like the table's, instead of VALUES.
+def insert_ignore_duplicates(table: Table, *, dialect_name: str, index_elements: Sequence[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING``.
 
     Works with executemany; with ``.returning(...)`` it returns one row per row actually inserted, so the
     caller learns which rows were new and which were duplicates from a single statement. Do not ask for
     ``sort_by_parameter_order``: skipped rows cannot be matched back to parameters.
     """
-    statement = _rows_from(table, dialect_name, source)
+    statement = _dialect_insert(table, dialect_name)
     return statement.on_conflict_do_nothing(index_elements=[table.c[name] for name in index_elements])
 
 
-def upsert_adding(
-    table: Table,
-    *,
-    dialect_name: str,
-    key_columns: Sequence[str],
-    add_columns: Sequence[str],
-    source: sa.Select[Any] | None = None,
-) -> Insert:
-    """``INSERT ... ON CONFLICT (key_columns) DO UPDATE SET c = table.c + excluded.c`` for each add column;
-    `source` as for insert_ignore_duplicates.
+def upsert_adding(table: Table, *, dialect_name: str, key_columns: Sequence[str], add_columns: Sequence[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (key_columns) DO UPDATE SET c = table.c + excluded.c`` for each add column.
 
     The addition happens in the database, so concurrent writers (several replicas) never lose an update.
     Merge rows with equal keys before executing: PostgreSQL refuses to update one row twice in a
     statement. With executemany every row must carry the same keys (the first row decides the columns).
     """
-    statement = _rows_from(table, dialect_name, source)
+    statement = _dialect_insert(table, dialect_name)
     return statement.on_conflict_do_update(
         index_elements=[table.c[name] for name in key_columns],
         set_={name: table.c[name] + statement.excluded[name] for name in add_columns},

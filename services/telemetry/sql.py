@@ -8,21 +8,18 @@ parameter order through ``Connection.exec_driver_sql``. Only the multi-row form 
 RETURNING rows) is made here from the compiled VALUES group: on SQLite by repeating the group per row; on
 PostgreSQL, whose driver renders typed placeholders (``$1::VARCHAR``), as
 ``SELECT * FROM unnest($1::VARCHAR[], ...)`` with one array per column, which is ONE fixed statement
-(prepared once) instead of a new 30,000-parameter statement per row count. PostgreSQL's bulk path is
-StagedInsert: COPY into a session's temporary table, then one INSERT ... SELECT.
+(prepared once) instead of a new 30,000-parameter statement per row count.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Final, cast
+from typing import Any, Final
 
-import sqlalchemy as sa
-from sqlalchemy import Insert, Table, Update
+from sqlalchemy import Insert, Update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.engine.interfaces import AdaptedConnection
 
 MAX_BIND_PARAMETERS: Final = 32_766
 """SQLite's default SQLITE_MAX_VARIABLE_NUMBER; PostgreSQL allows 65,535. Bounds a multi-row statement."""
@@ -115,52 +112,3 @@ def _split_values_group(sql: str) -> tuple[str, str, str]:
             if depth == 0:
                 return sql[:start], sql[start : position + 1], sql[position + 1 :]
     raise RuntimeError(f"no VALUES group in {sql!r}")
-
-
-class StagedInsert:
-    """PostgreSQL: rows are COPYed (asyncpg's binary COPY) into a temporary table of the session, then moved
-    into `table` by ONE ``INSERT ... SELECT``, which `insert_from` makes from the staging SELECT (conflict
-    clause included).
-
-    Why: measured on the ingest benchmark's 500-event batches (the same rows, a transaction each, two rounds),
-    COPY + INSERT ... SELECT took 8.6-10.7 ms for the events where an unnest INSERT took 13.8-16.5 ms, and
-    8.5-10.0 ms for their ~170 rollup rows where an executemany pipeline of an upsert per row took 13.0-19.0 ms;
-    the commit, which empties the staging tables, took 1.8-2.2 ms instead of 1.1-1.5 ms.
-
-    The staging table is made by the transaction that first needs it on a connection (``IF NOT EXISTS``: a
-    transaction that rolled back took its table with it; through a transaction-pooling proxy the next
-    transaction may be on another server session) and is emptied by every commit (``ON COMMIT DELETE ROWS``,
-    which PostgreSQL skips in transactions that touch no temporary table). It has the columns and types of
-    `table` and no constraints, so staging never fails; the INSERT decides.
-    """
-
-    def __init__(
-        self,
-        table: Table,
-        columns: Sequence[str],
-        dialect: Dialect,
-        insert_from: Callable[[sa.Select[Any]], Insert],
-    ) -> None:
-        self.columns: tuple[str, ...] = tuple(columns)
-        self.staging_table = f"mw_staged_{table.name}"
-        quote = dialect.identifier_preparer.quote
-        names = ", ".join(quote(column) for column in self.columns)
-        self.create_sql = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging_table} ON COMMIT DELETE ROWS AS "
-            f"SELECT {names} FROM {quote(table.name)} WITH NO DATA"
-        )
-        staged = sa.table(self.staging_table, *(sa.column(column) for column in self.columns))
-        self.insert_sql: str = str(insert_from(sa.select(*staged.c)).compile(dialect=dialect))
-
-    def stage(self, connection: sa.Connection, rows: Iterable[Sequence[Any]]) -> None:
-        """COPYs `rows` (values in `columns` order) into the staging table, inside the connection's transaction."""
-        # Any statement through SQLAlchemy begins the driver's transaction first, so the COPY is part of it.
-        connection.exec_driver_sql(self.create_sql)
-        driver = cast(AdaptedConnection, connection.connection.dbapi_connection)
-        driver.run_async(
-            lambda asyncpg: asyncpg.copy_records_to_table(self.staging_table, records=rows, columns=self.columns)
-        )
-
-    def insert(self, connection: sa.Connection) -> int:
-        """Moves what is staged into the table; returns the rows the INSERT took (the driver's row count)."""
-        return int(connection.exec_driver_sql(self.insert_sql).rowcount)

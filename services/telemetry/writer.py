@@ -7,7 +7,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import grpc
 import sqlalchemy as sa
@@ -35,7 +35,7 @@ from services.telemetry.rows import (
     merge_rollups,
     rollup_rows,
 )
-from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement, StagedInsert
+from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement
 
 log = structlog.get_logger("meterwire.telemetry.writer")
 
@@ -123,41 +123,27 @@ class GroupCommitWriter:
         insert_events = dialect.insert_ignore_duplicates(
             events, dialect_name=name, index_elements=("gateway_key", "event_id")
         )
-        # SQLite's inserts are counted by the driver's row count. PostgreSQL's first insert comes from its staging
-        # table (sql.StagedInsert) and is counted the same way; its exact one returns the keys it inserted.
-        self._insert_events = CompiledStatement(
-            insert_events
+        # The first insert only counts (the driver's row count, on both engines); PostgreSQL's exact one
+        # returns the keys it inserted.
+        self._insert_events_counted = CompiledStatement(insert_events, engine.dialect, EVENT_COLUMNS)
+        self._insert_events = (
+            self._insert_events_counted
             if self._sqlite is not None
-            else insert_events.returning(events.c.gateway_key, events.c.event_id),
-            engine.dialect,
-            EVENT_COLUMNS,
+            else CompiledStatement(
+                insert_events.returning(events.c.gateway_key, events.c.event_id), engine.dialect, EVENT_COLUMNS
+            )
         )
         self._insert_tags = CompiledStatement(tables.usage_event_tags.insert(), engine.dialect, TAG_COLUMNS)
-
-        def upsert_rollups(source: sa.Select[Any] | None = None) -> sa.Insert:
-            return dialect.upsert_adding(
+        self._upsert_rollups = CompiledStatement(
+            dialect.upsert_adding(
                 tables.usage_rollup_1m,
                 dialect_name=name,
                 key_columns=tables.ROLLUP_DIMENSIONS,
                 add_columns=tables.ROLLUP_SUM_COLUMNS,
-                source=source,
-            )
-
-        # SQLite's; PostgreSQL's rollups, like its events, go through a staging table.
-        self._upsert_rollups = CompiledStatement(upsert_rollups(), engine.dialect, ROLLUP_COLUMNS)
-        self._staged: _Staged | None = None
-        if self._sqlite is None:
-            self._staged = _Staged(
-                StagedInsert(
-                    events,
-                    EVENT_COLUMNS,
-                    engine.dialect,
-                    lambda source: dialect.insert_ignore_duplicates(
-                        events, dialect_name=name, index_elements=("gateway_key", "event_id"), source=source
-                    ),
-                ),
-                StagedInsert(tables.usage_rollup_1m, ROLLUP_COLUMNS, engine.dialect, upsert_rollups),
-            )
+            ),
+            engine.dialect,
+            ROLLUP_COLUMNS,
+        )
         gateways = tables.gateways
         new_sequence = sa.bindparam("new_sequence", type_=sa.BigInteger)
         self._advance_sequence = DriverStatement(
@@ -322,16 +308,10 @@ class GroupCommitWriter:
         width = len(EVENT_COLUMNS)
         events = len(values) // width
         values[_INGEST_TIME::width] = [now_us] * events
-        if self._staged is not None:
-            # Staged before the savepoint: the exact path, if it is needed, inserts from its own rows.
-            self._staged.events.stage(connection, zip(*[iter(values)] * width, strict=True))
-            connection.exec_driver_sql("SAVEPOINT new_events")
-            inserted = self._staged.events.insert(connection)
-        else:
-            connection.exec_driver_sql("SAVEPOINT new_events")
-            inserted = 0
-            for sql, parameters in self._insert_events.chunks_of_values(values):
-                inserted += connection.exec_driver_sql(sql, parameters).rowcount
+        connection.exec_driver_sql("SAVEPOINT new_events")
+        inserted = 0
+        for sql, parameters in self._insert_events_counted.chunks_of_values(values):
+            inserted += connection.exec_driver_sql(sql, parameters).rowcount
         if inserted == events:
             connection.exec_driver_sql("RELEASE new_events")
             return True
@@ -374,14 +354,13 @@ class GroupCommitWriter:
         for sql, parameters in self._insert_tags.chunks(tag_rows):
             connection.exec_driver_sql(sql, parameters)
         rows = rollup_rows(rollups)
-        if self._staged is not None and rows:
-            # COPY, not unnest, whose arrays cost asyncpg a type check per element (133 per rollup row): paced
-            # ingest took 64 µs of CPU per event with unnest, 47-49 with a pipeline of upserts, which COPY beats.
-            self._staged.rollups.stage(connection, rows)
-            self._staged.rollups.insert(connection)
-        elif self._sqlite is not None:
+        if self._sqlite is not None:
             for sql, parameters in self._upsert_rollups.chunks(rows):
                 connection.exec_driver_sql(sql, parameters)
+        elif rows:
+            # asyncpg sends an executemany as one pipeline of plain values; unnest's arrays would cost it a type
+            # check per element, 133 per rollup row (paced ingest: 64 -> 47-49 µs CPU per event).
+            connection.exec_driver_sql(self._upsert_rollups.sql, rows)
         sequences: dict[int, int] = {}
         for batch in group:
             if batch.events.max_sequence > sequences.get(batch.gateway_key, 0):
@@ -455,13 +434,6 @@ class GroupCommitWriter:
             events=batch.events.count,
             exc_info=error,
         )
-
-
-class _Staged(NamedTuple):
-    """PostgreSQL's bulk inserts (sql.StagedInsert)."""
-
-    events: StagedInsert
-    rollups: StagedInsert
 
 
 @dataclass(frozen=True, slots=True)
