@@ -426,14 +426,28 @@ class GroupCommitWriter:
 
     @staticmethod
     def _log_failure(batch: PreparedBatch, error: Exception) -> None:
+        # The driver's error and where it was raised. Not SQLAlchemy's wrapper of it, whose message holds the
+        # whole statement and its parameters: for a multi-row insert of a group, hundreds of kB of usage data
+        # per log line.
+        cause: BaseException = error
+        statement = None
+        if isinstance(error, sa.exc.StatementError):
+            cause = error.orig or error
+            statement = (error.statement or "")[:_STATEMENT_HEAD]
         log.error(
             "usage batch not stored",
             environment_id=batch.environment_id,
             gateway_id=batch.gateway_id,
             batch_sequence=batch.batch_sequence,
             events=batch.events.count,
-            exc_info=error,
+            error=f"{type(cause).__name__}: {cause}",
+            statement=statement,
+            exc_info=cause,
         )
+
+
+_STATEMENT_HEAD: Final = 60
+"""Characters of a failed statement that its log line keeps: enough to tell which one it was."""
 
 
 @dataclass(frozen=True, slots=True)

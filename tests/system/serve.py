@@ -61,16 +61,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     )
 
 
-def stderr_of(process: subprocess.Popen[str]) -> str:
-    assert process.stderr is not None, "started with stderr=PIPE"
-    return process.stderr.read()
-
-
 class ServeProcess:
-    def __init__(self, process: subprocess.Popen[str], address: str, data_dir: Path) -> None:
+    def __init__(self, process: subprocess.Popen[str], address: str, data_dir: Path, log_path: Path) -> None:
         self.process = process
         self.address = address
         self.data_dir = data_dir
+        self.log_path = log_path
+
+    def log(self) -> str:
+        """What the server has logged so far (its stdout and stderr)."""
+        return self.log_path.read_text()
 
     @property
     def admin_token_file(self) -> Path:
@@ -94,33 +94,36 @@ def serve(
     ready_tls_ca: Path | None = None,
     ready_client: Path | None = None,
 ) -> Iterator[ServeProcess]:
-    """Starts `meterwire serve` and waits until health says SERVING; kills it on the way out if still running."""
+    """Starts `meterwire serve` and waits until health says SERVING; kills it on the way out if still running.
+
+    Its output goes to a file beside `data_dir` (ServeProcess.log): a pipe nobody reads fills up, and then the
+    server blocks in its next log line (seen: after a few failed usage batches)."""
     address = f"127.0.0.1:{port or free_port()}"
-    process = subprocess.Popen(
-        [*MW_COMMAND, "serve", "--data-dir", str(data_dir), "--listen", address, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MW_DRAIN_DELAY": "1", "MW_SHUTDOWN_GRACE": "2", **(env or {})},
-    )
+    log_path = data_dir.with_name(f"{data_dir.name}-serve-{time.time_ns()}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [*MW_COMMAND, "serve", "--data-dir", str(data_dir), "--listen", address, *extra],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "MW_DRAIN_DELAY": "1", "MW_SHUTDOWN_GRACE": "2", **(env or {})},
+        )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while (
             health_status(address, tls_ca=ready_tls_ca, client=ready_client) != health_pb2.HealthCheckResponse.SERVING
         ):
             if process.poll() is not None:
-                raise RuntimeError(f"meterwire serve exited with {process.returncode}: {stderr_of(process)}")
+                raise RuntimeError(f"meterwire serve exited with {process.returncode}: {log_path.read_text()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"meterwire serve did not become ready on {address}")
             time.sleep(0.1)
-        yield ServeProcess(process, address, data_dir)
+        yield ServeProcess(process, address, data_dir, log_path)
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *, expected: Sequence[str]) -> str:

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sqlite3
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway_agent import GatewayAgent
+from gateway_agent.spool import iter_dead_letters
 from services.cli.simulate import make_request
-from tests.gateway_agent.harness import agent_settings, control_plane, eventually, server_event_ids
+from services.storage.engine import SQLITE_FILE_NAME
+from tests.gateway_agent.harness import (
+    ENVIRONMENT,
+    GATEWAY,
+    agent_settings,
+    control_plane,
+    create_gateway_token,
+    eventually,
+    server_event_ids,
+)
+from tests.system.serve import ServeProcess, serve
 
 pytestmark = pytest.mark.system
 
@@ -38,6 +52,74 @@ async def test_every_recorded_event_is_stored_once_by_event_id(tmp_path: Path) -
     assert status.events_accepted == len(ids)
     assert status.dead_letter_count == 0
     assert status.last_acked_sequence == status.next_sequence - 1
+
+
+def _shown_gateway(process: ServeProcess) -> dict[str, Any]:
+    shown = process.cli("gateways", "show", GATEWAY, "-e", ENVIRONMENT, "--json")
+    assert shown.returncode == 0, shown.stderr
+    gateway: dict[str, Any] = json.loads(shown.stdout)
+    return gateway
+
+
+async def test_an_event_the_control_plane_rejects_is_dead_lettered_and_reported_by_the_heartbeat(
+    tmp_path: Path,
+) -> None:
+    # The agent spools what the gateway records and the control plane's validation decides. A rejection must
+    # reach the agent's dead letters (naming the field), its status and, through its heartbeat, the fleet's
+    # view of the gateway, while the events around it are stored.
+    with serve(tmp_path / "cp", env={"MW_HEARTBEAT_INTERVAL": "1s"}) as process:
+        token = create_gateway_token(process)
+        async with GatewayAgent(agent_settings(process.address, token, tmp_path / "agent")) as agent:
+            good = await record_traffic(agent, 20, seed=6)
+            refused = make_request(random.Random(7))[0]
+            refused.status_code = 99
+            rejected = await agent.record(refused)
+            good += await record_traffic(agent, 20, seed=8)
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
+            status = agent.status()
+            await eventually(
+                lambda: _shown_gateway(process)["status"] == "GATEWAY_STATUS_DEGRADED",
+                within=30,
+                what="the heartbeat to report the dead letter",
+            )
+            gateway = _shown_gateway(process)
+        stored = server_event_ids(process.data_dir)
+    dead = list(iter_dead_letters(tmp_path / "agent" / "spool.db"))
+    assert [(letter.event_id, letter.field) for letter in dead] == [(rejected.event_id, "status_code")]
+    assert "99 is not an HTTP status" in dead[0].message
+    assert (status.dead_letter_count, status.events_accepted) == (1, len(good))
+    assert Counter(stored) == Counter(good)
+    assert "1 usage events rejected by the control plane (dead letters)" in gateway["status_reasons"]
+
+
+async def test_batches_the_control_plane_cannot_store_are_resent_until_stored_once(tmp_path: Path) -> None:
+    # The control plane is up but every usage transaction fails (a trigger in its database): each batch is
+    # answered UNAVAILABLE, nothing is kept, and the agent must keep its events and resend them, not drop
+    # or dead-letter them, until the database takes them.
+    with control_plane(tmp_path / "cp") as cp:
+        database = sqlite3.connect(cp.process.data_dir / SQLITE_FILE_NAME, timeout=30)
+        database.execute(
+            "CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_events BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        async with GatewayAgent(agent_settings(cp.address, cp.gateway_token, tmp_path / "agent")) as agent:
+            ids = await record_traffic(agent, 200, seed=9)
+            await eventually(lambda: agent.status().stream_failures >= 3, within=30, what="failed deliveries")
+            failing = agent.status()
+            stored_while_failing = server_event_ids(cp.process.data_dir)
+            database.execute("DROP TRIGGER refuse_usage")
+            database.close()
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
+            status = agent.status()
+        stored = server_event_ids(cp.process.data_dir)
+        failures = [line for line in cp.process.log().splitlines() if "usage batch not stored" in line]
+    assert stored_while_failing == []
+    # Each failure is logged with the database's own words, not the statement and its parameters (the usage
+    # data of the whole batch).
+    assert len(failures) >= 3
+    assert all("IntegrityError: refused" in line and len(line) < 1_000 for line in failures), failures[0][:2_000]
+    assert (failing.spool_depth, failing.events_accepted, failing.dead_letter_count) == (len(ids), 0, 0)
+    assert Counter(stored) == Counter(ids)
+    assert (status.events_accepted, status.dead_letter_count, status.dropped_event_count) == (len(ids), 0, 0)
 
 
 async def test_control_plane_down_under_load_then_back_delivers_everything_once(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from services.storage.migrate import HEAD_REVISION
-from tests.system.serve import free_port, health_status, one_line_error, run_cli, serve, stderr_of
+from tests.system.serve import free_port, health_status, one_line_error, run_cli, serve
 
 pytestmark = pytest.mark.system
 
@@ -85,7 +85,7 @@ def test_sigterm_turns_health_not_serving_before_the_server_exits_cleanly(tmp_pa
         assert watched[0] == SERVING
         assert NOT_SERVING in watched
         assert server.process.returncode == 0
-        assert "draining" in stderr_of(server.process)
+        assert "draining" in server.log()
 
 
 def test_the_cli_manages_environments_and_tokens_against_a_live_server(tmp_path: Path) -> None:
