@@ -122,6 +122,23 @@ async def test_batches_the_control_plane_cannot_store_are_resent_until_stored_on
     assert (status.events_accepted, status.dead_letter_count, status.dropped_event_count) == (len(ids), 0, 0)
 
 
+async def test_an_agent_whose_batches_are_too_big_for_the_server_sends_smaller_ones(tmp_path: Path) -> None:
+    # The server refuses a batch over its byte limit whole (INVALID_ARGUMENT, ending the stream). The agent's
+    # batches are far bigger, so it must halve them until they pass, and deliver everything once.
+    with serve(tmp_path / "cp", env={"MW_INGEST_MAX_BATCH_BYTES": "16384"}) as process:
+        token = create_gateway_token(process)
+        async with GatewayAgent(agent_settings(process.address, token, tmp_path / "agent")) as agent:
+            ids = await record_traffic(agent, 400, seed=10)
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
+            status = agent.status()
+        stored = server_event_ids(process.data_dir)
+        refused = [line for line in process.log().splitlines() if "usage batch refused" in line]
+    assert refused, "the agent's first batches should have been over the server's limit"
+    assert "ingest_max_batch_bytes=16384" in refused[0]
+    assert Counter(stored) == Counter(ids)
+    assert (status.events_accepted, status.dead_letter_count) == (len(ids), 0)
+
+
 async def test_control_plane_down_under_load_then_back_delivers_everything_once(tmp_path: Path) -> None:
     port_holder: dict[str, int] = {}
     ids: list[str] = []
