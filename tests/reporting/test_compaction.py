@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,14 +12,17 @@ import sqlalchemy as sa
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
+from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
+from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.reporting import compaction
 from services.reporting.compaction import compact, dirty_hour_starts, prune
 from services.server import ControlPlane
-from services.settings import ServerSettings
+from services.settings import ServerSettings, ServiceName
 from services.storage import tables
 from tests.reporting.dataset import GATEWAYS, make_dataset
 from tests.reporting.test_oracle import ingest, usage_filter
 from tests.services.conftest import Tokens, bearer
+from tests.telemetry.events import wait_until
 
 COARSE_ROLLUPS = tuple(table for pair in tables.COARSE_ROLLUPS for table in pair)
 
@@ -30,11 +34,13 @@ async def _totals(control_plane: ControlPlane, table: sa.Table) -> tuple[int, ..
         return tuple(int(v) for v in (await connection.execute(query)).one())
 
 
-async def _setup(control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, count: int) -> Any:
+async def _setup(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, count: int, *, days_ago: int = 0
+) -> Any:
     for environment_id in ("alpha", "beta"):
         await tokens.environment(environment_id)
     secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
-    events = make_dataset(count, seed=3, now=datetime.now(UTC))
+    events = make_dataset(count, seed=3, now=datetime.now(UTC) - timedelta(days=days_ago))
     return secrets, events
 
 
@@ -134,3 +140,68 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
     for _, table in tables.COARSE_ROLLUPS:
         assert await _totals(control_plane, table) != (0, 0, 0, 0)  # days are kept for years
     assert kept_days
+
+
+async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again_is_refused(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, database_url: str, tmp_path: Path
+) -> None:
+    # Three days of usage, ending yesterday, stored while raw events were kept 90 days. Then a replica whose
+    # raw events and minutes are kept one day joins, with its background job on: it compacts and prunes on
+    # its own. An agent resending a pruned event gets TOO_OLD, never a second count, and reports over the
+    # whole span stay as they were (the hourly and daily rollups keep it).
+    secrets, events = await _setup(control_plane, channel, tokens, 2_000, days_ago=1)
+    await ingest(channel, secrets, events)
+    start = min(e.time_us for e in events) // 86_400_000_000 * 86_400_000_000
+    summary = pb.GetUsageSummaryRequest(filter=usage_filter(start, start + 5 * 86_400_000_000))
+    reporting: pb_grpc.ReportingServiceAsyncStub = pb_grpc.ReportingServiceStub(channel)
+    before = (await reporting.GetUsageSummary(summary, metadata=bearer(tokens.admin))).summary
+    assert before.attempts == len(events)
+    # Pruning keeps the day the retention ends in and the day before it, so everything before the start of
+    # the day before yesterday goes: over a day of this dataset, whatever the time of day.
+    day_s = 86_400
+    cutoff_us = (int(datetime.now(UTC).timestamp() - day_s) // day_s * day_s - day_s) * 1_000_000
+    pruned = [e for e in events if e.time_us < cutoff_us]
+    assert len(pruned) > len(events) // 4
+    settings = ServerSettings(
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "replica",
+        database_url=database_url,
+        services=frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING, ServiceName.ADMIN}),
+        drain_delay=timedelta(0),
+        shutdown_grace=timedelta(seconds=1),
+        rollup_compaction_interval=timedelta(milliseconds=50),
+        raw_event_retention=timedelta(days=1),
+        rollup_1m_retention=timedelta(days=1),
+        ingest_workers=0,
+    )
+    raw = tables.usage_events
+    async with ControlPlane(settings) as replica:
+
+        async def pruned_by_the_replica() -> bool:
+            async with replica.engine.connect() as connection:
+                left = await connection.scalar(
+                    sa.select(sa.func.count()).select_from(raw).where(raw.c.event_time_us < cutoff_us)
+                )
+            return left == 0
+
+        await wait_until(pruned_by_the_replica)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as replica_channel:
+            telemetry = telemetry_grpc.TelemetryServiceStub(replica_channel)
+            acks = []
+            for gateway in GATEWAYS:
+                resent = [e.message for e in pruned if (e.environment_id, e.gateway_id) == gateway]
+                for begin in range(0, len(resent), 500):
+                    request = telemetry_pb.ReportUsageRequest(batch_sequence=1, events=resent[begin : begin + 500])
+                    acks.append((await telemetry.ReportUsage(request, metadata=bearer(secrets[gateway]))).ack)
+            after = (
+                await pb_grpc.ReportingServiceStub(replica_channel).GetUsageSummary(
+                    summary, metadata=bearer(tokens.admin)
+                )
+            ).summary
+        async with replica.engine.connect() as connection:
+            kept = await connection.scalar(sa.select(sa.func.count()).select_from(raw))
+    assert sum(ack.accepted_count + ack.duplicate_count for ack in acks) == 0
+    assert {rejection.reason for ack in acks for rejection in ack.rejected} == {telemetry_pb.REJECTION_REASON_TOO_OLD}
+    assert sum(ack.rejected_count for ack in acks) == len(pruned)
+    assert kept == len(events) - len(pruned)
+    assert after == before
