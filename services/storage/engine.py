@@ -56,6 +56,10 @@ def sqlite_url(data_dir: Path) -> str:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Create the engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL.
 
+    Its errors (and echo) never show a statement's parameters (``hide_parameters``): they are the stored data
+    itself, usage events' user and API key ids above all, and a logged database error must not copy them into
+    the log.
+
     Raises StorageConfigError for any other driver or when the SQLite directory cannot be created.
     """
     try:
@@ -69,6 +73,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         return create_async_engine(
             parsed,
             echo=echo,
+            hide_parameters=True,
             pool_pre_ping=True,
             pool_size=POSTGRES_POOL_SIZE,
             max_overflow=POSTGRES_MAX_OVERFLOW,
@@ -93,7 +98,7 @@ def _create_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
             raise StorageConfigError(
                 f"cannot create the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
             ) from exc
-    engine = create_async_engine(url, echo=echo)
+    engine = create_async_engine(url, echo=echo, hide_parameters=True)
     event.listen(engine.sync_engine, "connect", _pragmas(*SQLITE_PRAGMAS))
     return engine
 
@@ -159,7 +164,11 @@ def _sqlite_sync_engine(engine: AsyncEngine, **options: Any) -> Engine:
     if engine.dialect.name != "sqlite":
         raise ValueError(f"a synchronous SQLite engine needs a SQLite engine, not {engine.dialect.name}")
     return create_sync_engine(
-        engine.url.set(drivername="sqlite"), poolclass=SingletonThreadPool, pool_size=1, **options
+        engine.url.set(drivername="sqlite"),
+        poolclass=SingletonThreadPool,
+        pool_size=1,
+        hide_parameters=engine.sync_engine.hide_parameters,
+        **options,
     )
 
 

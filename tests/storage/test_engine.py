@@ -6,11 +6,13 @@ import asyncio
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.storage import tables
@@ -95,6 +97,30 @@ def test_unsupported_driver_is_rejected_naming_the_supported_forms(url: str, sho
     assert "sqlite+aiosqlite:///" in message
     assert "postgresql+asyncpg://" in message
     assert isinstance(raised.value, StorageError)
+
+
+async def test_a_failed_statement_does_not_show_its_parameters(engine: AsyncEngine, tmp_path: Path) -> None:
+    # What a statement binds is the stored data (user and API key ids of usage events); an error that is
+    # logged must not copy it into the log. Also for the SQLite writer's own engine.
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    insert = tables.environments.insert().values(environment_id="env-1", display_name="d", create_time=created)
+    async with engine.begin() as connection:
+        await connection.execute(insert)
+    duplicate = tables.environments.insert()
+    parameters = {"environment_id": "env-1", "display_name": "user-7f3a-private", "create_time": created}
+    with pytest.raises(StatementError) as failed:
+        async with engine.begin() as connection:
+            await connection.execute(duplicate, parameters)
+    assert "user-7f3a-private" not in str(failed.value)
+    assert "INSERT INTO environments" in str(failed.value)  # which statement failed is still said
+    if engine.dialect.name == "sqlite":
+        writer = create_sqlite_thread_engine(engine)
+        try:
+            with pytest.raises(StatementError) as failed_there, writer.begin() as connection:
+                connection.execute(duplicate, parameters)
+        finally:
+            writer.dispose()
+        assert "user-7f3a-private" not in str(failed_there.value)
 
 
 async def test_check_connection_accepts_a_reachable_database(engine: AsyncEngine) -> None:
