@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
 
 import grpc
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message_factory import GetMessageClass
 
 from meterwire.admin.v1 import admin_service_pb2 as admin_pb
 from meterwire.admin.v1 import admin_service_pb2_grpc as admin_grpc
@@ -18,7 +21,16 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
+from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from tests.services.conftest import Tokens, bearer
+
+_CONTROL_PLANE_METHODS: Final = [
+    method
+    for module in (admin_pb, budget_pb, config_pb, heartbeat_pb, reporting_pb, telemetry_pb)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+]
+"""Every RPC the control plane serves, from the contracts (the agent's own AgentService is served by agents)."""
 
 
 async def _code_of(call: object) -> tuple[grpc.StatusCode, str]:
@@ -33,6 +45,40 @@ async def test_a_call_without_a_token_is_unauthenticated(channel: grpc.aio.Chann
     )
     assert code is grpc.StatusCode.UNAUTHENTICATED
     assert "authorization" in details
+
+
+async def _call_without_a_token(channel: grpc.aio.Channel, method: MethodDescriptor) -> tuple[grpc.StatusCode, str]:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    request_class, response_class = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+    serialize, deserialize = request_class.SerializeToString, response_class.FromString
+
+    def one_request() -> Iterator[Any]:
+        yield request_class()
+
+    call: Any
+    if method.client_streaming and method.server_streaming:
+        call = channel.stream_stream(path, serialize, deserialize)(one_request())
+        reply = call.read()
+    elif method.client_streaming:
+        reply = channel.stream_unary(path, serialize, deserialize)(one_request())
+    elif method.server_streaming:
+        call = channel.unary_stream(path, serialize, deserialize)(request_class())
+        reply = call.read()
+    else:
+        reply = channel.unary_unary(path, serialize, deserialize)(request_class())
+    return await _code_of(reply)
+
+
+async def test_every_rpc_refuses_a_call_without_a_token(channel: grpc.aio.Channel) -> None:
+    # Built from the descriptors, so an RPC added later is covered without anyone remembering to.
+    answers = {method.full_name: await _call_without_a_token(channel, method) for method in _CONTROL_PLANE_METHODS}
+    assert len(answers) > 25
+    wrong = {
+        name: answer
+        for name, answer in answers.items()
+        if answer[0] is not grpc.StatusCode.UNAUTHENTICATED or "authorization" not in answer[1]
+    }
+    assert wrong == {}
 
 
 @pytest.mark.parametrize(
