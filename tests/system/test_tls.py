@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from gateway_agent import GatewayAgent
+from gateway_agent.settings import TlsSettings
+from services.cli.simulate import make_request
+from tests.gateway_agent.harness import ENVIRONMENT, GATEWAY, agent_settings, eventually, server_event_ids
 from tests.system.serve import free_port, run_cli, serve
 
 pytestmark = pytest.mark.system
@@ -110,6 +117,43 @@ def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path: Path, pki: P
             str(pki / "client.key"),
         )
         assert certified.returncode == 0, certified.stderr
+
+
+async def test_an_agent_delivers_over_mutual_tls_and_one_without_a_certificate_cannot(
+    tmp_path: Path, pki: Path
+) -> None:
+    server_tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    server_tls += ["--tls-client-ca", str(pki / "ca.pem")]
+    client_tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem")]
+    client_tls += ["--tls-key", str(pki / "client.key")]
+    certified = TlsSettings(ca_file=pki / "ca.pem", cert_file=pki / "client.pem", key_file=pki / "client.key")
+    with serve(tmp_path / "var", *server_tls, ready_tls_ca=pki / "ca.pem", ready_client=pki / "client") as server:
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            result = run_cli(
+                *args, "--address", server.address, "--token-file", str(server.admin_token_file), *client_tls
+            )
+            assert result.returncode == 0, result.stderr
+            return result
+
+        cli("envs", "create", ENVIRONMENT)
+        token = json.loads(cli("tokens", "create", "gateway", "-e", ENVIRONMENT, "-g", GATEWAY, "--json").stdout)[
+            "secret"
+        ]
+        rng = random.Random(12)
+        settings = agent_settings(server.address, token, tmp_path / "agent", tls=certified)
+        async with GatewayAgent(settings) as agent:
+            ids = [(await agent.record(event)).event_id for _ in range(50) for event in make_request(rng)]
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
+            assert agent.status().connected
+        anonymous = TlsSettings(ca_file=pki / "ca.pem")
+        async with GatewayAgent(agent_settings(server.address, token, tmp_path / "anonymous", tls=anonymous)) as agent:
+            await agent.record(make_request(rng)[0])
+            await eventually(lambda: agent.status().stream_failures >= 2, within=30, what="refused connections")
+            refused = agent.status()
+        stored = server_event_ids(server.data_dir)
+    assert Counter(stored) == Counter(ids)
+    assert (refused.connected, refused.spool_depth, refused.events_accepted) == (False, 1, 0)
 
 
 def test_a_missing_certificate_file_is_one_line_naming_it(tmp_path: Path) -> None:
