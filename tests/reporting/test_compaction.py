@@ -17,8 +17,9 @@ from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.reporting import compaction
 from services.reporting.compaction import compact, dirty_hour_starts, prune
 from services.server import ControlPlane
-from services.settings import ServerSettings, ServiceName
+from services.settings import ServerSettings
 from services.storage import tables
+from tests.reporting.conftest import reporting_settings
 from tests.reporting.dataset import GATEWAYS, make_dataset
 from tests.reporting.test_oracle import ingest, usage_filter
 from tests.services.conftest import Tokens, bearer
@@ -162,17 +163,12 @@ async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again
     cutoff_us = (int(datetime.now(UTC).timestamp() - day_s) // day_s * day_s - day_s) * 1_000_000
     pruned = [e for e in events if e.time_us < cutoff_us]
     assert len(pruned) > len(events) // 4
-    settings = ServerSettings(
-        listen="127.0.0.1:0",
-        data_dir=tmp_path / "replica",
-        database_url=database_url,
-        services=frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING, ServiceName.ADMIN}),
-        drain_delay=timedelta(0),
-        shutdown_grace=timedelta(seconds=1),
+    settings = reporting_settings(
+        database_url,
+        tmp_path / "replica",
         rollup_compaction_interval=timedelta(milliseconds=50),
         raw_event_retention=timedelta(days=1),
         rollup_1m_retention=timedelta(days=1),
-        ingest_workers=0,
     )
     raw = tables.usage_events
     async with ControlPlane(settings) as replica:
