@@ -13,7 +13,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.logs import LogFormat
-from services.storage.engine import sqlite_url
 
 
 class ServiceName(StrEnum):
@@ -190,6 +189,10 @@ class ServerSettings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
+        # Imported here, not at the top: the engine module loads SQLAlchemy's engine (~0.3 s), which every
+        # `meterwire` command would pay, and the CLI's client commands never need it.
+        from services.storage.engine import sqlite_url
+
         return self.database_url or sqlite_url(self.data_dir)
 
     @property
