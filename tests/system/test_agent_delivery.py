@@ -139,6 +139,37 @@ async def test_an_agent_whose_batches_are_too_big_for_the_server_sends_smaller_o
     assert (status.events_accepted, status.dead_letter_count) == (len(ids), 0)
 
 
+async def test_the_agent_keeps_a_full_window_of_unacked_batches_in_flight_and_no_more(tmp_path: Path) -> None:
+    # While the control plane cannot commit (the test holds its database's write lock), no batch is acked:
+    # the agent must have its whole window of batches in flight, not one at a time and not more than the
+    # window, and once the lock goes every event is stored once.
+    with control_plane(tmp_path / "cp") as cp:
+        settings = agent_settings(
+            cp.address, cp.gateway_token, tmp_path / "agent", max_batch_events=20, max_unacked_batches=4
+        )
+        async with GatewayAgent(settings) as agent:
+            ids = await record_traffic(agent, 10, seed=11)  # registers the gateway before the lock is taken
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the first events")
+            database = sqlite3.connect(cp.process.data_dir / SQLITE_FILE_NAME, timeout=30, isolation_level=None)
+            database.execute("BEGIN IMMEDIATE")
+            try:
+                ids += await record_traffic(agent, 150, seed=12)
+                await eventually(lambda: agent.status().unacked_batches == 4, within=10, what="a full window")
+                in_flight = []
+                for _ in range(10):
+                    in_flight.append(agent.status().unacked_batches)
+                    await asyncio.sleep(0.05)
+            finally:
+                database.execute("COMMIT")
+                database.close()
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
+            status = agent.status()
+        stored = server_event_ids(cp.process.data_dir)
+    assert in_flight == [4] * 10
+    assert Counter(stored) == Counter(ids)
+    assert (status.events_accepted, status.unacked_batches) == (len(ids), 0)
+
+
 async def test_control_plane_down_under_load_then_back_delivers_everything_once(tmp_path: Path) -> None:
     port_holder: dict[str, int] = {}
     ids: list[str] = []
