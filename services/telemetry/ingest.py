@@ -73,10 +73,6 @@ MAX_BATCHES_IN_FLIGHT_PER_STREAM: Final = 32
 slows the client instead of the server buffering without bound."""
 
 
-def _us(delta_seconds: float) -> int:
-    return int(delta_seconds * 1_000_000)
-
-
 @dataclass(frozen=True, slots=True)
 class Gateway:
     """The authenticated gateway a stream writes as."""
@@ -194,12 +190,7 @@ class UsageIngest:
     """Turns usage batches into acks: validation and pricing here, storage in the group-commit writer."""
 
     def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
-        self._limits = BatchLimits(
-            max_events=settings.ingest_max_batch_events,
-            max_bytes=settings.ingest_max_batch_bytes,
-            max_clock_skew_us=_us(settings.ingest_max_clock_skew.total_seconds()),
-            dedupe_horizon_us=_us(settings.raw_event_retention.total_seconds()),
-        )
+        self._limits = BatchLimits.of(settings)
         self._writer = GroupCommitWriter(
             engine,
             linger_s=settings.ingest_commit_linger.total_seconds(),

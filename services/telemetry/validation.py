@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.errors import InvalidArgumentError
 from services.telemetry.rows import COST_REPORTED, TagItems
+
+if TYPE_CHECKING:  # ingest worker processes import this module, and need no settings
+    from services.settings import ServerSettings
 
 MAX_REQUEST_ID_BYTES: Final = 128
 MAX_ERROR_MESSAGE_BYTES: Final = 1024
@@ -65,6 +69,19 @@ class BatchLimits:
     """ingest_max_clock_skew: how far in the future an event_time may be."""
     dedupe_horizon_us: int
     """raw_event_retention: an event older than this is refused TOO_OLD."""
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> BatchLimits:
+        return cls(
+            max_events=settings.ingest_max_batch_events,
+            max_bytes=settings.ingest_max_batch_bytes,
+            max_clock_skew_us=_us(settings.ingest_max_clock_skew),
+            dedupe_horizon_us=_us(settings.raw_event_retention),
+        )
+
+
+def _us(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1_000_000)
 
 
 def check_batch(events_count: int, byte_size: int, limits: BatchLimits) -> None:

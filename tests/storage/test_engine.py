@@ -99,7 +99,7 @@ def test_unsupported_driver_is_rejected_naming_the_supported_forms(url: str, sho
     assert isinstance(raised.value, StorageError)
 
 
-async def test_a_failed_statement_does_not_show_its_parameters(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_a_failed_statement_does_not_show_its_parameters(engine: AsyncEngine) -> None:
     # What a statement binds is the stored data (user and API key ids of usage events); an error that is
     # logged must not copy it into the log. Also for the SQLite writer's own engine.
     created = datetime(2026, 1, 1, tzinfo=UTC)

@@ -62,11 +62,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 
 
 class ServeProcess:
-    def __init__(self, process: subprocess.Popen[str], address: str, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        address: str,
+        data_dir: Path,
+        log_path: Path,
+        client_tls: Sequence[str] = (),
+    ) -> None:
         self.process = process
         self.address = address
         self.data_dir = data_dir
         self.log_path = log_path
+        self.client_tls = tuple(client_tls)
+        """The CLI's TLS options for reaching this server (what `serve` was told to check readiness with)."""
 
     def log(self) -> str:
         """What the server has logged so far (its stdout and stderr)."""
@@ -77,7 +86,7 @@ class ServeProcess:
         return self.data_dir / "admin.token"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, "--address", self.address, "--token-file", str(self.admin_token_file))
+        return run_cli(*args, "--address", self.address, "--token-file", str(self.admin_token_file), *self.client_tls)
 
     def stop(self, signum: signal.Signals = signal.SIGTERM, *, timeout: float = 30) -> int:
         if self.process.poll() is None:
@@ -119,7 +128,11 @@ def serve(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"meterwire serve did not become ready on {address}")
             time.sleep(0.1)
-        yield ServeProcess(process, address, data_dir, log_path)
+        client_tls = ["--tls-ca", str(ready_tls_ca)] if ready_tls_ca else []
+        if ready_client:
+            client_tls += ["--tls-cert", str(ready_client.with_suffix(".pem"))]
+            client_tls += ["--tls-key", str(ready_client.with_suffix(".key"))]
+        yield ServeProcess(process, address, data_dir, log_path, client_tls)
     finally:
         if process.poll() is None:
             process.kill()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 from collections import Counter
@@ -13,7 +12,7 @@ import pytest
 from gateway_agent import GatewayAgent
 from gateway_agent.settings import TlsSettings
 from services.cli.simulate import make_request
-from tests.gateway_agent.harness import ENVIRONMENT, GATEWAY, agent_settings, eventually, server_event_ids
+from tests.gateway_agent.harness import agent_settings, create_gateway_token, eventually, server_event_ids
 from tests.system.serve import free_port, run_cli, serve
 
 pytestmark = pytest.mark.system
@@ -124,22 +123,9 @@ async def test_an_agent_delivers_over_mutual_tls_and_one_without_a_certificate_c
 ) -> None:
     server_tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
     server_tls += ["--tls-client-ca", str(pki / "ca.pem")]
-    client_tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem")]
-    client_tls += ["--tls-key", str(pki / "client.key")]
     certified = TlsSettings(ca_file=pki / "ca.pem", cert_file=pki / "client.pem", key_file=pki / "client.key")
     with serve(tmp_path / "var", *server_tls, ready_tls_ca=pki / "ca.pem", ready_client=pki / "client") as server:
-
-        def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            result = run_cli(
-                *args, "--address", server.address, "--token-file", str(server.admin_token_file), *client_tls
-            )
-            assert result.returncode == 0, result.stderr
-            return result
-
-        cli("envs", "create", ENVIRONMENT)
-        token = json.loads(cli("tokens", "create", "gateway", "-e", ENVIRONMENT, "-g", GATEWAY, "--json").stdout)[
-            "secret"
-        ]
+        token = create_gateway_token(server)
         rng = random.Random(12)
         settings = agent_settings(server.address, token, tmp_path / "agent", tls=certified)
         async with GatewayAgent(settings) as agent:

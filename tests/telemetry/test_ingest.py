@@ -265,7 +265,7 @@ async def test_a_batch_whose_transaction_fails_stores_nothing_and_fails_alone(
                         gateway_key=gateway_key,
                         prices=PriceBook(),
                         now_us=time.time_ns() // 1000,
-                        limits=BatchLimits(10_000, 1 << 30, 300_000_000, 90 * 86_400_000_000),
+                        limits=BatchLimits.of(control_plane.settings),
                     ),
                 )
             )
