@@ -518,11 +518,17 @@ async def main(arguments: argparse.Namespace) -> None:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     # 480 batches: the p99 of the paced runs is then the 5th slowest ack, not the 2nd.
-    parser.add_argument("--events", type=int, default=240_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--streams", type=int, default=4)
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--event-times", choices=("ordered", "spread"), default="ordered", help=build_batches.__doc__)
+    parser.add_argument("--events", type=int, default=240_000, help="Events sent per run (default: %(default)s).")
+    parser.add_argument("--batch", type=int, default=500, help="Events per batch (default: %(default)s).")
+    parser.add_argument("--streams", type=int, default=4, help="Concurrent StreamUsage streams (default: %(default)s).")
+    parser.add_argument("--window", type=int, default=8, help="Unacked batches per stream (default: %(default)s).")
+    parser.add_argument(
+        "--event-times",
+        choices=("ordered", "spread"),
+        default="ordered",
+        # argparse formats help with %: the docstring's own "%" must not reach it unescaped.
+        help=(build_batches.__doc__ or "").replace("%", "%%"),
+    )
     parser.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
 
