@@ -58,7 +58,7 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         self, request: pb.CheckBudgetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CheckBudgetResponse:
         principal = current_principal()
-        principal.require_environment(request.environment_id or principal.environment_id or "")
+        principal.require_environment(request.request.environment_id or principal.environment_id or "")
         raise NotBuiltError("BudgetService.CheckBudget", _CAPABILITY)
 
     @requires(Role.GATEWAY)
@@ -75,3 +75,35 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     ) -> pb.ListBudgetAlertsResponse:
         current_principal().visible_environments(request.environment_ids, field="environment_ids")
         raise NotBuiltError("BudgetService.ListBudgetAlerts", _CAPABILITY)
+
+    @requires(Role.ADMIN, Role.REPORTER)
+    async def ListBudgetWindows(
+        self, request: pb.ListBudgetWindowsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListBudgetWindowsResponse:
+        raise NotBuiltError("BudgetService.ListBudgetWindows", _CAPABILITY)
+
+    @requires(Role.ADMIN, Role.REPORTER)
+    async def WatchBudgetAlerts(
+        self, request: pb.WatchBudgetAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchBudgetAlertsResponse]:
+        current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        raise NotBuiltError("BudgetService.WatchBudgetAlerts", _CAPABILITY)
+        yield pb.WatchBudgetAlertsResponse()  # pragma: no cover - makes this an async generator, as the stream needs
+
+    @requires(Role.ADMIN)
+    async def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateWebhookResponse:
+        raise NotBuiltError("BudgetService.CreateWebhook", _CAPABILITY)
+
+    @requires(Role.ADMIN)
+    async def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListWebhooksResponse:
+        raise NotBuiltError("BudgetService.ListWebhooks", _CAPABILITY)
+
+    @requires(Role.ADMIN)
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteWebhookResponse:
+        raise NotBuiltError("BudgetService.DeleteWebhook", _CAPABILITY)
