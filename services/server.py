@@ -27,6 +27,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_
 from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
+from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
 from services.config.servicer import ConfigServicer
 from services.heartbeat.servicer import HeartbeatServicer
@@ -95,7 +96,7 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.BUDGET: _Hosted(
         budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
         budget_service_pb2_grpc.add_BudgetServiceServicer_to_server,
-        lambda _deps: BudgetServicer(),
+        lambda deps: BudgetServicer(BudgetService(deps.engine)),
     ),
     ServiceName.REPORTING: _Hosted(
         reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
