@@ -27,11 +27,14 @@ from meterwire.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_
 from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
+from services.budget.delivery import WebhookDeliverer
 from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
+from services.budget.webhooks import Webhooks
 from services.config.servicer import ConfigServicer
 from services.heartbeat.servicer import HeartbeatServicer
 from services.interceptors import ServerInterceptor
+from services.jobs import JobRunner, PeriodicJob
 from services.reporting.servicer import ReportingServicer
 from services.revocation import Revocations
 from services.settings import ServerSettings, ServiceName, parse_listen_address
@@ -96,7 +99,11 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.BUDGET: _Hosted(
         budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
         budget_service_pb2_grpc.add_BudgetServiceServicer_to_server,
-        lambda deps: BudgetServicer(BudgetService(deps.engine)),
+        lambda deps: BudgetServicer(
+            BudgetService(deps.engine),
+            Webhooks(deps.engine),
+            alert_poll_interval=deps.settings.budget_alert_poll_interval,
+        ),
     ),
     ServiceName.REPORTING: _Hosted(
         reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
@@ -154,6 +161,7 @@ class ControlPlane:
         self._stopping: asyncio.Task[None] | None = None
         self._lifecycles: list[Lifecycle] = []
         self._revocations: Revocations | None = None
+        self._jobs = JobRunner()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -189,6 +197,9 @@ class ControlPlane:
             await self._revocations.start()
             for component in self._lifecycles:
                 await component.start()
+            for job in self._background_jobs(self._engine):
+                self._jobs.add(job)
+            await self._jobs.start()
             await self._server.start()
             for name in [*self._hosted_names(), ""]:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -319,7 +330,15 @@ class ControlPlane:
         await self._close_resources()
         log.info("control plane stopped")
 
+    def _background_jobs(self, engine: AsyncEngine) -> list[PeriodicJob]:
+        """The jobs this replica runs for the services it hosts."""
+        jobs: list[PeriodicJob] = []
+        if ServiceName.BUDGET in self.settings.services:
+            jobs.append(WebhookDeliverer(engine, self.settings).job())
+        return jobs
+
     async def _close_resources(self) -> None:
+        await self._jobs.shutdown()
         while self._lifecycles:
             await self._lifecycles.pop().shutdown()
         if self._revocations is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -14,12 +16,14 @@ from budgeting.scope import EVENT_SELECTORS, RequestAttributes, Scope
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
 from services.auth import Principal, Role, current_principal, requires
-from services.budget.records import BudgetRecord, BudgetStatus
+from services.budget.records import AlertRecord, BudgetRecord, BudgetStatus
 from services.budget.service import BudgetDraft, BudgetService
-from services.errors import NotBuiltError, PermissionDeniedError
+from services.budget.webhooks import WebhookRecord, Webhooks
+from services.errors import InvalidArgumentError, NotBuiltError, PermissionDeniedError
 from services.timestamps import to_timestamp
 
-_CAPABILITY = "budget alerts and webhooks"
+ALERT_LOOKBACK_US = 30_000_000
+"""How far back a WatchBudgetAlerts poll looks for alerts committed late (ids are made before the commit)."""
 DEFAULT_DENY_HTTP_STATUS = 429
 
 
@@ -140,11 +144,59 @@ def decision_to_proto(decision: Decision, budgets: dict[str, BudgetStatus], now_
     return response
 
 
+def alert_to_proto(alert: AlertRecord) -> pb.Alert:
+    return pb.Alert(
+        alert_id=alert.alert_id,
+        budget_id=alert.budget_id,
+        window_start_time=_seconds(alert.window_start),
+        threshold_percent=alert.threshold_percent,
+        used=alert.used,
+        limit=alert.limit,
+        mode=int(alert.mode),  # type: ignore[arg-type]
+        create_time=to_timestamp(alert.create_time),
+        display_name=alert.display_name,
+        environment_id=alert.environment_id,
+    )
+
+
+def webhook_to_proto(webhook: WebhookRecord) -> pb.Webhook:
+    message = pb.Webhook(
+        webhook_id=webhook.webhook_id,
+        url=webhook.url,
+        environment_id=webhook.environment_id,
+        budget_id=webhook.budget_id,
+        create_time=to_timestamp(webhook.create_time),
+        delivery_state=pb.WEBHOOK_DELIVERY_STATE_FAILING if webhook.failing else pb.WEBHOOK_DELIVERY_STATE_OK,
+        pending_deliveries=webhook.pending_deliveries,
+        last_error=webhook.last_error,
+    )
+    if webhook.last_attempt_time is not None:
+        message.last_attempt_time.CopyFrom(to_timestamp(webhook.last_attempt_time))
+    if webhook.last_success_time is not None:
+        message.last_success_time.CopyFrom(to_timestamp(webhook.last_success_time))
+    return message
+
+
+def alert_time_us(alert_id: str) -> int:
+    """The creation time (epoch microseconds) an alert id starts with (store.new_alert_id)."""
+    try:
+        return int(alert_id[4:20], 16)
+    except ValueError:
+        raise InvalidArgumentError("after_alert_id", f"{alert_id[:40]!r} is not an alert id") from None
+
+
+def alert_id_floor(moment_us: int) -> str:
+    """The smallest alert id made at `moment_us` or later."""
+    return f"alr_{max(0, moment_us):016x}"
+
+
 class BudgetServicer(pb_grpc.BudgetServiceServicer):
     """Budgets for admin tokens, their status for reporters (only their environments), checks for gateways."""
 
-    def __init__(self, budgets: BudgetService) -> None:
+    def __init__(self, budgets: BudgetService, webhooks: Webhooks, *, alert_poll_interval: timedelta) -> None:
         self._budgets = budgets
+        self._webhooks = webhooks
+        self._alert_poll_s = alert_poll_interval.total_seconds()
 
     @requires(Role.ADMIN)
     async def CreateBudget(
@@ -241,34 +293,72 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def ListBudgetAlerts(
         self, request: pb.ListBudgetAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListBudgetAlertsResponse:
-        current_principal().visible_environments(request.environment_ids, field="environment_ids")
-        raise NotBuiltError("BudgetService.ListBudgetAlerts", _CAPABILITY)
+        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        alerts, token = await self._webhooks.alerts(
+            environment_ids=visible,
+            budget_id=request.budget_id,
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListBudgetAlertsResponse(alerts=[alert_to_proto(a) for a in alerts], next_page_token=token)
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def WatchBudgetAlerts(
         self, request: pb.WatchBudgetAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchBudgetAlertsResponse]:
-        current_principal().visible_environments(request.environment_ids, field="environment_ids")
-        raise NotBuiltError("BudgetService.WatchBudgetAlerts", _CAPABILITY)
-        yield pb.WatchBudgetAlertsResponse()  # pragma: no cover - makes this an async generator, as the stream needs
+        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        if request.after_alert_id and (
+            not request.after_alert_id.startswith("alr_") or len(request.after_alert_id) < 20
+        ):
+            raise InvalidArgumentError("after_alert_id", "is not an alert id (they start with 'alr_')")
+        # Alert ids sort by creation time. A replica may commit an alert a little after a newer one was sent, so
+        # every poll looks back ALERT_LOOKBACK_US from the newest sent and skips the ids already sent.
+        floor = request.after_alert_id or alert_id_floor(time.time_ns() // 1000)
+        newest_us = alert_time_us(floor)
+        sent: dict[str, int] = {}
+        while True:
+            lower = alert_id_floor(newest_us - ALERT_LOOKBACK_US)
+            for alert in await self._webhooks.alerts_after(lower, environment_ids=visible):
+                if alert.alert_id <= floor or alert.alert_id in sent:
+                    continue
+                moment = alert_time_us(alert.alert_id)
+                sent[alert.alert_id] = moment
+                newest_us = max(newest_us, moment)
+                yield pb.WatchBudgetAlertsResponse(alert=alert_to_proto(alert))
+            for alert_id in [key for key, moment in sent.items() if moment < newest_us - 2 * ALERT_LOOKBACK_US]:
+                del sent[alert_id]
+            await asyncio.sleep(self._alert_poll_s)
 
     @requires(Role.ADMIN)
     async def CreateWebhook(
         self, request: pb.CreateWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateWebhookResponse:
-        raise NotBuiltError("BudgetService.CreateWebhook", _CAPABILITY)
+        webhook = request.webhook
+        record, secret = await self._webhooks.create(
+            url=webhook.url,
+            environment_id=webhook.environment_id,
+            budget_id=webhook.budget_id,
+            request_id=request.request_id,
+            now=datetime.now(UTC),
+        )
+        return pb.CreateWebhookResponse(webhook=webhook_to_proto(record), secret=secret)
 
     @requires(Role.ADMIN)
     async def ListWebhooks(
         self, request: pb.ListWebhooksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListWebhooksResponse:
-        raise NotBuiltError("BudgetService.ListWebhooks", _CAPABILITY)
+        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        records, token = await self._webhooks.list_webhooks(
+            environment_ids=visible, requested_page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListWebhooksResponse(webhooks=[webhook_to_proto(r) for r in records], next_page_token=token)
 
     @requires(Role.ADMIN)
     async def DeleteWebhook(
         self, request: pb.DeleteWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteWebhookResponse:
-        raise NotBuiltError("BudgetService.DeleteWebhook", _CAPABILITY)
+        await self._webhooks.delete(request.webhook_id, now=datetime.now(UTC))
+        return pb.DeleteWebhookResponse()
 
 
 def _visible(principal: Principal) -> frozenset[str] | None:

@@ -239,7 +239,8 @@ async def raise_alerts(
         for percent in newly_crossed(before, after, rule.limit, rule.thresholds):
             wanted.append(
                 AlertRecord(
-                    alert_id=new_alert_id(now_us),
+                    # One microsecond apart, so alerts raised together list in the order they were crossed.
+                    alert_id=new_alert_id(now_us + len(wanted)),
                     budget_id=budget_id,
                     window_start=window_start,
                     threshold_percent=percent,
