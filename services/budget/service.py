@@ -121,7 +121,7 @@ class BudgetService:
         for _ in range(3):
             async with UnitOfWork(self._engine) as uow:
                 connection = uow.connection
-                await store.bump_generation(connection)
+                await connection.run_sync(store.bump_generation)
                 if request_id:
                     existing = await store.budget_id_of_request(connection, request_id)
                     if existing is not None:
@@ -150,10 +150,12 @@ class BudgetService:
                     continue  # the same request id committed meanwhile: read it above
                 used = await stored_usage(connection, rule.scope, rule.metric, window)
                 now_us = int(now.timestamp() * 1_000_000)
-                changed = await store.add_to_windows(
-                    connection, {(budget.budget_id, window.start_s): Increment(window.end_s, used)}, now_us=now_us
+                changed = await connection.run_sync(
+                    store.add_to_windows,
+                    {(budget.budget_id, window.start_s): Increment(window.end_s, used)},
+                    now_us=now_us,
                 )
-                alerts = await store.raise_alerts(connection, {budget.budget_id: budget}, changed, now=now)
+                alerts = await connection.run_sync(store.raise_alerts, {budget.budget_id: budget}, changed, now=now)
                 await uow.commit()
             log.info(
                 "budget created",
@@ -231,7 +233,7 @@ class BudgetService:
             )
         async with UnitOfWork(self._engine) as uow:
             connection = uow.connection
-            await store.bump_generation(connection)
+            await connection.run_sync(store.bump_generation)
             current = await store.get_budget(connection, budget_id)
             if current is None:
                 raise NotFoundError(f"budget.budget_id: no budget {budget_id!r}")
@@ -266,8 +268,8 @@ class BudgetService:
             window = updated.window_at(now.timestamp())
             row = await store.get_window(connection, budget_id, window.start_s)
             if row is not None and row.used:
-                await store.raise_alerts(
-                    connection, {budget_id: updated}, {(budget_id, window.start_s): (0, row.used)}, now=now
+                await connection.run_sync(
+                    store.raise_alerts, {budget_id: updated}, {(budget_id, window.start_s): (0, row.used)}, now=now
                 )
             await uow.commit()
         log.info("budget updated", budget=budget_id, fields=sorted(fields), revision=updated.revision)
@@ -276,7 +278,7 @@ class BudgetService:
     async def delete(self, budget_id: str, *, revision: int) -> None:
         async with UnitOfWork(self._engine) as uow:
             connection = uow.connection
-            await store.bump_generation(connection)
+            await connection.run_sync(store.bump_generation)
             current = await store.get_budget(connection, budget_id)
             if current is None:
                 raise NotFoundError(f"budget_id: no budget {budget_id!r}")
@@ -310,7 +312,9 @@ class BudgetService:
         by budget id."""
         async with UnitOfWork(self._engine) as uow:
             budgets = [
-                budget for budget in await store.active_budgets(uow.connection) if budget.rule.scope.matches(request)
+                budget
+                for budget in await uow.connection.run_sync(store.active_budgets)
+                if budget.rule.scope.matches(request)
             ]
             statuses = await self._current(uow.connection, budgets)
         decision = decide([status.figures for status in statuses])

@@ -1,5 +1,8 @@
 """SQL for budgets, their windows, alerts and webhooks (the budget service's storage).
 
+The functions ingest also calls take a synchronous connection (the usage writer runs its transaction in a
+thread); async callers run them with `AsyncConnection.run_sync`.
+
 The generation row. Every budget change bumps `budget_generation` first thing in its transaction (taking the
 row's write lock), and every usage transaction reads it (FOR SHARE on PostgreSQL) before it stores events. So a
 budget's backfill of stored usage runs after every usage transaction that could not see the budget has committed,
@@ -31,20 +34,20 @@ _hooks = tables.webhooks
 _deliveries = tables.webhook_deliveries
 
 
-async def bump_generation(connection: AsyncConnection) -> int:
+def bump_generation(connection: sa.Connection) -> int:
     """Takes the budget write lock (see the module docstring) and returns the new generation."""
-    result = await connection.execute(
+    result = connection.execute(
         _g.update().where(_g.c.singleton == 1).values(generation=_g.c.generation + 1).returning(_g.c.generation)
     )
     return int(result.scalar_one())
 
 
-async def read_generation(connection: AsyncConnection) -> int:
+def read_generation(connection: sa.Connection) -> int:
     """The current generation; on PostgreSQL holds a share lock until the transaction ends."""
     query = sa.select(_g.c.generation).where(_g.c.singleton == 1)
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(read=True)
-    return int((await connection.execute(query)).scalar_one())
+    return int((connection.execute(query)).scalar_one())
 
 
 def new_budget_id() -> str:
@@ -92,10 +95,10 @@ async def list_budgets(
     return [budget_from_row(row) for row in await connection.execute(query)]
 
 
-async def active_budgets(connection: AsyncConnection) -> list[BudgetRecord]:
+def active_budgets(connection: sa.Connection) -> list[BudgetRecord]:
     """Every budget not deleted, in budget id order (what ingest counts toward)."""
     query = sa.select(_b).where(_b.c.delete_time.is_(None)).order_by(_b.c.budget_id)
-    return [budget_from_row(row) for row in await connection.execute(query)]
+    return [budget_from_row(row) for row in connection.execute(query)]
 
 
 async def update_budget(
@@ -185,8 +188,8 @@ class Increment:
     amount: int
 
 
-async def add_to_windows(
-    connection: AsyncConnection, increments: Mapping[WindowKey, Increment], *, now_us: int
+def add_to_windows(
+    connection: sa.Connection, increments: Mapping[WindowKey, Increment], *, now_us: int
 ) -> dict[WindowKey, tuple[int, int]]:
     """Adds each increment to its window in ONE statement; returns (used before, used after) per window.
 
@@ -212,7 +215,7 @@ async def add_to_windows(
             for (budget_id, window_start), increment in sorted(increments.items())
         ]
     )
-    result = await connection.execute(statement.returning(_w.c.budget_id, _w.c.window_start, _w.c.used))
+    result = connection.execute(statement.returning(_w.c.budget_id, _w.c.window_start, _w.c.used))
     changed: dict[WindowKey, tuple[int, int]] = {}
     for budget_id, window_start, used in result:
         key = (str(budget_id), int(window_start))
@@ -220,8 +223,8 @@ async def add_to_windows(
     return changed
 
 
-async def raise_alerts(
-    connection: AsyncConnection,
+def raise_alerts(
+    connection: sa.Connection,
     budgets: Mapping[str, BudgetRecord],
     changed: Mapping[WindowKey, tuple[int, int]],
     *,
@@ -257,7 +260,7 @@ async def raise_alerts(
     statement = dialect.insert_ignore_duplicates(
         _a, dialect_name=connection.dialect.name, index_elements=("budget_id", "window_start", "threshold_percent")
     )
-    result = await connection.execute(
+    result = connection.execute(
         statement.values(
             [
                 {
@@ -276,17 +279,17 @@ async def raise_alerts(
     )
     stored_ids = {str(alert_id) for (alert_id,) in result}
     stored = [alert for alert in wanted if alert.alert_id in stored_ids]
-    await queue_deliveries(connection, stored, now_us=now_us)
+    queue_deliveries(connection, stored, now_us=now_us)
     return stored
 
 
-async def queue_deliveries(connection: AsyncConnection, alerts: Iterable[AlertRecord], *, now_us: int) -> None:
+def queue_deliveries(connection: sa.Connection, alerts: Iterable[AlertRecord], *, now_us: int) -> None:
     """Outbox rows for every webhook that wants each alert (its environment, or all; its budget, or any)."""
     alerts = list(alerts)
     if not alerts:
         return
     hooks = (
-        await connection.execute(
+        connection.execute(
             sa.select(_hooks.c.webhook_id, _hooks.c.environment_id, _hooks.c.budget_id).where(
                 _hooks.c.delete_time.is_(None)
             )
@@ -300,7 +303,7 @@ async def queue_deliveries(connection: AsyncConnection, alerts: Iterable[AlertRe
         and (hook.budget_id is None or hook.budget_id == alert.budget_id)
     ]
     if rows:
-        await connection.execute(_deliveries.insert().values(rows))
+        connection.execute(_deliveries.insert().values(rows))
 
 
 def now_us() -> int:

@@ -212,16 +212,16 @@ async def test_two_replicas_crossing_a_threshold_at_once_raise_one_alert(databas
             ).budget.budget_id
         engine = plane.engine
         async with UnitOfWork(engine) as uow:
-            budgets = {b.budget_id: b for b in await store.active_budgets(uow.connection)}
+            budgets = {b.budget_id: b for b in await uow.connection.run_sync(store.active_budgets)}
         replica = create_engine(settings.resolved_database_url)
         try:
 
             async def add(target: Any, amount: int) -> int:
                 async with UnitOfWork(target) as uow:
-                    changed = await store.add_to_windows(
-                        uow.connection, {(budget_id, 0): Increment(None, amount)}, now_us=store.now_us()
+                    changed = await uow.connection.run_sync(
+                        store.add_to_windows, {(budget_id, 0): Increment(None, amount)}, now_us=store.now_us()
                     )
-                    alerts = await store.raise_alerts(uow.connection, budgets, changed, now=datetime.now(UTC))
+                    alerts = await uow.connection.run_sync(store.raise_alerts, budgets, changed, now=datetime.now(UTC))
                     await uow.commit()
                     return len(alerts)
 
