@@ -7,6 +7,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
@@ -15,6 +16,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.budget.counting import BudgetCounter
 from services.errors import MeterwireError
 from services.storage import dialect, tables
 from services.storage.checkpoint import WalCheckpointer
@@ -99,6 +101,7 @@ class GroupCommitWriter:
         # checkpointed from another thread (its own commits never checkpoint).
         self._sqlite: tuple[sa.Engine, ThreadPoolExecutor] | None = None
         self._checkpointer: WalCheckpointer | None = None
+        self._budgets = BudgetCounter()
         if name == "sqlite":
             self._sqlite = (
                 create_sqlite_thread_engine(engine),
@@ -282,6 +285,11 @@ class GroupCommitWriter:
         here. Otherwise the insert is undone and the group is stored the exact way (_write_exactly).
         """
         now_us = time.time_ns() // 1000
+        # First: the budgets this transaction counts toward (and, on PostgreSQL, the share lock that orders it
+        # against budget changes; see services.budget.store).
+        budgets = self._budgets
+        budgets.begin(connection)
+        tagged: list[tuple[UsageEventRow, dict[str, str]]] | None = [] if budgets.needs_tagged_events else None
         if self._insert_all(connection, group, now_us):
             results = [_Result(accepted=batch.events.count, duplicate=0) for batch in group]
             tag_rows = [row for batch in group for rows in batch.events.tag_rows.values() for row in rows]
@@ -291,9 +299,21 @@ class GroupCommitWriter:
                 rollups = {}
                 for batch in group:
                     merge_rollups(rollups, batch.events.rollups)
+            if tagged is not None:
+                for batch in group:
+                    for index, rows in batch.events.tag_rows.items():
+                        tagged.append((batch.events.row(index), {row[2]: row[3] for row in rows}))
         else:
-            results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us))
+            results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us), tagged)
         self._write_the_rest(connection, group, tag_rows, rollups)
+        if budgets.active:
+            budgets.count(
+                connection,
+                rollups=rollups.values(),
+                tagged_events=tagged or (),
+                gateways={batch.gateway_key: (batch.environment_id, batch.gateway_id) for batch in group},
+                now=datetime.fromtimestamp(now_us / 1_000_000, tz=UTC),
+            )
         return results
 
     def _insert_all(self, connection: sa.Connection, group: list[PreparedBatch], now_us: int) -> bool:
@@ -320,7 +340,7 @@ class GroupCommitWriter:
         return False
 
     def _write_exactly(
-        self, connection: sa.Connection, plan: _Plan
+        self, connection: sa.Connection, plan: _Plan, tagged: list[tuple[UsageEventRow, dict[str, str]]] | None
     ) -> tuple[list[_Result], list[TagRow], dict[RollupKey, RollupRow]]:
         """Stores the plan's events that are new and counts only those (some ids are stored already)."""
         duplicates = self._insert_new_events(connection, plan)
@@ -338,6 +358,8 @@ class GroupCommitWriter:
                     tags = batch.events.tag_rows.get(index)
                     if tags:
                         tag_rows.extend(tags)
+                        if tagged is not None:
+                            tagged.append((row, {tag[2]: tag[3] for tag in tags}))
             results.append(_Result(accepted=accepted, duplicate=batch.events.count - accepted))
         return results, tag_rows, rollups
 
