@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from services.cli.charts import bar, sparkline
-from services.cli.usage import time_range
+from services.cli.usage.filters import time_range
 
 NOW = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
 
