@@ -10,11 +10,9 @@ from typing import Final
 import grpc
 
 from meterwire.common.v1 import filter_pb2, usage_pb2
-from meterwire.config.v1 import config_service_pb2 as config_pb
-from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.client import Connection, call, rpc_failed
+from services.cli.client import Connection, call
 
 UNKNOWN: Final = "-"
 """What a table shows for a figure nobody reported (unset means unknown, never 0)."""
@@ -59,6 +57,13 @@ def no_tokens_reported(figures: pb.UsageSummary) -> bool:
 
 def token_total(figures: pb.UsageSummary, value: int) -> str:
     return UNKNOWN if no_tokens_reported(figures) else f"{value:,}"
+
+
+def spend(figures: pb.UsageSummary, micros: int) -> str:
+    """An amount of these figures, "-" when no event in them had a known cost."""
+    if figures.attempts > 0 and figures.unpriced_count >= figures.attempts:
+        return UNKNOWN
+    return money(micros, figures.currency)
 
 
 def reported_tokens(tokens: usage_pb2.TokenCounts, field: str) -> str:
@@ -125,24 +130,21 @@ def range_currency(connection: Connection, channel: grpc.Channel, usage_filter: 
 
 
 class EnvironmentCurrencies:
-    """Each environment's pricing currency, read once from its current config (requests carry none)."""
+    """Each environment's pricing currency, asked once (requests and events carry none of their own).
+
+    Asked of Reporting, which every usage command already needs: a summary of one environment over one second of
+    1970 counts nothing and names the currency.
+    """
 
     def __init__(self, connection: Connection, channel: grpc.Channel) -> None:
         self._connection = connection
-        self._stub = config_grpc.ConfigServiceStub(channel)
+        self._channel = channel
         self._known: dict[str, str] = {}
 
     def __call__(self, environment_id: str) -> str:
         if environment_id not in self._known:
-            self._known[environment_id] = self._read(environment_id)
+            probe = filter_pb2.UsageFilter(environment_ids=[environment_id])
+            probe.start_time.FromSeconds(0)
+            probe.end_time.FromSeconds(1)
+            self._known[environment_id] = range_currency(self._connection, self._channel, probe)
         return self._known[environment_id]
-
-    def _read(self, environment_id: str) -> str:
-        request = config_pb.GetConfigRequest(environment_id=environment_id)
-        try:
-            response = self._stub.GetConfig(request, metadata=self._connection.metadata, timeout=30)
-        except grpc.RpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                return ""  # no config stored yet: nothing is priced, amounts stay bare
-            rpc_failed(self._connection, error)
-        return response.config_version.config.pricing.currency

@@ -21,9 +21,9 @@ from services.cli.usage.figures import (
     metric_of,
     metric_text,
     milliseconds,
-    money,
     no_tokens_reported,
     range_currency,
+    spend,
     token_total,
 )
 from services.cli.usage.filters import (
@@ -86,8 +86,8 @@ def summary(
     rows = [
         ("requests / attempts", f"{figures.requests:,} / {figures.attempts:,}"),
         ("successes / errors", f"{figures.successes:,} / {figures.errors:,}  ({figures.success_rate:.2%} success)"),
-        ("spend", money(figures.cost_micros, figures.currency)),
-        ("cache savings", money(figures.cache_savings_micros, figures.currency)),
+        ("spend", spend(figures, figures.cost_micros)),
+        ("cache savings", spend(figures, figures.cache_savings_micros)),
         ("tokens in / out", tokens_pair(tokens.input, tokens.output)),
         ("cache read / write", tokens_pair(tokens.cache_read, tokens.cache_write)),
         ("reasoning / total", tokens_pair(tokens.reasoning, tokens.total)),
@@ -139,13 +139,15 @@ def top(
     table = Table(*by, order, "", "requests", "spend")
     maximum = max(values, default=0.0)
     for row, value in zip(rows, values, strict=True):
-        unknown = ranking in TOKEN_METRICS and no_tokens_reported(row.summary)
+        unknown = (ranking in TOKEN_METRICS and no_tokens_reported(row.summary)) or (
+            ranking in MONEY_METRICS and spend(row.summary, 0) == UNKNOWN
+        )
         table.add_row(
             *row.keys,
             UNKNOWN if unknown else metric_text(ranking, value, row.summary.currency),
             bar(value, maximum, _BAR_WIDTH),
             f"{row.summary.requests:,}",
-            money(row.summary.cost_micros, row.summary.currency),
+            spend(row.summary, row.summary.cost_micros),
         )
     console.print(table)
 
