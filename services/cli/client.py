@@ -45,7 +45,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 YesOption = Annotated[
     bool,
     typer.Option(
-        "--yes", "-y", help="Do not ask for confirmation (for scripts: without it the command asks on stdin)."
+        "--yes", "-y", help="Do not ask for confirmation (for scripts; without it the command asks on stdin)."
     ),
 ]
 
