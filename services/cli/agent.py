@@ -173,15 +173,15 @@ def dead_letters_list(
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
 ) -> None:
     """List rejected events (newest last) with the reason the control plane gave."""
-    from rich.console import Console
     from rich.table import Table
 
     from gateway_agent.spool import iter_dead_letters
+    from services.cli.output import console
 
     table = Table("sequence", "event id", "reason", "field", "message")
     for letter in iter_dead_letters(_spool_path(data_dir), limit=limit):
         table.add_row(str(letter.sequence), letter.event_id, letter.reason, letter.field, letter.message)
-    Console().print(table)
+    console.print(table)
 
 
 @dead_letters_app.command("export")
