@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from datetime import UTC, datetime
 from typing import Annotated
@@ -177,8 +176,8 @@ def gateways_watch(connection: Connection, environment: EnvironmentsOption = Non
         try:
             if not on_terminal():
                 for change in stream:
+                    # echo flushes each line: a reader of the pipe sees a change now, not when a buffer fills.
                     typer.echo(change_line(change, datetime.now(UTC)))
-                    sys.stdout.flush()  # a reader of the pipe sees each change now, not when a buffer fills
                 return
             with Live(fleet, console=console, refresh_per_second=2):
                 for change in stream:

@@ -46,10 +46,6 @@ def money(micros: float, currency: str) -> str:
     return f"{micros / MICROS_PER_UNIT:,.4f} {currency}".strip()
 
 
-def count(value: int | None) -> str:
-    return UNKNOWN if value is None else f"{value:,}"
-
-
 def no_tokens_reported(figures: pb.UsageSummary) -> bool:
     """Every event in these figures left its token counts unset: the sums are unknown, not 0."""
     return figures.attempts > 0 and figures.unknown_tokens_count >= figures.attempts
