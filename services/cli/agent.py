@@ -8,7 +8,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -135,36 +135,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
-    from rich.table import Table
+    from services.cli.output import console, fields_table
 
-    from services.cli.output import console
-
-    table = Table("field", "value", show_header=False)
-    for name, value in status_rows(body):
-        table.add_row(name, value)
-    console.print(table)
-
-
-def status_rows(body: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """The status's fields as (name, text) rows: nested state as `state.spool_depth`, maps as `key=value, …`."""
-    rows: list[tuple[str, str]] = []
-    for key, value in body.items():
-        name = f"{prefix}{key}".replace("_", " ")
-        if isinstance(value, dict) and key not in _MAP_FIELDS:
-            rows.extend(status_rows(value, f"{prefix}{key}."))
-        elif isinstance(value, dict):
-            rows.append((name, ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"))
-        elif isinstance(value, bool):
-            rows.append((name, "yes" if value else "no"))
-        elif isinstance(value, str) and value.startswith(_ENUM_PREFIXES):
-            rows.append((name, value.removeprefix(next(p for p in _ENUM_PREFIXES if value.startswith(p))).lower()))
-        else:
-            rows.append((name, str(value) if value != "" else "-"))
-    return rows
-
-
-_MAP_FIELDS = frozenset({"dropped_by_reason"})
-_ENUM_PREFIXES = ("CONFIG_SOURCE_", "GATEWAY_STATUS_")
+    console.print(fields_table(body, maps=frozenset({"dropped_by_reason"})))
 
 
 @dead_letters_app.command("list")

@@ -26,7 +26,7 @@ from services.cli.client import (
     fail,
     rpc_failed,
 )
-from services.cli.output import console, on_terminal
+from services.cli.output import console, fields_table, on_terminal
 
 gateways_app = typer.Typer(help="Gateways: status of the fleet, live watch, details and removal.", no_args_is_help=True)
 
@@ -215,9 +215,8 @@ def gateways_show(
     )
     for reason in gateway.status_reasons:
         console.print(f"  - {reason}")
-    for key, value in body.items():
-        if key not in {"environment_id", "gateway_id", "status", "status_reasons"}:
-            console.print(f"{key}: {json.dumps(value)}")
+    shown = {"environment_id", "gateway_id", "status", "status_reasons"}
+    console.print(fields_table({key: value for key, value in body.items() if key not in shown}))
 
 
 @gateways_app.command("remove")

@@ -41,6 +41,13 @@ async def test_gateways_list_show_and_remove(
         assert expected in table.output
     assert [g["gateway_id"] for g in healthy] == ["gw-1"]
     assert "prod/gw-1: healthy" in shown.output
+    fields = {
+        cells[0].strip(): cells[1].strip()
+        for cells in (line.split("│")[1:-1] for line in shown.output.splitlines())
+        if len(cells) == 2
+    }
+    assert fields["state.agent version"] == "0.1.0"
+    assert "{" not in shown.output, "a nested message printed as a raw dict"
     assert "removed gateway prod/gw-1" in removed.output
     assert [g["gateway_id"] for g in after] == ["gw-2"]
     bad_status = await cli("gateways", "list", "--status", "sleepy")
