@@ -21,7 +21,7 @@ from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.cli.charts import bar, sparkline
-from services.cli.usage.filters import DIMENSION_NAMES, time_range
+from services.cli.usage.filters import DIMENSION_NAMES, METRIC_NAMES, time_range
 from services.server import ControlPlane
 from services.settings import ServiceName
 from tests.heartbeat.helpers import Cli
@@ -164,7 +164,7 @@ async def test_usage_request_without_its_environment_says_what_is_missing(priced
     assert "meterwire usage request req-priced -e prod" in missing.output
 
 
-async def test_group_names_are_the_same_in_help_and_in_errors(priced_plane: ControlPlane) -> None:
+async def test_group_and_metric_names_are_the_same_in_help_and_in_errors(priced_plane: ControlPlane) -> None:
     cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
     wrong = await cli("usage", "top", "--by", "colour")
     assert wrong.exit_code == 2
@@ -174,6 +174,12 @@ async def test_group_names_are_the_same_in_help_and_in_errors(priced_plane: Cont
         shown = await cli("usage", *command, "--help")
         words = " ".join(shown.output.replace("│", " ").split())
         assert DIMENSION_NAMES in words, (command, words)
+    wrong_metric = await cli("usage", "top", "--by", "model", "--metric", "speed")
+    assert wrong_metric.exit_code == 2
+    assert wrong_metric.output.split("is not one of ", 1)[1].strip() == METRIC_NAMES
+    for command in (["top"], ["series"]):
+        shown = await cli("usage", *command, "--help")
+        assert METRIC_NAMES in " ".join(shown.output.replace("│", " ").split()), command
     for name in ("model", "key", "env", "api-key", "tag:team"):
         grouped = await cli("usage", "top", "--by", name, "--range", "1h")
         assert grouped.exit_code == 0, grouped.output

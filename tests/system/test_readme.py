@@ -194,7 +194,7 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
     assert "requests 300" in output("meterwire simulate")
     assert "prod/gw-eu-1" in output("meterwire gateways watch")
     assert "gw-eu-1" in output("meterwire gateways list")
-    summary = output("meterwire usage summary --range today -e prod")
+    summary = output("meterwire usage summary --range 7d -e prod")
     assert re.search(r"requests / attempts\s+│ 300 / \d+", summary), summary
     assert " USD" in summary
     assert "USD" in output("meterwire usage top --by model")

@@ -37,6 +37,8 @@ METRICS: Final = {
     for name, value in pb.Metric.items()
     if value != pb.METRIC_UNSPECIFIED
 }
+METRIC_NAMES: Final = ", ".join(METRICS)
+"""The names --metric takes, as help and errors list them."""
 GRANULARITIES: Final = {
     "1m": pb.GRANULARITY_MINUTE,
     "5m": pb.GRANULARITY_FIVE_MINUTES,
@@ -141,7 +143,7 @@ def group_by(names: list[str], option: str = "--by") -> list[pb.GroupBy]:
 def metric(name: str, option: str = "--metric") -> pb.Metric.ValueType:
     value = METRICS.get(name)
     if value is None:
-        fail(f"{option}: {name!r} is not one of {', '.join(METRICS)}", code=2)
+        fail(f"{option}: {name!r} is not one of {METRIC_NAMES}", code=2)
     return value
 
 

@@ -28,6 +28,7 @@ from services.cli.usage.figures import (
 )
 from services.cli.usage.filters import (
     DIMENSION_NAMES,
+    METRIC_NAMES,
     EnvOption,
     FromOption,
     GatewayOption,
@@ -108,7 +109,7 @@ def summary(
 def top(
     connection: Connection,
     by: Annotated[list[str], typer.Option("--by", help=f"Dimension (repeat, up to 3): {DIMENSION_NAMES}.")],
-    order: Annotated[str, typer.Option("--metric", help="Ranking metric, e.g. cost, requests, latency-p95.")] = "cost",
+    order: Annotated[str, typer.Option("--metric", help=f"Ranking metric: {METRIC_NAMES}.")] = "cost",
     limit: Annotated[int, typer.Option("--limit", "-n", help="Top N; the rest are summed into (other).")] = 10,
     range_name: RangeOption = "today",
     start: FromOption = None,
@@ -154,7 +155,9 @@ def top(
 
 def series(
     connection: Connection,
-    metrics: Annotated[list[str] | None, typer.Option("--metric", help="Metric (repeat). Default: requests.")] = None,
+    metrics: Annotated[
+        list[str] | None, typer.Option("--metric", help=f"Metric (repeat; default requests): {METRIC_NAMES}.")
+    ] = None,
     bucket: GranularityOption = "1h",
     split_by: Annotated[
         str | None, typer.Option("--split-by", help=f"One series per value of a dimension: {DIMENSION_NAMES}.")
