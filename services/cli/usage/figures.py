@@ -5,6 +5,7 @@ JSON output keeps the server's values (integer micro-units); only tables go thro
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import grpc
@@ -128,8 +129,8 @@ def range_currency(connection: Connection, channel: grpc.Channel, usage_filter: 
 class EnvironmentCurrencies:
     """Each environment's pricing currency, asked once (requests and events carry none of their own).
 
-    Asked of Reporting, which every usage command already needs: a summary of one environment over one second of
-    1970 counts nothing and names the currency.
+    Asked of Reporting, which every usage command already needs: a summary of one environment over its last
+    second costs next to nothing and names the currency.
     """
 
     def __init__(self, connection: Connection, channel: grpc.Channel) -> None:
@@ -140,7 +141,8 @@ class EnvironmentCurrencies:
     def __call__(self, environment_id: str) -> str:
         if environment_id not in self._known:
             probe = filter_pb2.UsageFilter(environment_ids=[environment_id])
-            probe.start_time.FromSeconds(0)
-            probe.end_time.FromSeconds(1)
+            now = datetime.now(UTC)
+            probe.start_time.FromDatetime(now - timedelta(seconds=1))
+            probe.end_time.FromDatetime(now)
             self._known[environment_id] = range_currency(self._connection, self._channel, probe)
         return self._known[environment_id]
