@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
 from rich.table import Table
 
 from meterwire.admin.v1 import admin_service_pb2 as pb
 from meterwire.admin.v1 import admin_service_pb2_grpc as pb_grpc
-from services.cli.client import Connection, JsonOption, call, client_command, fail
+from services.cli.client import Connection, JsonOption, call, client_command, collect_pages, fail
+from services.cli.output import console
 
 envs_app = typer.Typer(help="Environments: create and list.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens: create, list and revoke.", no_args_is_help=True)
-console = Console()
 
 _ROLES = {"admin": pb.ROLE_ADMIN, "reporter": pb.ROLE_REPORTER, "gateway": pb.ROLE_GATEWAY}
 _ROLE_NAMES = {value: key for key, value in _ROLES.items()}
@@ -56,16 +57,12 @@ def envs_list(
     as_json: JsonOption = False,
 ) -> None:
     """List environments."""
-    environments: list[pb.Environment] = []
     with connection.channel() as channel:
         stub = pb_grpc.AdminServiceStub(channel)
-        page_token = ""
-        while True:
-            response = call(connection, stub.ListEnvironments, pb.ListEnvironmentsRequest(page_token=page_token))
-            environments.extend(response.environments)
-            page_token = response.next_page_token
-            if not page_token:
-                break
+        request = pb.ListEnvironmentsRequest()
+        environments: list[pb.Environment] = collect_pages(
+            connection, stub.ListEnvironments, request, lambda page: page.environments
+        )
     if as_json:
         typer.echo(json.dumps([MessageToDict(e, preserving_proto_field_name=True) for e in environments], indent=2))
         return
@@ -89,9 +86,17 @@ def tokens_create(
         typer.Option("--limit-to", help="Reporter tokens: an environment it may read (repeat). Default: all."),
     ] = None,
     description: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            help="Write the secret to this new file (mode 0600) instead of printing it; "
+            "give it to --token-file (agent run, client commands).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a token. Its secret is printed once; store it now."""
+    """Create a token. Its secret is shown once: save it with --secret-file (or `> FILE`: only it goes to stdout)."""
     if role not in _ROLES:
         fail(f"role: {role!r} is not one of {', '.join(_ROLES)}", code=2)
     request = pb.CreateTokenRequest(
@@ -101,14 +106,33 @@ def tokens_create(
         environment_ids=reporter_environments or [],
         description=description,
     )
+    if secret_file is not None and secret_file.exists():
+        fail(f"--secret-file: {secret_file} exists; a new secret never overwrites a file", code=2)
     with connection.channel() as channel:
         response = call(connection, pb_grpc.AdminServiceStub(channel).CreateToken, request)
+    token_id = response.token.token_id
+    if secret_file is not None:
+        write_secret(secret_file, response.secret, token_id)
     if as_json:
         body = MessageToDict(response.token, preserving_proto_field_name=True)
-        typer.echo(json.dumps({"token": body, "secret": response.secret}, indent=2))
-        return
-    console.print(f"created {role} token [bold]{response.token.token_id}[/bold]; its secret (shown only now):")
-    typer.echo(response.secret)
+        secret = {"secret_file": str(secret_file)} if secret_file else {"secret": response.secret}
+        typer.echo(json.dumps({"token": body, **secret}, indent=2))
+    elif secret_file is not None:
+        console.print(f"created {role} token [bold]{token_id}[/bold]; its secret is in {secret_file} (mode 0600)")
+    else:
+        # The note goes to stderr so `tokens create … > gw.token` saves the secret alone.
+        typer.echo(f"created {role} token {token_id}; its secret (shown only now):", err=True)
+        typer.echo(response.secret)
+
+
+def write_secret(path: Path, secret: str, token_id: str) -> None:
+    """Creates `path` readable by its owner only, holding the secret and a newline."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        fail(f"--secret-file: cannot create {path}: {error.strerror}; revoke the unsaved token {token_id}")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
 
 
 @tokens_app.command("list")
@@ -119,17 +143,10 @@ def tokens_list(
     as_json: JsonOption = False,
 ) -> None:
     """List tokens (never their secrets)."""
-    tokens: list[pb.Token] = []
     with connection.channel() as channel:
         stub = pb_grpc.AdminServiceStub(channel)
-        page_token = ""
-        while True:
-            request = pb.ListTokensRequest(show_revoked=show_revoked, page_token=page_token)
-            response = call(connection, stub.ListTokens, request)
-            tokens.extend(response.tokens)
-            page_token = response.next_page_token
-            if not page_token:
-                break
+        request = pb.ListTokensRequest(show_revoked=show_revoked)
+        tokens: list[pb.Token] = collect_pages(connection, stub.ListTokens, request, lambda page: page.tokens)
     if as_json:
         typer.echo(json.dumps([MessageToDict(t, preserving_proto_field_name=True) for t in tokens], indent=2))
         return

@@ -117,9 +117,9 @@ def status(
     agent: Annotated[str, typer.Option("--agent", help="The daemon's --listen address.")] = (
         "unix:///tmp/meterwire-agent.sock"
     ),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print a running agent daemon's status."""
+    """Print a running agent daemon's status: connection, config, spool and delivery counters."""
     import grpc
     from google.protobuf.json_format import MessageToDict
 
@@ -135,8 +135,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
-    for key, value in body.items():
-        typer.echo(f"{key}: {value}")
+    from services.cli.output import console, fields_table
+
+    console.print(fields_table(body, maps=frozenset({"dropped_by_reason"})))
 
 
 @dead_letters_app.command("list")
@@ -145,15 +146,15 @@ def dead_letters_list(
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
 ) -> None:
     """List rejected events (newest last) with the reason the control plane gave."""
-    from rich.console import Console
     from rich.table import Table
 
     from gateway_agent.spool import iter_dead_letters
+    from services.cli.output import console
 
     table = Table("sequence", "event id", "reason", "field", "message")
     for letter in iter_dead_letters(_spool_path(data_dir), limit=limit):
         table.add_row(str(letter.sequence), letter.event_id, letter.reason, letter.field, letter.message)
-    Console().print(table)
+    console.print(table)
 
 
 @dead_letters_app.command("export")

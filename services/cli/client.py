@@ -6,11 +6,11 @@ import functools
 import inspect
 import os
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import typer
@@ -42,6 +42,12 @@ TlsKeyOption = Annotated[
     typer.Option("--tls-key", envvar="MW_TLS_KEY", help="Client private key (PEM) for mutual TLS."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+YesOption = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Do not ask for confirmation (for scripts; without it the command asks on stdin)."
+    ),
+]
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -118,6 +124,14 @@ def resolve_token(token: str | None, token_file: Path | None) -> str:
     return text
 
 
+def confirm(question: str, *, declined: str) -> None:
+    """Asks a yes/no question on stdin; no (or no answer: stdin closed) ends the command, pointing at --yes."""
+    try:
+        typer.confirm(question, abort=True)
+    except typer.Abort:
+        fail(f"not confirmed: {declined} (pass --yes to skip this question in scripts)")
+
+
 T = TypeVar("T")
 
 _DEADLINE_S = 30.0
@@ -128,11 +142,52 @@ def call(connection: Connection, rpc: Callable[..., T], request: object) -> T:
     try:
         return rpc(request, metadata=connection.metadata, timeout=_DEADLINE_S)
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()
-        details: str = error.details() or ""
-        if code is grpc.StatusCode.UNAVAILABLE:
-            fail(f"cannot reach the control plane at {connection.address}: {details}")
-        fail(f"{code.name}: {details}")
+        rpc_failed(connection, error)
+
+
+def rpc_failed(connection: Connection, error: grpc.RpcError) -> NoReturn:
+    """Ends the command with a failed call's status and the server's reason on one line."""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        fail(f"cannot reach the control plane at {connection.address}: {details}")
+    fail(f"{code.name}: {details}")
+
+
+PAGE_SIZE = 1000
+"""Rows asked per page by commands that collect every page (servers cap larger sizes at their maximum)."""
+
+
+class PagedRequest(Protocol):
+    """A List request (AIP-158): the fields collect_pages fills in for each page."""
+
+    page_size: int
+    page_token: str
+
+
+def collect_pages(
+    connection: Connection,
+    rpc: Callable[..., Any],
+    request: PagedRequest,
+    items: Callable[[Any], Sequence[T]],
+    *,
+    limit: int | None = None,
+) -> list[T]:
+    """Calls a List RPC page after page until the last page (or `limit` items) and returns the items in order.
+
+    `items` picks the repeated field out of a response (e.g. `lambda page: page.gateways`); `request` carries the
+    filter and is reused with each page's token.
+    """
+    found: list[T] = []
+    request.page_token = ""
+    while limit is None or len(found) < limit:
+        request.page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
+        page = call(connection, rpc, request)
+        found.extend(items(page))
+        request.page_token = page.next_page_token
+        if not request.page_token:
+            break
+    return found if limit is None else found[:limit]
 
 
 _CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {

@@ -11,18 +11,26 @@ import grpc
 import typer
 import yaml
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
-from rich.console import Console
 from rich.table import Table
 
 from meterwire.config.v1 import config_service_pb2 as pb
 from meterwire.config.v1 import config_service_pb2_grpc as pb_grpc
-from services.cli.client import Connection, JsonOption, call, client_command, fail
+from services.cli.client import (
+    Connection,
+    JsonOption,
+    YesOption,
+    call,
+    client_command,
+    collect_pages,
+    confirm,
+    fail,
+    rpc_failed,
+)
+from services.cli.output import console
 
 config_app = typer.Typer(help="Environment config: apply, show, history, diff and rollback.", no_args_is_help=True)
-console = Console()
 
 EnvironmentOption = Annotated[str, typer.Option("--environment", "-e", help="The environment.")]
-YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")]
 
 
 def load_config_file(path: Path) -> pb.EnvironmentConfig:
@@ -56,7 +64,7 @@ def _current(connection: Connection, stub: pb_grpc.ConfigServiceStub, environmen
     except grpc.RpcError as error:
         if error.code() is grpc.StatusCode.NOT_FOUND:
             return None
-        fail(f"{error.code().name}: {error.details()}")
+        rpc_failed(connection, error)
     return response.config_version
 
 
@@ -106,7 +114,7 @@ def _store(
         console.print(f"valid; would store version {check.config_version.version} (dry run: nothing stored)")
         return
     if not yes:
-        typer.confirm(f"store this as version {check.config_version.version} of {environment}?", abort=True)
+        confirm(f"store this as version {check.config_version.version} of {environment}?", declined="nothing stored")
     # expected_version: if someone stored a version after the diff was shown, refuse instead of overwriting.
     request = pb.PutConfigRequest(
         environment_id=environment, config=config, description=description, expected_version=base
@@ -155,17 +163,12 @@ def config_show(
 @client_command
 def config_history(connection: Connection, environment: EnvironmentOption, as_json: JsonOption = False) -> None:
     """List an environment's config versions, newest first."""
-    versions: list[pb.ConfigVersion] = []
     with connection.channel() as channel:
         stub = pb_grpc.ConfigServiceStub(channel)
-        page_token = ""
-        while True:
-            request = pb.ListConfigVersionsRequest(environment_id=environment, page_token=page_token)
-            response = call(connection, stub.ListConfigVersions, request)
-            versions.extend(response.config_versions)
-            page_token = response.next_page_token
-            if not page_token:
-                break
+        request = pb.ListConfigVersionsRequest(environment_id=environment)
+        versions: list[pb.ConfigVersion] = collect_pages(
+            connection, stub.ListConfigVersions, request, lambda page: page.config_versions
+        )
     if as_json:
         rows: list[dict[str, Any]] = [MessageToDict(v, preserving_proto_field_name=True) for v in versions]
         for row in rows:

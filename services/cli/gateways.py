@@ -10,16 +10,25 @@ from typing import Annotated
 import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
-from services.cli.client import Connection, JsonOption, call, client_command, fail
+from services.cli.client import (
+    Connection,
+    JsonOption,
+    YesOption,
+    call,
+    client_command,
+    collect_pages,
+    confirm,
+    fail,
+    rpc_failed,
+)
+from services.cli.output import console, fields_table, on_terminal
 
 gateways_app = typer.Typer(help="Gateways: status of the fleet, live watch, details and removal.", no_args_is_help=True)
-console = Console()
 
 STATUS_NAMES = {
     pb.GatewayStatus.Name(value).removeprefix("GATEWAY_STATUS_").lower(): value
@@ -120,19 +129,10 @@ def gateways_list(
     as_json: JsonOption = False,
 ) -> None:
     """List gateways with their status, last contact, versions, config and backlog."""
-    gateways: list[pb.Gateway] = []
+    request = pb.ListGatewaysRequest(environment_ids=environment or [], statuses=_statuses(status))
     with connection.channel() as channel:
         stub = pb_grpc.HeartbeatServiceStub(channel)
-        page_token = ""
-        while True:
-            request = pb.ListGatewaysRequest(
-                environment_ids=environment or [], statuses=_statuses(status), page_token=page_token, page_size=1000
-            )
-            response = call(connection, stub.ListGateways, request)
-            gateways.extend(response.gateways)
-            page_token = response.next_page_token
-            if not page_token:
-                break
+        gateways: list[pb.Gateway] = collect_pages(connection, stub.ListGateways, request, lambda page: page.gateways)
     if as_json:
         typer.echo(json.dumps([MessageToDict(g, preserving_proto_field_name=True) for g in gateways], indent=2))
         return
@@ -152,15 +152,33 @@ class _LiveFleet:
         return gateway_table(rows, datetime.now(UTC))
 
 
+def change_line(change: pb.WatchGatewaysResponse, now: datetime) -> str:
+    """One status change as a line of text, for a watch whose output is piped or logged."""
+    g = change.gateway
+    name = f"{g.environment_id}/{g.gateway_id}"
+    if change.deleted:
+        return f"{now:%Y-%m-%dT%H:%M:%SZ} {name} removed"
+    reasons = "; ".join(g.status_reasons) if g.status != pb.GATEWAY_STATUS_NEVER_SEEN else ""
+    return f"{now:%Y-%m-%dT%H:%M:%SZ} {name} {status_name(g.status)} (last seen {ago(g, now)}) {reasons}".rstrip()
+
+
 @gateways_app.command("watch")
 @client_command
 def gateways_watch(connection: Connection, environment: EnvironmentsOption = None) -> None:
-    """A live view of the fleet, updated as statuses change (Ctrl-C to stop)."""
+    """A live view of the fleet, updated as statuses change (Ctrl-C to stop).
+
+    On a terminal: a table redrawn in place. Piped or redirected: one line per change, written as it happens.
+    """
     fleet = _LiveFleet()
     request = pb.WatchGatewaysRequest(environment_ids=environment or [], send_initial=True)
     with connection.channel() as channel:
         stream = pb_grpc.HeartbeatServiceStub(channel).WatchGateways(request, metadata=connection.metadata)
         try:
+            if not on_terminal():
+                for change in stream:
+                    # echo flushes each line: a reader of the pipe sees a change now, not when a buffer fills.
+                    typer.echo(change_line(change, datetime.now(UTC)))
+                return
             with Live(fleet, console=console, refresh_per_second=2):
                 for change in stream:
                     with fleet.lock:
@@ -172,7 +190,7 @@ def gateways_watch(connection: Connection, environment: EnvironmentsOption = Non
         except KeyboardInterrupt:
             stream.cancel()  # type: ignore[no-untyped-call]
         except grpc.RpcError as error:
-            fail(f"{error.code().name}: {error.details()}")
+            rpc_failed(connection, error)
 
 
 @gateways_app.command("show")
@@ -197,9 +215,8 @@ def gateways_show(
     )
     for reason in gateway.status_reasons:
         console.print(f"  - {reason}")
-    for key, value in body.items():
-        if key not in {"environment_id", "gateway_id", "status", "status_reasons"}:
-            console.print(f"{key}: {json.dumps(value)}")
+    shown = {"environment_id", "gateway_id", "status", "status_reasons"}
+    console.print(fields_table({key: value for key, value in body.items() if key not in shown}))
 
 
 @gateways_app.command("remove")
@@ -208,12 +225,20 @@ def gateways_remove(
     connection: Connection,
     gateway_id: Annotated[str, typer.Argument(help="The gateway id.")],
     environment: EnvironmentOption,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
 ) -> None:
-    """Remove a decommissioned gateway and its state (its usage history stays)."""
-    if not yes:
-        typer.confirm(f"remove gateway {environment}/{gateway_id}?", abort=True)
+    """Remove a decommissioned gateway and its state (its usage history stays). Asks first unless --yes."""
     with connection.channel() as channel:
+        stub = pb_grpc.HeartbeatServiceStub(channel)
+        # Look it up first: a typo should say NOT_FOUND, not ask to remove something that is not there.
+        found = call(
+            connection, stub.GetGateway, pb.GetGatewayRequest(environment_id=environment, gateway_id=gateway_id)
+        )
+        if not yes:
+            confirm(
+                f"remove gateway {environment}/{gateway_id} ({status_name(found.gateway.status)})?",
+                declined="nothing removed",
+            )
         request = pb.DeleteGatewayRequest(environment_id=environment, gateway_id=gateway_id)
-        call(connection, pb_grpc.HeartbeatServiceStub(channel).DeleteGateway, request)
+        call(connection, stub.DeleteGateway, request)
     console.print(f"removed gateway [bold]{environment}/{gateway_id}[/bold]")

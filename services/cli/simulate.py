@@ -250,15 +250,15 @@ async def _in_process(
 
 
 def _print_summary(summary: Summary) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from services.cli.output import console
 
     table = Table("model", "attempts", "errors", "input tokens", "output tokens", title="sent")
     for model, totals in sorted(summary.by_model.items()):
         table.add_row(
             model, str(totals.attempts), str(totals.errors), f"{totals.input_tokens:,}", f"{totals.output_tokens:,}"
         )
-    console = Console()
     console.print(table)
     console.print(
         f"requests {summary.requests}  attempts {summary.attempts}  failed requests {summary.failed_requests}"

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import yaml
+from google.protobuf.json_format import ParseDict
 
+from meterwire.config.v1 import config_service_pb2 as pb
 from services.server import ControlPlane
 from tests.heartbeat.helpers import Cli
 from tests.services.conftest import Tokens
+
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "examples" / "config.yaml"
 
 CONFIG_V1 = """
 pricing:
@@ -71,3 +75,39 @@ async def test_config_apply_show_history_diff_and_rollback(
     assert versions == [("3", "rollback to version 1"), ("2", ""), ("1", "first")]
     old, rolled_back = [json.loads((await cli("config", "show", "-e", "prod", "-v", n, "--json")).output) for n in "13"]
     assert old["content_sha256"] == rolled_back["content_sha256"]
+
+
+async def test_a_scripted_apply_without_yes_stores_nothing_and_points_at_yes(
+    control_plane: ControlPlane, tokens: Tokens, tmp_path: Path
+) -> None:
+    await tokens.environment("prod")
+    cli = Cli(control_plane, tokens.admin)
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text(CONFIG_V1)
+    unanswered = await cli("config", "apply", "-e", "prod", "-f", str(v1), stdin="")
+    missing = await cli("config", "show", "-e", "prod")
+    for command in ("apply", "rollback"):
+        help_text = " ".join((await cli("config", command, "--help")).output.replace("│", " ").split())
+        assert (
+            "--yes -y <bool> Do not ask for confirmation (for scripts; without it the command asks on stdin)."
+            in help_text
+        )
+
+    assert unanswered.exit_code == 1
+    assert "not confirmed: nothing stored (pass --yes to skip this question in scripts)" in unanswered.output
+    assert missing.exit_code == 1
+    assert "NOT_FOUND" in missing.output
+
+
+async def test_the_shipped_example_config_applies_as_is(control_plane: ControlPlane, tokens: Tokens) -> None:
+    await tokens.environment("prod")
+    cli = Cli(control_plane, tokens.admin)
+    applied = await cli("config", "apply", "-e", "prod", "-f", str(EXAMPLE_CONFIG), "--yes")
+    shown = yaml.safe_load((await cli("config", "show", "-e", "prod")).output)
+
+    assert applied.exit_code == 0, applied.output
+    assert "stored version 1 of prod" in applied.output
+    stored = ParseDict(shown, pb.EnvironmentConfig())
+    assert stored == ParseDict(yaml.safe_load(EXAMPLE_CONFIG.read_text()), pb.EnvironmentConfig())
+    assert ([a.alias for a in stored.aliases], stored.pricing.currency) == (["fast", "smart", "embed"], "USD")
+    assert stored.agent.heartbeat_interval.seconds == 10

@@ -1,14 +1,32 @@
-"""The usage CLI's pure parts: time-range shortcuts in a time zone, and the terminal charts."""
+"""`meterwire usage …`: time-range shortcuts in a time zone, the terminal charts, and the commands against a live
+control plane (money in its currency, unknown tokens, the errors a new user meets)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import typer
+from google.protobuf.json_format import ParseDict
 
+from meterwire.common.v1 import usage_pb2
+from meterwire.config.v1 import config_service_pb2 as config_pb
+from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
+from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
+from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.cli.charts import bar, sparkline
-from services.cli.usage import time_range
+from services.cli.usage.filters import DIMENSION_NAMES, METRIC_NAMES, time_range
+from services.server import ControlPlane
+from services.settings import ServiceName
+from tests.heartbeat.helpers import Cli
+from tests.reporting.conftest import reporting_settings
+from tests.services.conftest import Tokens, bearer
 
 NOW = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
 
@@ -42,3 +60,126 @@ def test_charts_scale_to_their_data() -> None:
     assert sparkline([5, 5]) == "▁▁"
     assert bar(50, 100, 4) == "██"
     assert bar(0, 100, 4) == ""
+
+
+PRICED_CONFIG = {
+    "pricing": {
+        "currency": "EUR",
+        "models": [{"model": "gpt-4o", "input_micros_per_million": 2_500_000, "output_micros_per_million": 10_000_000}],
+    }
+}
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of a printed table, row by row (header first when it has one)."""
+    lines = [line.replace("┃", "│") for line in output.splitlines()]
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "│" in line]
+
+
+def _event(request_id: str, model: str, moment: datetime, **fields: Any) -> usage_pb2.UsageEvent:
+    event = usage_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        request_id=request_id,
+        attempt=1,
+        requested_model=model,
+        resolved_model=model,
+        provider="openai",
+        **fields,
+    )
+    event.event_time.FromDatetime(moment)
+    return event
+
+
+@pytest.fixture
+async def priced_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """Reporting with Config beside it: prod prices in EUR, one priced request and one that reported nothing."""
+    settings = reporting_settings(database_url, tmp_path / "var", services=frozenset(ServiceName))
+    async with ControlPlane(settings) as plane:
+        admin = plane.settings.admin_token_path.read_text().strip()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+            tokens = Tokens(channel, admin)
+            await tokens.environment("prod")
+            gateway = await tokens.gateway("prod", "gw-1")
+            config = ParseDict(PRICED_CONFIG, config_pb.EnvironmentConfig())
+            await config_grpc.ConfigServiceStub(channel).PutConfig(
+                config_pb.PutConfigRequest(environment_id="prod", config=config), metadata=bearer(admin)
+            )
+            now = datetime.now(UTC) - timedelta(minutes=1)
+            priced = _event(
+                "req-priced",
+                "gpt-4o",
+                now,
+                status_code=200,
+                cost_micros=1_234_500,
+                tokens=usage_pb2.TokenCounts(input=1000, output=500),
+            )
+            silent = _event("req-silent", "mystery", now, status_code=500, error_type="upstream_error")
+            request = telemetry_pb.ReportUsageRequest(batch_sequence=1, events=[priced, silent])
+            response = await telemetry_grpc.TelemetryServiceStub(channel).ReportUsage(request, metadata=bearer(gateway))
+            assert response.ack.accepted_count == 2, response.ack
+        yield plane
+
+
+async def test_money_reads_in_its_currency_in_every_usage_table_and_stays_micros_in_json(
+    priced_plane: ControlPlane,
+) -> None:
+    cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
+    summary = await cli("usage", "summary", "--range", "1h", "-e", "prod")
+    top = await cli("usage", "top", "--by", "model", "--metric", "cost", "--range", "1h")
+    series = await cli("usage", "series", "--metric", "cost", "--granularity", "1h", "--range", "1h")
+    listed = await cli("usage", "requests", "--range", "1h")
+    one = await cli("usage", "request", "req-priced", "-e", "prod")
+    as_json = json.loads((await cli("usage", "requests", "--range", "1h", "--json")).output)
+
+    for result in (summary, top, series, listed, one):
+        assert result.exit_code == 0, result.output
+        assert "1.2345 EUR" in result.output, result.output
+        assert "1,234,500" not in result.output
+        assert "1234500" not in result.output
+    assert {r["request_id"]: r.get("cost_micros") for r in as_json} == {"req-priced": "1234500", "req-silent": None}
+
+
+async def test_tokens_nobody_reported_read_as_unknown_not_zero(priced_plane: ControlPlane) -> None:
+    cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
+    summary = await cli("usage", "summary", "--range", "1h", "--model", "mystery")
+    top = await cli("usage", "top", "--by", "model", "--metric", "input-tokens", "--range", "1h")
+    silent = await cli("usage", "request", "req-silent", "-e", "prod")
+    priced = await cli("usage", "request", "req-priced", "-e", "prod")
+
+    figures = {row[0]: row[1] for row in table_rows(summary.output)}
+    assert (figures["tokens in / out"], figures["reasoning / total"], figures["spend"]) == ("- / -", "- / -", "-")
+    ranked = {row[0]: row[1] for row in table_rows(top.output)[1:]}
+    assert (ranked["mystery"], ranked["gpt-4o"]) == ("-", "1,000"), top.output
+    (silent_attempt,) = table_rows(silent.output)[1:]
+    (priced_attempt,) = table_rows(priced.output)[1:]
+    assert (silent_attempt[6], silent_attempt[7]) == ("-/-", "-")
+    assert (priced_attempt[6], priced_attempt[7]) == ("1,000/500", "1.2345 EUR")
+
+
+async def test_usage_request_without_its_environment_says_what_is_missing(priced_plane: ControlPlane) -> None:
+    cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
+    missing = await cli("usage", "request", "req-priced")
+    assert missing.exit_code == 2
+    assert "--environment / -e: missing" in missing.output
+    assert "meterwire usage request req-priced -e prod" in missing.output
+
+
+async def test_group_and_metric_names_are_the_same_in_help_and_in_errors(priced_plane: ControlPlane) -> None:
+    cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
+    wrong = await cli("usage", "top", "--by", "colour")
+    assert wrong.exit_code == 2
+    named = wrong.output.split("is not one of ", 1)[1].strip().split(", ")
+    assert named == DIMENSION_NAMES.split(", ")
+    for command in (["top"], ["series"], ["export"]):
+        shown = await cli("usage", *command, "--help")
+        words = " ".join(shown.output.replace("│", " ").split())
+        assert DIMENSION_NAMES in words, (command, words)
+    wrong_metric = await cli("usage", "top", "--by", "model", "--metric", "speed")
+    assert wrong_metric.exit_code == 2
+    assert wrong_metric.output.split("is not one of ", 1)[1].strip() == METRIC_NAMES
+    for command in (["top"], ["series"]):
+        shown = await cli("usage", *command, "--help")
+        assert METRIC_NAMES in " ".join(shown.output.replace("│", " ").split()), command
+    for name in ("model", "key", "env", "api-key", "tag:team"):
+        grouped = await cli("usage", "top", "--by", name, "--range", "1h")
+        assert grouped.exit_code == 0, grouped.output

@@ -32,7 +32,8 @@ async def test_export_writes_every_stored_event_once_in_each_format_and_grouped_
             result = cp.process.cli("usage", "export", "-o", str(path), "--format", file_format, *grouping, *window)
             assert result.returncode == 0, result.stderr
             if not grouping:
-                assert f"wrote {len(ids):,} rows" in result.stdout
+                # Piped: the one result line, no spinner frames.
+                assert result.stdout.splitlines() == [f"wrote {len(ids):,} rows to {path}"]
             return path
 
         with export("csv").open(newline="") as file:
@@ -44,6 +45,14 @@ async def test_export_writes_every_stored_event_once_in_each_format_and_grouped_
             grouped = list(csv.DictReader(file))
 
     assert sorted(row["event_id"] for row in rows) == sorted(ids)
+    # Every event field is a column whether or not the first event had it; unset is an empty cell, not 0.
+    by_id = {json.loads(line)["event_id"]: json.loads(line) for line in lines}
+    for row in rows:
+        event = by_id[row["event_id"]]
+        assert row["ttft"] == event.get("ttft", "")
+        assert row["error_type"] == event.get("error_type", "")
+    assert any(row["ttft"] for row in rows)
+    assert any(not row["ttft"] for row in rows)
     assert {row["cost_source"] for row in rows} <= {"reported", "derived", "unknown"}
     assert sorted(json.loads(line)["event_id"] for line in lines) == sorted(ids)
     header, *values = cells
