@@ -287,6 +287,7 @@ async def test_alerts_list_newest_first_in_the_budgets_unit(cli: Cli) -> None:
     assert json.loads((await cli("budgets", "alerts", "-e", "dev", "--json")).stdout) == []
 
 
+@pytest.mark.system  # a real `meterwire` process, stopped with SIGINT as Ctrl-C would
 async def test_alerts_watch_prints_one_line_per_new_alert_when_piped(plane: ControlPlane, cli: Cli) -> None:
     await _create(cli, "--name", "old", "-e", "prod", "--limit", "1", "--alert-at", "50")
     admin = plane.settings.admin_token_path.read_text().strip()
