@@ -280,6 +280,7 @@ async def test_alerts_list_newest_first_in_the_budgets_unit(cli: Cli) -> None:
         ("prod spend", "50%", "0.60 EUR / 1.00 EUR"),
         ("prod spend", "25%", "0.60 EUR / 1.00 EUR"),
     ]
+    assert re.fullmatch(r"\d{4}-\d{2}-01 00:00 UTC", rows[0][7]), rows[0][7]  # the month it was raised in
     as_json = json.loads(
         (await cli("budgets", "alerts", "--budget", str(first["budget"]["budget_id"]), "--json")).stdout
     )

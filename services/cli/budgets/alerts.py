@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated
 
 import grpc
@@ -90,9 +90,15 @@ def alerts(
             f"{alert.threshold_percent}%",
             _used(alert, budgets),
             name_of(MODES, alert.mode),
-            local_time(start, budget) if budget is not None else f"{start:%Y-%m-%d %H:%M} UTC",
+            _window_text(start, budget),
         )
     console.print(table)
+
+
+def _window_text(start: datetime, budget: pb.Budget | None) -> str:
+    if budget is None:
+        return f"{start:%Y-%m-%d %H:%M} UTC"
+    return "all time" if budget.period == pb.PERIOD_TOTAL else local_time(start, budget)
 
 
 def _newest_alert_id(connection: Connection, stub: pb_grpc.BudgetServiceStub, environments: list[str]) -> str:
