@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
+
+import sqlalchemy as sa
 
 from budgeting.decision import BudgetRule, Metric, Mode, WindowFigures
 from budgeting.scope import EVENT_SELECTORS, Scope
@@ -33,6 +35,37 @@ class BudgetRecord:
     def window_at(self, moment_s: float) -> Window:
         rule = self.rule
         return window_at(rule.period, time_zone(rule.time_zone), moment_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """Which budgets (and their alerts and webhooks) a caller sees."""
+
+    environment_ids: frozenset[str] | None
+    """Environments whose budgets are shown; None: every one."""
+    organization: bool
+    """Whether organization-wide ones are shown: they sum every environment's usage, so only a caller who may
+    read every environment sees them (also when it asks for some environments only)."""
+
+    def allows(self, environment_id: str) -> bool:
+        """Whether a budget of `environment_id` ("" for organization-wide) is visible."""
+        if not environment_id:
+            return self.organization
+        return self.environment_ids is None or environment_id in self.environment_ids
+
+    def condition(self, column: sa.ColumnElement[str | None]) -> list[sa.ColumnElement[bool]]:
+        """The SQL form of `allows` over an environment_id column (NULL for organization-wide)."""
+        if self.environment_ids is None and self.organization:
+            return []
+        clauses = [] if self.environment_ids is None else [column.in_(sorted(self.environment_ids))]
+        if self.environment_ids is None:
+            clauses.append(column.is_not(None))
+        if self.organization:
+            clauses.append(column.is_(None))
+        return [sa.or_(*clauses)]
+
+
+EVERYTHING: Final = Visibility(None, organization=True)
 
 
 @dataclass(frozen=True, slots=True)

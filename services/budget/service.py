@@ -21,7 +21,7 @@ from budgeting.decision import BudgetRule, Decision, Metric, Mode, WindowFigures
 from budgeting.scope import RequestAttributes, Scope, ScopeError
 from budgeting.windows import Period, UnknownTimeZoneError, Window, time_zone, window_at
 from services.budget import store
-from services.budget.records import BudgetRecord, BudgetStatus, scope_values
+from services.budget.records import EVERYTHING, BudgetRecord, BudgetStatus, Visibility, scope_values
 from services.budget.store import Increment, WindowRow
 from services.budget.usage import stored_usage
 from services.config import store as config_store
@@ -126,7 +126,7 @@ class BudgetService:
                     existing = await store.budget_id_of_request(connection, request_id)
                     if existing is not None:
                         await uow.rollback()
-                        return await self.status(existing, environment_ids=None)
+                        return await self.status(existing, visibility=EVERYTHING)
                 environment_id = rule.scope.environment_id
                 currency = ""
                 if environment_id:
@@ -177,26 +177,26 @@ class BudgetService:
             await connection.scalar(select(env.c.environment_id).where(env.c.environment_id == environment_id))
         ) is not None
 
-    async def get(self, budget_id: str, *, environment_ids: frozenset[str] | None) -> BudgetRecord:
+    async def get(self, budget_id: str, *, visibility: Visibility) -> BudgetRecord:
         async with UnitOfWork(self._engine) as uow:
             budget = await store.get_budget(uow.connection, budget_id)
-        return _visible_or_missing(budget, budget_id, environment_ids)
+        return _visible_or_missing(budget, budget_id, visibility)
 
-    async def status(self, budget_id: str, *, environment_ids: frozenset[str] | None) -> BudgetStatus:
+    async def status(self, budget_id: str, *, visibility: Visibility) -> BudgetStatus:
         async with UnitOfWork(self._engine) as uow:
-            budget = _visible_or_missing(await store.get_budget(uow.connection, budget_id), budget_id, environment_ids)
+            budget = _visible_or_missing(await store.get_budget(uow.connection, budget_id), budget_id, visibility)
             window = budget.window_at(self._clock().timestamp())
             row = await store.get_window(uow.connection, budget_id, window.start_s)
         return figures_of(budget, window, row)
 
     async def list_budgets(
-        self, *, environment_ids: frozenset[str] | None, requested_page_size: int, page_token: str
+        self, *, visibility: Visibility, requested_page_size: int, page_token: str
     ) -> tuple[list[BudgetStatus], str]:
         limit = page_size(requested_page_size)
         after = _page_position(page_token, "after", str) or ""
         async with UnitOfWork(self._engine) as uow:
             budgets = await store.list_budgets(
-                uow.connection, environment_ids=environment_ids, after_budget_id=after, limit=limit + 1
+                uow.connection, visibility=visibility, after_budget_id=after, limit=limit + 1
             )
             more = len(budgets) > limit
             budgets = budgets[:limit]
@@ -292,7 +292,7 @@ class BudgetService:
         self,
         budget_id: str,
         *,
-        environment_ids: frozenset[str] | None,
+        visibility: Visibility,
         requested_page_size: int,
         page_token: str,
     ) -> tuple[list[BudgetStatus], str]:
@@ -300,7 +300,7 @@ class BudgetService:
         limit = page_size(requested_page_size)
         before = _page_position(page_token, "before", int)
         async with UnitOfWork(self._engine) as uow:
-            budget = _visible_or_missing(await store.get_budget(uow.connection, budget_id), budget_id, environment_ids)
+            budget = _visible_or_missing(await store.get_budget(uow.connection, budget_id), budget_id, visibility)
             rows = await store.list_windows(uow.connection, budget_id, before_start=before, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -321,11 +321,9 @@ class BudgetService:
         return decision, {status.budget.budget_id: status for status in statuses}
 
 
-def _visible_or_missing(
-    budget: BudgetRecord | None, budget_id: str, environment_ids: frozenset[str] | None
-) -> BudgetRecord:
+def _visible_or_missing(budget: BudgetRecord | None, budget_id: str, visibility: Visibility) -> BudgetRecord:
     # A budget the caller may not see is reported as missing, so its existence does not leak either.
-    if budget is None or (environment_ids is not None and budget.environment_id not in environment_ids):
+    if budget is None or not visibility.allows(budget.environment_id):
         raise NotFoundError(f"budget_id: no budget {budget_id!r}")
     return budget
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ from budgeting.scope import EVENT_SELECTORS, RequestAttributes, Scope
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
 from services.auth import Principal, Role, current_principal, requires
-from services.budget.records import AlertRecord, BudgetRecord, BudgetStatus
+from services.budget.records import AlertRecord, BudgetRecord, BudgetStatus, Visibility
 from services.budget.service import BudgetDraft, BudgetService
 from services.budget.webhooks import WebhookRecord, Webhooks
 from services.errors import InvalidArgumentError, NotBuiltError, PermissionDeniedError
@@ -209,16 +209,16 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def GetBudget(
         self, request: pb.GetBudgetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetBudgetResponse:
-        budget = await self._budgets.get(request.budget_id, environment_ids=_visible(current_principal()))
+        budget = await self._budgets.get(request.budget_id, visibility=_visibility(current_principal(), ()))
         return pb.GetBudgetResponse(budget=budget_to_proto(budget))
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ListBudgets(
         self, request: pb.ListBudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListBudgetsResponse:
-        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        visible = _visibility(current_principal(), request.environment_ids)
         statuses, token = await self._budgets.list_budgets(
-            environment_ids=visible, requested_page_size=request.page_size, page_token=request.page_token
+            visibility=visible, requested_page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListBudgetsResponse(
             budgets=[
@@ -251,7 +251,7 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def GetBudgetStatus(
         self, request: pb.GetBudgetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetBudgetStatusResponse:
-        status = await self._budgets.status(request.budget_id, environment_ids=_visible(current_principal()))
+        status = await self._budgets.status(request.budget_id, visibility=_visibility(current_principal(), ()))
         return pb.GetBudgetStatusResponse(budget=budget_to_proto(status.budget), status=status_to_proto(status))
 
     @requires(Role.ADMIN, Role.REPORTER)
@@ -260,7 +260,7 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     ) -> pb.ListBudgetWindowsResponse:
         statuses, token = await self._budgets.windows(
             request.budget_id,
-            environment_ids=_visible(current_principal()),
+            visibility=_visibility(current_principal(), ()),
             requested_page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -293,9 +293,9 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def ListBudgetAlerts(
         self, request: pb.ListBudgetAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListBudgetAlertsResponse:
-        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        visible = _visibility(current_principal(), request.environment_ids)
         alerts, token = await self._webhooks.alerts(
-            environment_ids=visible,
+            visibility=visible,
             budget_id=request.budget_id,
             requested_page_size=request.page_size,
             page_token=request.page_token,
@@ -306,7 +306,7 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def WatchBudgetAlerts(
         self, request: pb.WatchBudgetAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchBudgetAlertsResponse]:
-        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        visible = _visibility(current_principal(), request.environment_ids)
         if request.after_alert_id and (
             not request.after_alert_id.startswith("alr_") or len(request.after_alert_id) < 20
         ):
@@ -318,7 +318,7 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         sent: dict[str, int] = {}
         while True:
             lower = alert_id_floor(newest_us - ALERT_LOOKBACK_US)
-            for alert in await self._webhooks.alerts_after(lower, environment_ids=visible):
+            for alert in await self._webhooks.alerts_after(lower, visibility=visible):
                 if alert.alert_id <= floor or alert.alert_id in sent:
                     continue
                 moment = alert_time_us(alert.alert_id)
@@ -347,9 +347,9 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def ListWebhooks(
         self, request: pb.ListWebhooksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListWebhooksResponse:
-        visible = current_principal().visible_environments(request.environment_ids, field="environment_ids")
+        visible = _visibility(current_principal(), request.environment_ids)
         records, token = await self._webhooks.list_webhooks(
-            environment_ids=visible, requested_page_size=request.page_size, page_token=request.page_token
+            visibility=visible, requested_page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListWebhooksResponse(webhooks=[webhook_to_proto(r) for r in records], next_page_token=token)
 
@@ -361,6 +361,8 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         return pb.DeleteWebhookResponse()
 
 
-def _visible(principal: Principal) -> frozenset[str] | None:
-    """The environments the caller may read budgets of (None: all)."""
-    return principal.visible_environments((), field="environment_ids")
+def _visibility(principal: Principal, requested: Iterable[str]) -> Visibility:
+    """What a listing shows the caller: the requested environments (each must be allowed) or all it may see,
+    and organization-wide budgets when it may see every environment."""
+    environment_ids = principal.visible_environments(requested, field="environment_ids")
+    return Visibility(environment_ids, organization=principal.visible_environments((), field="") is None)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from budgeting.decision import newly_crossed
-from services.budget.records import AlertRecord, BudgetRecord, budget_from_row
+from services.budget.records import AlertRecord, BudgetRecord, Visibility, budget_from_row
 from services.storage import dialect, tables
 
 _b = tables.budgets
@@ -75,20 +75,12 @@ async def budget_id_of_request(connection: AsyncConnection, request_id: str) -> 
     return None if found is None else str(found)
 
 
-def _visible(environment_ids: frozenset[str] | None) -> list[sa.ColumnElement[bool]]:
-    """Budgets a caller limited to `environment_ids` may see (None: all); organization budgets sum every
-    environment's usage, so only callers who see every environment see them."""
-    if environment_ids is None:
-        return []
-    return [_b.c.environment_id.in_(sorted(environment_ids))]
-
-
 async def list_budgets(
-    connection: AsyncConnection, *, environment_ids: frozenset[str] | None, after_budget_id: str, limit: int
+    connection: AsyncConnection, *, visibility: Visibility, after_budget_id: str, limit: int
 ) -> list[BudgetRecord]:
     query = (
         sa.select(_b)
-        .where(_b.c.delete_time.is_(None), _b.c.budget_id > after_budget_id, *_visible(environment_ids))
+        .where(_b.c.delete_time.is_(None), _b.c.budget_id > after_budget_id, *visibility.condition(_b.c.environment_id))
         .order_by(_b.c.budget_id)
         .limit(limit)
     )

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from budgeting.decision import Mode
-from services.budget.records import AlertRecord
+from services.budget.records import AlertRecord, Visibility
 from services.errors import InvalidArgumentError, NotFoundError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.storage import tables
@@ -156,7 +156,7 @@ class Webhooks:
         return _record(row)
 
     async def list_webhooks(
-        self, *, environment_ids: frozenset[str] | None, requested_page_size: int, page_token: str
+        self, *, visibility: Visibility, requested_page_size: int, page_token: str
     ) -> tuple[list[WebhookRecord], str]:
         limit = page_size(requested_page_size)
         position = decode_page_token(page_token)
@@ -167,8 +167,7 @@ class Webhooks:
                 raise InvalidArgumentError("page_token", "is not a token this server issued")
             after = value
         query = _with_pending().where(_hooks.c.webhook_id > after).order_by(_hooks.c.webhook_id).limit(limit + 1)
-        if environment_ids is not None:
-            query = query.where(_hooks.c.environment_id.in_(sorted(environment_ids)))
+        query = query.where(*visibility.condition(_hooks.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             records = [_record(row) for row in await uow.connection.execute(query)]
         more = len(records) > limit
@@ -195,7 +194,7 @@ class Webhooks:
     async def alerts(
         self,
         *,
-        environment_ids: frozenset[str] | None,
+        visibility: Visibility,
         budget_id: str,
         requested_page_size: int,
         page_token: str,
@@ -211,8 +210,7 @@ class Webhooks:
             query = query.where(_alerts.c.alert_id < before)
         if budget_id:
             query = query.where(_alerts.c.budget_id == budget_id)
-        if environment_ids is not None:
-            query = query.where(_budgets.c.environment_id.in_(sorted(environment_ids)))
+        query = query.where(*visibility.condition(_budgets.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             rows = await uow.connection.execute(query.order_by(_alerts.c.alert_id.desc()).limit(limit + 1))
             alerts = [_alert(row) for row in rows]
@@ -220,11 +218,9 @@ class Webhooks:
         alerts = alerts[:limit]
         return alerts, encode_page_token({"before": alerts[-1].alert_id}) if more else ""
 
-    async def alerts_after(self, alert_id: str, *, environment_ids: frozenset[str] | None) -> list[AlertRecord]:
+    async def alerts_after(self, alert_id: str, *, visibility: Visibility) -> list[AlertRecord]:
         """Alerts stored after `alert_id` (ids sort by time), oldest first: what a watcher has not seen."""
-        query = alerts_query().where(_alerts.c.alert_id > alert_id)
-        if environment_ids is not None:
-            query = query.where(_budgets.c.environment_id.in_(sorted(environment_ids)))
+        query = alerts_query().where(_alerts.c.alert_id > alert_id, *visibility.condition(_budgets.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             rows = await uow.connection.execute(query.order_by(_alerts.c.alert_id).limit(1000))
             return [_alert(row) for row in rows]

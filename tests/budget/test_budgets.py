@@ -161,6 +161,10 @@ async def test_a_reporter_sees_only_its_environments_budgets(
             stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id=hidden.budget_id), metadata=reporter)
         )
         assert code is grpc.StatusCode.NOT_FOUND, details
+    prod_for_admin = await stub.ListBudgets(pb.ListBudgetsRequest(environment_ids=["prod"]), metadata=admin)
+    assert sorted(item.budget.budget_id for item in prod_for_admin.budgets) == sorted(
+        [prod.budget_id, organization.budget_id]
+    )
     everything = await stub.ListBudgets(pb.ListBudgetsRequest(page_size=2), metadata=admin)
     rest = await stub.ListBudgets(
         pb.ListBudgetsRequest(page_size=2, page_token=everything.next_page_token), metadata=admin
