@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import structlog
 
+from gateway_agent.private_files import private_directory, private_sqlite_database
 from gateway_agent.settings import Durability
 
 log = structlog.get_logger("meterwire.agent.spool")
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_OLDEST_EVENT = "SELECT seq, enqueue_us FROM events ORDER BY seq LIMIT 1"
 # Words SQLite uses when a file is damaged or is not a database at all (as opposed to busy or full).
 _CORRUPTION_MARKERS = ("not a database", "malformed", "corrupt", "file is encrypted")
 
@@ -90,11 +92,16 @@ class _Commit:
 
     first_sequence: int
     last_sequence: int
+    """0 (with first_sequence 0) for a transaction that only deleted acked events."""
     stored: bool
     dropped_bytes: int
+    oldest: tuple[int, int] | None
+    """The sequence and record time of the oldest event left in the file after the commit (None: empty, or
+    unknown when the transaction failed)."""
 
 
 def connect(path: Path, *, durability: Durability) -> sqlite3.Connection:
+    private_sqlite_database(path)
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute(f"PRAGMA synchronous={'FULL' if durability is Durability.FSYNC else 'NORMAL'}")
@@ -158,12 +165,14 @@ class Spool:
         self.last_acked_sequence = 0
         self.dropped: dict[str, int] = {"spool_full": 0, "queue_full": 0, "disk_full": 0}
         self.corrupt_set_aside = 0
+        self._oldest_stored: tuple[int, int] | None = None
+        """Sequence and record time of the oldest event in the file, as the writer last saw it."""
 
     # --- opening -----------------------------------------------------------------------------------------
 
     def open(self) -> None:
         """Opens (or creates) the spool file; a damaged one is set aside loudly and a fresh one started."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
         try:
             self._open_file()
         except sqlite3.DatabaseError as error:
@@ -180,6 +189,7 @@ class Spool:
                 " (SELECT COUNT(*) FROM dead_letters)"
             ).fetchone()
             meta = dict(writer.execute("SELECT key, value FROM meta").fetchall())
+            oldest = writer.execute(_OLDEST_EVENT).fetchone()
         except BaseException:
             writer.close()
             raise
@@ -192,6 +202,7 @@ class Spool:
         self.last_acked_sequence = meta.get("last_acked_sequence", 0)
         self.corrupt_set_aside = max(self.corrupt_set_aside, meta.get("corrupt_set_aside", 0))
         self.depth, self.spooled_bytes, self.dead_letter_count = depth, size, dead
+        self._oldest_stored = None if oldest is None else (int(oldest[0]), int(oldest[1]))
 
     def _recover_from_corruption(self, error: BaseException) -> None:
         self._close_connections()
@@ -253,6 +264,24 @@ class Spool:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def oldest_unsent_us(self) -> int | None:
+        """When the oldest event not yet acked by the control plane was recorded (µs since the epoch); None if none.
+
+        Taken from the spool itself (what the writer found oldest in the file after its last transaction, else
+        the oldest event waiting for a group commit), whatever the sender is doing: a window emptied by an ack
+        before newer events were committed, or a stream that keeps failing, leave it right. Just after an ack,
+        until the writer has deleted the acked events, it may still name one of them: an over-estimate for a
+        moment, never a backlog hidden.
+        """
+        if self.depth <= 0:
+            return None
+        if self._oldest_stored is not None:
+            return self._oldest_stored[1]
+        with contextlib.suppress(IndexError):  # the writer thread may take the last one meanwhile
+            return self._pending[0][2]
+        return None
+
     # --- acks (event loop thread; the writes happen in the writer thread) --------------------------------
 
     def acknowledge(self, sequences: list[int], payload_bytes: int, rejected: list[Rejection]) -> None:
@@ -300,17 +329,6 @@ class Spool:
             batch.append(SpooledEvent._make(row))
         return batch
 
-    async def oldest_enqueue_us(self, after: int) -> int | None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_executor, self._oldest, after)
-
-    def _oldest(self, after: int) -> int | None:
-        assert self._reader is not None
-        row = self._reader.execute(
-            "SELECT enqueue_us FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
     # --- the writer thread -------------------------------------------------------------------------------
 
     def _write_forever(self) -> None:
@@ -333,14 +351,17 @@ class Spool:
         commands = [self._commands.popleft() for _ in range(len(self._commands))]
         assert self._writer is not None
         try:
-            self._transaction(rows, commands)
+            oldest = self._transaction(rows, commands)
         except sqlite3.DatabaseError as error:
             self._on_write_error(error, rows, commands)
             return
-        if rows:
-            self._report(_Commit(rows[0][0], rows[-1][0], True, 0))
+        first, last = (rows[0][0], rows[-1][0]) if rows else (0, 0)
+        self._report(_Commit(first, last, True, 0, oldest))
 
-    def _transaction(self, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]) -> None:
+    def _transaction(
+        self, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]
+    ) -> tuple[int, int] | None:
+        """Runs the acked-batch commands and inserts `rows` in one transaction; returns the oldest event left."""
         assert self._writer is not None
         writer = self._writer
         writer.execute("BEGIN IMMEDIATE")
@@ -350,11 +371,14 @@ class Spool:
             if rows:
                 writer.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
                 writer.execute("INSERT OR REPLACE INTO meta VALUES ('high_sequence', ?)", (rows[-1][0],))
+            # The primary key's first entry: one index probe per group commit.
+            oldest = writer.execute(_OLDEST_EVENT).fetchone()
             writer.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 writer.execute("ROLLBACK")
             raise
+        return None if oldest is None else (int(oldest[0]), int(oldest[1]))
 
     def _on_write_error(
         self, error: sqlite3.DatabaseError, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]
@@ -373,7 +397,7 @@ class Spool:
         self._commands.extendleft(reversed(commands))
         if rows:
             size = sum(len(row[3]) for row in rows)
-            self._report(_Commit(rows[0][0], rows[-1][0], False, size))
+            self._report(_Commit(rows[0][0], rows[-1][0], False, size, None))
         time.sleep(0.05)
 
     def _report(self, commit: _Commit) -> None:
@@ -382,6 +406,10 @@ class Spool:
                 self._loop.call_soon_threadsafe(self._on_commit, commit)
 
     def _on_commit(self, commit: _Commit) -> None:
+        if commit.stored:
+            self._oldest_stored = commit.oldest
+        if not commit.last_sequence:
+            return
         count = commit.last_sequence - commit.first_sequence + 1
         if not commit.stored:
             # Sequence numbers are dense within a group, so the count is exact.
