@@ -42,7 +42,7 @@ class AgentSettings:
     environment_id: str
     """The environment the token is bound to; the agent subscribes to its config."""
     data_dir: Path
-    """Holds spool.db and the config cache; one data dir per agent."""
+    """Holds spool.db and the config cache; one data dir per agent. Kept private: 0700, its files 0600."""
     gateway_id: str = ""
     """The gateway id the token is bound to; used in logs only (the server takes it from the token)."""
     gateway_version: str = ""
