@@ -61,6 +61,19 @@ def _shown_gateway(process: ServeProcess) -> dict[str, Any]:
     return gateway
 
 
+async def _gateway_reaching(process: ServeProcess, status: str, *, what: str) -> dict[str, Any]:
+    """Polls the gateway until it shows `status` and returns that very reading: with 1 s heartbeats a busy machine
+    may show it STALE for a moment, so a second reading could tell another story."""
+    readings: list[dict[str, Any]] = []
+
+    def reached() -> bool:
+        readings.append(_shown_gateway(process))
+        return bool(readings[-1]["status"] == status)
+
+    await eventually(reached, within=30, what=what)
+    return readings[-1]
+
+
 async def test_an_event_the_control_plane_rejects_is_dead_lettered_and_reported_by_the_heartbeat(
     tmp_path: Path,
 ) -> None:
@@ -77,12 +90,9 @@ async def test_an_event_the_control_plane_rejects_is_dead_lettered_and_reported_
             good += await record_traffic(agent, 20, seed=8)
             await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
             status = agent.status()
-            await eventually(
-                lambda: _shown_gateway(process)["status"] == "GATEWAY_STATUS_DEGRADED",
-                within=30,
-                what="the heartbeat to report the dead letter",
+            gateway = await _gateway_reaching(
+                process, "GATEWAY_STATUS_DEGRADED", what="the heartbeat to report the dead letter"
             )
-            gateway = _shown_gateway(process)
         stored = server_event_ids(process.data_dir)
     dead = list(iter_dead_letters(tmp_path / "agent" / "spool.db"))
     assert [(letter.event_id, letter.field) for letter in dead] == [(rejected.event_id, "status_code")]
@@ -139,28 +149,18 @@ async def test_a_backlog_behind_a_failing_stream_makes_the_gateway_degraded(tmp_
             try:
                 ids += await record_traffic(agent, 5, seed=14)
                 await eventually(lambda: agent.status().stream_failures >= 2, within=30, what="failed deliveries")
-                shown: list[dict[str, Any]] = []
-
-                def degraded_by_backlog() -> bool:
-                    # One reading decides and is kept: with 1 s heartbeats a busy machine may make the gateway
-                    # STALE for a moment between two readings.
-                    shown.append(_shown_gateway(process))
-                    return bool(shown[-1]["status"] == "GATEWAY_STATUS_DEGRADED")
-
-                await eventually(degraded_by_backlog, within=30, what="the backlog reported by the heartbeat")
+                degraded = await _gateway_reaching(
+                    process, "GATEWAY_STATUS_DEGRADED", what="the backlog reported by the heartbeat"
+                )
                 waiting = agent.status()
             finally:
                 database.execute("DROP TRIGGER refuse_usage")
                 database.close()
             await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the backlog delivered")
-            await eventually(
-                lambda: _shown_gateway(process)["status"] == "GATEWAY_STATUS_HEALTHY",
-                within=30,
-                what="the gateway healthy again",
-            )
+            await _gateway_reaching(process, "GATEWAY_STATUS_HEALTHY", what="the gateway healthy again")
             drained = agent.status()
         stored = server_event_ids(process.data_dir)
-    reasons = shown[-1]["status_reasons"]
+    reasons = degraded["status_reasons"]
     assert any(reason.startswith("usage backlog: oldest unsent event is") for reason in reasons), reasons
     assert waiting.oldest_unsent_age is not None
     assert waiting.spool_depth > 0
