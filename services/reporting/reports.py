@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.config.store import get_version
 from services.errors import InvalidArgumentError
 from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pricing import PriceBooks
 from services.reporting.aggregate import (
     SUM_COLUMNS,
     Aggregation,
@@ -34,18 +34,13 @@ OTHER_KEY: Final = "(other)"
 DEFAULT_SERIES_TOP_N: Final = 10
 
 
-async def currency_of(connection: AsyncConnection, selection: UsageSelection) -> str:
+async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:
     """The pricing currency of the environments in scope when they share one; "" when they differ or have none."""
     environment_ids = selection.environment_ids
     if environment_ids is None:
         rows = await connection.execute(sa.select(tables.environments.c.environment_id))
         environment_ids = frozenset(str(environment_id) for (environment_id,) in rows)
-    currencies = set()
-    for environment_id in sorted(environment_ids):
-        stored = await get_version(connection, environment_id)
-        if stored is not None and stored.config.HasField("pricing") and stored.config.pricing.currency:
-            currencies.add(stored.config.pricing.currency)
-    return currencies.pop() if len(currencies) == 1 else ""
+    return prices.currency(environment_ids)
 
 
 def _fingerprint(request: pb.GetUsageBreakdownRequest) -> str:
@@ -72,9 +67,10 @@ class SeriesRequest:
 class UsageReports:
     """Answers summary, breakdown and time-series questions from the coarsest exact sources."""
 
-    def __init__(self, engine: AsyncEngine, *, max_points: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_points: int, prices: PriceBooks) -> None:
         self._engine = engine
         self._max_points = max_points
+        self._prices = prices
 
     async def summary(self, selection: UsageSelection) -> pb.UsageSummary:
         aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us))
@@ -83,7 +79,7 @@ class UsageReports:
             plan = await plan_for(connection, aggregation)
             totals = await aggregate(connection, aggregation, names, plan=plan)
             categories = await token_categories(connection, aggregation, names, plan)
-            currency = await currency_of(connection, selection)
+            currency = await currency_of(connection, selection, self._prices)
         sums = totals.get((0, ()), [0] * len(SUM_COLUMNS))
         return usage_summary(
             sums, seconds=selection.duration_us / 1e6, currency=currency, categories=categories.get((0, ()))
@@ -110,7 +106,7 @@ class UsageReports:
             plan = await plan_for(connection, aggregation)
             totals = await aggregate(connection, aggregation, names, plan=plan)
             categories = await token_categories(connection, aggregation, names, plan)
-            currency = await currency_of(connection, selection)
+            currency = await currency_of(connection, selection, self._prices)
         ranked = _ranked({key: sums for (_, key), sums in totals.items()}, order_by, ascending=request.ascending)
         top = ranked[: request.top_n] if request.top_n else ranked
         rest = ranked[len(top) :]

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.auth import Role, current_principal, requires
-from services.reporting.compaction import RollupMaintenance
+from services.pricing import PriceBooks
 from services.reporting.export import export_groups
 from services.reporting.filters import groupings, select_usage
 from services.reporting.history import RequestHistory
@@ -20,19 +20,13 @@ from services.settings import ServerSettings
 
 
 class ReportingServicer(pb_grpc.ReportingServiceServicer):
-    """Reports for admin and reporter tokens (a reporter sees only its environments); runs rollup maintenance."""
+    """Reports for admin and reporter tokens (a reporter sees only its environments)."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, prices: PriceBooks) -> None:
         self._engine = engine
-        self._reports = UsageReports(engine, max_points=settings.reporting_max_points)
+        self._prices = prices
+        self._reports = UsageReports(engine, max_points=settings.reporting_max_points, prices=prices)
         self._history = RequestHistory(engine)
-        self._maintenance = RollupMaintenance(engine, settings)
-
-    async def start(self) -> None:
-        await self._maintenance.start()
-
-    async def shutdown(self) -> None:
-        await self._maintenance.shutdown()
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def GetUsageSummary(
@@ -84,6 +78,11 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
             return
         grouped = groupings(request.group_by, field="group_by")
         async for rows in export_groups(
-            self._engine, selection, grouped, granularity=request.granularity, zone_name=request.time_zone
+            self._engine,
+            selection,
+            grouped,
+            granularity=request.granularity,
+            zone_name=request.time_zone,
+            prices=self._prices,
         ):
             yield pb.ExportUsageResponse(rows=rows)

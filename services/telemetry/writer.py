@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, merge_rollups, rollup_rows
 from services.errors import MeterwireError
 from services.storage import dialect, tables
 from services.storage.checkpoint import WalCheckpointer
@@ -22,19 +23,7 @@ from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
 from services.telemetry.prepare import PreparedEvents
-from services.telemetry.rows import (
-    EVENT_COLUMNS,
-    ROLLUP_COLUMNS,
-    TAG_COLUMNS,
-    RollupKey,
-    RollupRow,
-    TagRow,
-    UsageEventRow,
-    add_to_rollup,
-    event_values,
-    merge_rollups,
-    rollup_rows,
-)
+from services.telemetry.rows import EVENT_COLUMNS, TAG_COLUMNS, TagRow, UsageEventRow, event_values
 from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement
 
 log = structlog.get_logger("meterwire.telemetry.writer")

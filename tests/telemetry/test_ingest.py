@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
+from services.accounting.rollup import ROLLUP_COLUMNS
 from services.pricing import PriceBook
 from services.server import ControlPlane
 from services.storage import tables
 from services.telemetry.prepare import prepare_events
-from services.telemetry.rows import EVENT_COLUMNS, ROLLUP_COLUMNS
+from services.telemetry.rows import EVENT_COLUMNS
 from services.telemetry.sql import MAX_BIND_PARAMETERS
 from services.telemetry.validation import BatchLimits
 from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
