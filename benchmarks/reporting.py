@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool
 from gateway_agent import new_event_id
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.accounting.compaction import compact
+from services.accounting.measures import CostSource, status_class_of
 from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, rollup_rows
 from services.config.hub import ConfigHub
 from services.gc_tuning import tune_garbage_collector
@@ -47,7 +48,7 @@ from services.pricing import PriceBooks
 from services.reporting.aggregate import Aggregation, KeyNames, aggregate
 from services.reporting.filters import Grouping, UsageSelection
 from services.reporting.planner import QueryPlan, Source, bucket_grid, time_zone, whole_range
-from services.reporting.reports import SeriesRequest, UsageReports
+from services.reporting.reports import BreakdownQuery, SeriesRequest, UsageReports
 from services.settings import ServerSettings
 from services.storage import dialect, tables
 from services.storage.engine import create_engine, sqlite_url
@@ -121,7 +122,7 @@ def _rows(
             "credential_type": 1,
             "streaming": streams,
             "status_code": status,
-            "status_class": 0 if status is None else 1 if status < 400 else 2 if status < 500 else 3,
+            "status_class": status_class_of(status),
             "error_type": "" if status in (200, None) else "upstream",
             "error_message": "",
             "latency_us": rng.randrange(80_000, 9_000_000),
@@ -135,7 +136,7 @@ def _rows(
             "token_categories": '{"audio_input": 40}' if rng.random() < 0.002 else None,
             "cost_micros": input_tokens * 3 + output_tokens * 12,
             "cache_savings_micros": None,
-            "cost_source": 1,
+            "cost_source": int(CostSource.REPORTED),
             "tags": None,
         }
         if rng.random() < 0.2:
@@ -216,8 +217,8 @@ async def timed(action: Callable[[], Awaitable[object]], runs: int) -> tuple[flo
 async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int, raw_runs: int) -> None:
     reports = UsageReports(engine, max_points=10_000, prices=PriceBooks(ConfigHub(engine, ServerSettings())))
     selection = UsageSelection(start_us=start_us, end_us=end_us, environment_ids=None)
-    breakdown = pb.GetUsageBreakdownRequest(group_by=[pb.GroupBy(dimension=pb.DIMENSION_REQUESTED_MODEL)], top_n=10)
     model = (Grouping(pb.DIMENSION_REQUESTED_MODEL),)
+    breakdown = BreakdownQuery(selection, model, order_by=pb.METRIC_COST, top_n=10)
     series = SeriesRequest(selection, pb.GRANULARITY_HOUR, "UTC", (pb.METRIC_REQUESTS, pb.METRIC_COST), None, 10)
     hourly = bucket_grid(start_us, end_us, pb.GRANULARITY_HOUR, time_zone("UTC"), max_points=10_000)
 
@@ -241,7 +242,7 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
         ),
         (
             "top-10 breakdown",
-            lambda: reports.breakdown(breakdown, selection, model),
+            lambda: reports.breakdown(breakdown),
             lambda: raw(Aggregation(selection, whole_range(start_us, end_us), model)),
         ),
         (

@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping
 from operator import add
 from typing import Any, Final, cast
 
-from services.accounting.measures import MEASURES, AllUnknown, Condition, IsIn, MeasureKind
+from services.accounting.measures import (
+    BUDGET_MEASURES,
+    MEASURES,
+    AllUnknown,
+    BudgetMeasures,
+    Condition,
+    IsIn,
+    MeasureKind,
+)
 from services.histogram import bucket_index
 from services.storage import tables
 
@@ -128,3 +136,19 @@ def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[tuple[Any, ...]]:
     """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding, as the tuples drivers take for an
     executemany or CompiledStatement.chunks: every dimension and every metric."""
     return [tuple(row) for row in rollups.values()]
+
+
+_BUDGET_OFFSETS: Final = {
+    metric: tuple(ROLLUP_COLUMNS.index(column) for column in columns) for metric, columns in BUDGET_MEASURES.items()
+}
+
+
+def budget_measures_of_rollup(row: RollupRow) -> BudgetMeasures:
+    """What the events counted in a rollup row add to budgets: the sum of their measures.budget_measures.
+
+    A transaction's rollups hold only its NEW events, keyed by minute and every dimension a budget scope
+    selects on but tags, so budgets can be counted per rollup row (one update per matching window) rather
+    than per event."""
+    return BudgetMeasures(
+        **{metric: sum(row[offset] for offset in offsets) for metric, offsets in _BUDGET_OFFSETS.items()}
+    )

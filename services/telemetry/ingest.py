@@ -50,6 +50,7 @@ from services.pricing import PriceBooks
 from services.settings import ServerSettings
 from services.telemetry import metrics
 from services.telemetry.prepare import PreparedEvents, prepare_events, prepare_serialized, start_worker
+from services.telemetry.transaction import StoredCounts
 from services.telemetry.validation import BatchLimits, check_batch
 from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
 
@@ -67,6 +68,26 @@ class Gateway:
     environment_id: str
     gateway_id: str
     gateway_key: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedBatch:
+    """A batch handed to the writer; `ack()` waits for its transaction and answers the gateway."""
+
+    batch_sequence: int
+    rejected: list[pb.RejectedEvent]
+    stored: asyncio.Future[StoredCounts]
+
+    async def ack(self) -> pb.UsageAck:
+        """The batch's ack once it is committed; BatchNotStoredError (UNAVAILABLE) if its transaction failed."""
+        counts = await self.stored
+        return pb.UsageAck(
+            batch_sequence=self.batch_sequence,
+            accepted_count=counts.accepted,
+            duplicate_count=counts.duplicate,
+            rejected_count=len(self.rejected),
+            rejected=self.rejected,
+        )
 
 
 class IngestWorkers:
@@ -178,10 +199,8 @@ class UsageIngest:
         key = await self._gateway_keys.key(principal.environment_id, principal.gateway_id, now=datetime.now(UTC))
         return Gateway(principal.environment_id, principal.gateway_id, key)
 
-    async def submit(
-        self, gateway: Gateway, request: pb.StreamUsageRequest | pb.ReportUsageRequest
-    ) -> asyncio.Future[pb.UsageAck]:
-        """Validates and prices a batch and queues it; the future resolves with its ack once committed.
+    async def submit(self, gateway: Gateway, request: pb.StreamUsageRequest | pb.ReportUsageRequest) -> QueuedBatch:
+        """Validates and prices a batch and queues it for the writer; its ack comes once it is committed.
 
         Raises INVALID_ARGUMENT (nothing stored) for an empty or oversized batch.
         """
@@ -237,7 +256,7 @@ class UsageIngest:
             batch_sequence=batch_sequence,
             events=events,
         )
-        return self._writer.submit(batch)
+        return QueuedBatch(batch_sequence, events.rejected, self._writer.submit(batch))
 
     async def stream(
         self, gateway: Gateway, requests: AsyncIterator[pb.StreamUsageRequest]
@@ -248,15 +267,14 @@ class UsageIngest:
         a transaction); acks are yielded in submission order. An invalid batch ends the stream with its error
         after the acks of the batches before it.
         """
-        pending: asyncio.Queue[asyncio.Future[pb.UsageAck] | BaseException | None] = asyncio.Queue()
+        pending: asyncio.Queue[QueuedBatch | BaseException | None] = asyncio.Queue()
         window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT_PER_STREAM)
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await window.acquire()
-                    future = await self.submit(gateway, request)
-                    pending.put_nowait(future)
+                    pending.put_nowait(await self.submit(gateway, request))
             except Exception as error:
                 pending.put_nowait(error)
             else:
@@ -267,7 +285,7 @@ class UsageIngest:
             while (item := await pending.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                ack = await item
+                ack = await item.ack()
                 window.release()
                 yield ack
         finally:

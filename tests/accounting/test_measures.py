@@ -23,7 +23,13 @@ from services.accounting.measures import (
     contribution,
     status_class_of,
 )
-from services.accounting.rollup import ROLLUP_BUCKET_SECONDS, RollupKey, RollupRow, add_to_rollup
+from services.accounting.rollup import (
+    ROLLUP_BUCKET_SECONDS,
+    RollupKey,
+    RollupRow,
+    add_to_rollup,
+    budget_measures_of_rollup,
+)
 from services.accounting.sql import RAW_SUMS
 from services.histogram import BUCKET_COUNT, bucket_bounds_us, bucket_index
 from services.storage import tables
@@ -172,3 +178,14 @@ def test_budget_measures_of_a_retried_priced_attempt() -> None:
     assert budget_measures(row) == BudgetMeasures(spend_micros=1_500, total_tokens=13, requests=0)
     unknown = {**row, "attempt": 1, "cost_micros": None, "input_tokens": None, "cache_read_tokens": None}
     assert budget_measures(unknown) == BudgetMeasures(spend_micros=0, total_tokens=0, requests=1)
+
+
+@given(rows=st.lists(stored_events(), min_size=1, max_size=30))
+def test_a_rollup_row_adds_to_budgets_what_its_events_add(rows: list[dict[str, Any]]) -> None:
+    rollups: dict[RollupKey, RollupRow] = {}
+    for row in rows:
+        add_to_rollup(rollups, row)
+    measures = [budget_measures(row) for row in rows]
+    totals = [budget_measures_of_rollup(rollup) for rollup in rollups.values()]
+    for metric in ("spend_micros", "total_tokens", "requests"):
+        assert sum(getattr(m, metric) for m in totals) == sum(getattr(m, metric) for m in measures)
