@@ -1,5 +1,6 @@
 """Compaction and retention moved to services.accounting; these names stay importable here for callers
-written against the old place: the CLI's `db maintain` and the reporting oracle test (kept byte for byte)."""
+written against the old place: `meterwire db prune` (services/cli) and the reporting oracle test, which is
+kept byte for byte."""
 
 from __future__ import annotations
 
