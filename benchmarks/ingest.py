@@ -47,6 +47,7 @@ from meterwire.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
+from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, rollup_rows
 from services.pricing import PriceBook
 from services.storage import tables
 from services.storage.dialect import insert_ignore_duplicates, upsert_adding
@@ -54,13 +55,9 @@ from services.storage.engine import create_engine, sqlite_url
 from services.storage.migrate import upgrade
 from services.telemetry.rows import (
     EVENT_COLUMNS,
-    ROLLUP_COLUMNS,
     TAG_COLUMNS,
-    RollupKey,
-    RollupRow,
-    add_to_rollup,
     event_values,
-    rollup_rows,
+    price_row,
     tag_items,
     usage_event_row,
     usage_event_tag_rows,
@@ -345,7 +342,8 @@ def _stored_rows(batches: Sequence[pb.StreamUsageRequest]) -> list[_StoredRows]:
         rollups: dict[RollupKey, RollupRow] = {}
         for event in batch.events:
             items = tag_items(event)
-            row = usage_event_row(event, environment_id="bench", gateway_key=1, prices=book, tags=items)
+            row = usage_event_row(event, environment_id="bench", gateway_key=1, tags=items)
+            price_row(row, event, book)
             row["ingest_time_us"] = now_us
             events.append(event_values(row))
             tags.extend(usage_event_tag_rows(items, row))

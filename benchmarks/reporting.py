@@ -13,7 +13,7 @@ still writing back gigabytes of a bulk load.
 Loading uses ingest's BULK form: rows are built with the telemetry row functions' column layout
 (``rows.event_values``) and counted into per-minute rollups with ingest's own ``add_to_rollup``, then written
 with large executemany statements (events, tags, ``upsert_adding`` into usage_rollup_1m), one transaction per
-chunk. Compaction (services/reporting/compaction.py) then builds 1h and 1d. Queries run through the real
+chunk. Compaction (services/accounting/compaction.py) then builds 1h and 1d. Queries run through the real
 report code (UsageReports); the raw scans run the SAME aggregation with a plan forced to raw events.
 If the load budget runs out first, the figures are for what was loaded, and say so.
 """
@@ -39,24 +39,24 @@ from sqlalchemy.pool import NullPool
 
 from gateway_agent import new_event_id
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.compaction import compact
+from services.accounting.measures import CostSource, status_class_of
+from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, rollup_rows
+from services.config.hub import ConfigHub
 from services.gc_tuning import tune_garbage_collector
+from services.pricing import PriceBooks
 from services.reporting.aggregate import Aggregation, KeyNames, aggregate
-from services.reporting.compaction import compact
 from services.reporting.filters import Grouping, UsageSelection
 from services.reporting.planner import QueryPlan, Source, bucket_grid, time_zone, whole_range
-from services.reporting.reports import SeriesRequest, UsageReports
+from services.reporting.reports import BreakdownQuery, SeriesRequest, UsageReports
+from services.settings import ServerSettings
 from services.storage import dialect, tables
 from services.storage.engine import create_engine, sqlite_url
 from services.storage.migrate import upgrade
 from services.telemetry.rows import (
     EVENT_COLUMNS,
-    ROLLUP_COLUMNS,
     TAG_COLUMNS,
-    RollupKey,
-    RollupRow,
-    add_to_rollup,
     event_values,
-    rollup_rows,
 )
 from services.telemetry.sql import CompiledStatement
 
@@ -122,7 +122,7 @@ def _rows(
             "credential_type": 1,
             "streaming": streams,
             "status_code": status,
-            "status_class": 0 if status is None else 1 if status < 400 else 2 if status < 500 else 3,
+            "status_class": status_class_of(status),
             "error_type": "" if status in (200, None) else "upstream",
             "error_message": "",
             "latency_us": rng.randrange(80_000, 9_000_000),
@@ -136,7 +136,7 @@ def _rows(
             "token_categories": '{"audio_input": 40}' if rng.random() < 0.002 else None,
             "cost_micros": input_tokens * 3 + output_tokens * 12,
             "cache_savings_micros": None,
-            "cost_source": 1,
+            "cost_source": int(CostSource.REPORTED),
             "tags": None,
         }
         if rng.random() < 0.2:
@@ -215,10 +215,10 @@ async def timed(action: Callable[[], Awaitable[object]], runs: int) -> tuple[flo
 
 
 async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int, raw_runs: int) -> None:
-    reports = UsageReports(engine, max_points=10_000)
+    reports = UsageReports(engine, max_points=10_000, prices=PriceBooks(ConfigHub(engine, ServerSettings())))
     selection = UsageSelection(start_us=start_us, end_us=end_us, environment_ids=None)
-    breakdown = pb.GetUsageBreakdownRequest(group_by=[pb.GroupBy(dimension=pb.DIMENSION_REQUESTED_MODEL)], top_n=10)
     model = (Grouping(pb.DIMENSION_REQUESTED_MODEL),)
+    breakdown = BreakdownQuery(selection, model, order_by=pb.METRIC_COST, top_n=10)
     series = SeriesRequest(selection, pb.GRANULARITY_HOUR, "UTC", (pb.METRIC_REQUESTS, pb.METRIC_COST), None, 10)
     hourly = bucket_grid(start_us, end_us, pb.GRANULARITY_HOUR, time_zone("UTC"), max_points=10_000)
 
@@ -242,7 +242,7 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
         ),
         (
             "top-10 breakdown",
-            lambda: reports.breakdown(breakdown, selection, model),
+            lambda: reports.breakdown(breakdown),
             lambda: raw(Aggregation(selection, whole_range(start_us, end_us), model)),
         ),
         (

@@ -164,6 +164,7 @@ class GatewayAgent:
             keeper=self._keeper,
             agent_state=self.agent_state,
             heartbeat_interval=self._heartbeat_interval,
+            answer_timeout=s.keepalive_timeout,
             backoff=self._backoff,
             link=self._link,
         )
@@ -317,9 +318,9 @@ class GatewayAgent:
 
     def status(self) -> AgentStatus:
         spool, sender, keeper = self._spool, self._sender, self._keeper
-        oldest_us = sender.oldest_unsent_us if sender is not None else None
+        oldest_us = spool.oldest_unsent_us
         oldest_age = None
-        if spool.depth > 0 and oldest_us is not None:
+        if oldest_us is not None:
             oldest_age = timedelta(microseconds=max(0, time.time_ns() // 1000 - oldest_us))
         return AgentStatus(
             environment_id=self.settings.environment_id,

@@ -19,9 +19,12 @@ def _ms(delta: timedelta) -> int:
 def channel_options(settings: AgentSettings) -> list[tuple[str, int | str]]:
     options: list[tuple[str, int | str]] = [
         # Pings on an open connection, even with no call active, so a silent peer is noticed within
-        # keepalive_time + keepalive_timeout; the server permits pings every 10 s or more.
+        # keepalive_time + keepalive_timeout; the server permits pings every 10 s or more. grpc core bounds a
+        # ping's wait by its own ping timeout (60 s unless set), whatever keepalive_timeout says: without it a
+        # dead link took ~72 s to close.
         ("grpc.keepalive_time_ms", _ms(settings.keepalive_time)),
         ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(settings.keepalive_timeout)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # Our own backoff paces reconnects; keep grpc's short so a restarted server is found promptly.
@@ -92,6 +95,13 @@ class LinkState:
         self.last_error = error
         if not self.up:
             self.connected_since = None
+
+    def mark_suspect(self, error: str) -> None:
+        """The connection under every stream looks dead (an answer is overdue): not connected until a stream
+        hears from the control plane again, although no stream has failed yet."""
+        self.up.clear()
+        self.last_error = error
+        self.connected_since = None
 
     @property
     def connected(self) -> bool:

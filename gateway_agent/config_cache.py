@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from gateway_agent.private_files import open_private, private_directory, private_files
 from meterwire.config.v1 import config_service_pb2 as config_pb
 
 log = structlog.get_logger("meterwire.agent.config_cache")
@@ -86,11 +87,11 @@ class ConfigCache:
 
     def save(self, config_version: config_pb.ConfigVersion, *, applied_time: datetime | None = None) -> None:
         """Atomically makes `config_version` current, keeping the former current as the previous good one."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         data = _encode(config_version, applied_time or datetime.now(UTC))
         current = self.directory / CURRENT
         temp = self.directory / f".{CURRENT}.tmp-{os.getpid()}"
-        with open(temp, "wb") as file:
+        with os.fdopen(open_private(temp), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -108,7 +109,13 @@ class ConfigCache:
         return True
 
     def load(self) -> CachedConfig | None:
-        """The current version, else the previous good one (a damaged file is logged loudly), else None."""
+        """The current version, else the previous good one (a damaged file is logged loudly), else None.
+
+        Files and a directory an older version left readable by others are made private first (logged).
+        """
+        if self.directory.is_dir():
+            private_directory(self.directory)
+            private_files(path for path in self.directory.iterdir() if path.is_file())
         for name, source in ((CURRENT, "current"), (PREVIOUS, "previous")):
             path = self.directory / name
             if not path.exists():

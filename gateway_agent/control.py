@@ -95,6 +95,17 @@ class ConfigKeeper:
     def version(self) -> int:
         return 0 if self.current is None else int(self.current.version)
 
+    @property
+    def confirmed_version(self) -> int:
+        """The version the control plane is known to have sent; 0 while the applied one came from the cache.
+
+        WatchConfig sends a version only when it is newer than the one the agent says it knows, so an agent that
+        said it knows its cached version would never hear that the version is still current (and keep calling
+        its config source "cache"); saying 0 makes the server send its current version, which confirms the cached
+        one (applied already: only ACKed) or replaces it.
+        """
+        return self.version if self.source == "control_plane" else 0
+
     def load_cache(self) -> CachedConfig | None:
         """Blocking: applies the cached version (current, else previous good) if there is one."""
         cached = self._cache.load()
@@ -147,6 +158,7 @@ class ControlStreams:
         keeper: ConfigKeeper,
         agent_state: Callable[[], heartbeat_pb.AgentState],
         heartbeat_interval: timedelta,
+        answer_timeout: timedelta,
         backoff: Backoff,
         link: LinkState,
     ) -> None:
@@ -157,6 +169,7 @@ class ControlStreams:
         self._keeper = keeper
         self._agent_state = agent_state
         self.heartbeat_interval = heartbeat_interval
+        self._suspect_after_s = answer_timeout.total_seconds()
         self._backoff = backoff
         self._link = link
         self._stopping = asyncio.Event()
@@ -222,7 +235,13 @@ class ControlStreams:
                 if reading is None:
                     reading = asyncio.ensure_future(call.read())
                 answer_timeout = max(_HEARTBEAT_ANSWER_MIN_S, _HEARTBEAT_ANSWER_INTERVALS * self._interval_s())
-                done, _ = await asyncio.wait([reading], timeout=answer_timeout)
+                suspect_after = min(self._suspect_after_s, answer_timeout)
+                done, _ = await asyncio.wait([reading], timeout=suspect_after)
+                if not done:
+                    # The server answers a heartbeat at once; one this late means the link is probably dead.
+                    # Keepalive (or the answer timeout below) fails the stream; until then, do not claim a link.
+                    self._link.mark_suspect(f"no heartbeat answer in {suspect_after:g}s: the link looks dead")
+                    done, _ = await asyncio.wait([reading], timeout=answer_timeout - suspect_after)
                 if not done:
                     raise TimeoutError(f"no heartbeat answer in {answer_timeout}s")
                 self._on_heartbeat_answer(reading.result())
@@ -254,7 +273,7 @@ class ControlStreams:
         call = open_bidi(self._config_stub.WatchConfig, self._metadata)
         try:
             subscribe = config_pb.ConfigSubscribe(
-                environment_id=self._environment_id, known_version=self._keeper.version
+                environment_id=self._environment_id, known_version=self._keeper.confirmed_version
             )
             await call.write(config_pb.WatchConfigRequest(subscribe=subscribe))
             while not self._stopping.is_set():

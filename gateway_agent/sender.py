@@ -101,7 +101,6 @@ class Sender:
         self._window_space = asyncio.Event()
         self._stopping = asyncio.Event()
         self.acked_through = spool.last_acked_sequence
-        self.oldest_unsent_us: int | None = None
         self.batches_acked = 0
         self.events_accepted = 0
         self.events_duplicate = 0
@@ -123,14 +122,10 @@ class Sender:
 
     async def run(self) -> None:
         """Delivers until shutdown(); reconnects with backoff after any failure, forever while data remains."""
-        self.oldest_unsent_us = await self._spool.oldest_enqueue_us(self.acked_through)
         attempt = 0
         while not self._stopping.is_set():
             if not self._has_data():
                 await self._wait_for_data()
-                if self.oldest_unsent_us is None:
-                    # New data after an empty spool: its age must show even if no stream ever opens.
-                    self.oldest_unsent_us = await self._spool.oldest_enqueue_us(self.acked_through)
                 continue
             acked_before = self.batches_acked
             try:
@@ -248,9 +243,9 @@ class Sender:
                     return
                 raise StreamBrokenError("the control plane ended the usage stream")
             self._link.mark_up(_STREAM)
-            await self._on_ack(response.ack)
+            self._on_ack(response.ack)
 
-    async def _on_ack(self, ack: telemetry_pb.UsageAck) -> None:
+    def _on_ack(self, ack: telemetry_pb.UsageAck) -> None:
         if not self._window or ack.batch_sequence != self._window[0].batch_sequence:
             expected = self._window[0].batch_sequence if self._window else None
             raise StreamBrokenError(f"ack for batch {ack.batch_sequence}, expected {expected}")
@@ -281,10 +276,6 @@ class Sender:
             self._divisor //= 2
             self._acks_since_shrink = 0
         self._window_space.set()
-        if self._window:
-            self.oldest_unsent_us = self._window[0].events[0].enqueue_us
-        else:
-            self.oldest_unsent_us = await self._spool.oldest_enqueue_us(self.acked_through)
 
     async def _watch_acks(self) -> None:
         while True:

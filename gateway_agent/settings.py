@@ -42,7 +42,7 @@ class AgentSettings:
     environment_id: str
     """The environment the token is bound to; the agent subscribes to its config."""
     data_dir: Path
-    """Holds spool.db and the config cache; one data dir per agent."""
+    """Holds spool.db and the config cache; one data dir per agent. Kept private: 0700, its files 0600."""
     gateway_id: str = ""
     """The gateway id the token is bound to; used in logs only (the server takes it from the token)."""
     gateway_version: str = ""
@@ -74,9 +74,11 @@ class AgentSettings:
     backoff_max: timedelta = timedelta(seconds=30)
     """Largest reconnect delay cap."""
     keepalive_time: timedelta = timedelta(seconds=15)
-    """HTTP/2 ping interval; the server permits pings every 10 s or more."""
+    """HTTP/2 ping interval after the last byte received; the server permits pings every 10 s or more."""
     keepalive_timeout: timedelta = timedelta(seconds=10)
-    """An unanswered ping closes the connection: a silent peer is noticed within ~25 s."""
+    """A ping unanswered this long closes the connection, so a dead link (accepted, nothing comes back) fails
+    every stream within keepalive_time + keepalive_timeout (25 s) and they reconnect. A heartbeat unanswered
+    this long already marks the agent not connected (within heartbeat_interval + keepalive_timeout)."""
     initial_fetch_timeout: timedelta = timedelta(seconds=5)
     """On start, how long to wait for the control plane's config before serving the cached one."""
     heartbeat_interval: timedelta = timedelta(seconds=10)

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,39 +17,16 @@ from typing import NamedTuple
 
 import structlog
 
+from gateway_agent.private_files import private_directory
 from gateway_agent.settings import Durability
+from gateway_agent.spool_file import DeadLetter, connect, is_corruption, is_disk_full, iter_dead_letters, set_aside
+
+# DeadLetter and iter_dead_letters live with the file they read; the CLI knows them from here.
+__all__ = ["DeadLetter", "Rejection", "Spool", "SpooledEvent", "iter_dead_letters"]
 
 log = structlog.get_logger("meterwire.agent.spool")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    enqueue_us INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    field TEXT NOT NULL,
-    message TEXT NOT NULL,
-    dead_time_us INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-# Words SQLite uses when a file is damaged or is not a database at all (as opposed to busy or full).
-_CORRUPTION_MARKERS = ("not a database", "malformed", "corrupt", "file is encrypted")
-
-
-def is_corruption(error: BaseException) -> bool:
-    return isinstance(error, sqlite3.DatabaseError) and any(m in str(error).lower() for m in _CORRUPTION_MARKERS)
-
-
-def is_disk_full(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, sqlite3.OperationalError) and ("full" in text or "disk i/o" in text)
+_OLDEST_EVENT = "SELECT seq, enqueue_us FROM events ORDER BY seq LIMIT 1"
 
 
 class SpooledEvent(NamedTuple):
@@ -58,19 +35,6 @@ class SpooledEvent(NamedTuple):
     sequence: int
     event_id: str
     enqueue_us: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One event the control plane rejected, kept with the reason."""
-
-    sequence: int
-    event_id: str
-    reason: str
-    field: str
-    message: str
-    dead_time_us: int
     payload: bytes
 
 
@@ -90,28 +54,12 @@ class _Commit:
 
     first_sequence: int
     last_sequence: int
+    """0 (with first_sequence 0) for a transaction that only deleted acked events."""
     stored: bool
     dropped_bytes: int
-
-
-def connect(path: Path, *, durability: Durability) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(f"PRAGMA synchronous={'FULL' if durability is Durability.FSYNC else 'NORMAL'}")
-    connection.executescript(_SCHEMA)
-    return connection
-
-
-def set_aside(path: Path) -> Path:
-    """Renames a damaged spool (and its WAL) out of the way, keeping it for forensics."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}-{time.time_ns() % 1_000_000}")
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(target.with_name(target.name + suffix))
-    path.rename(target)
-    return target
+    oldest: tuple[int, int] | None
+    """The sequence and record time of the oldest event left in the file after the commit (None: empty, or
+    unknown when the transaction failed)."""
 
 
 class Spool:
@@ -158,12 +106,14 @@ class Spool:
         self.last_acked_sequence = 0
         self.dropped: dict[str, int] = {"spool_full": 0, "queue_full": 0, "disk_full": 0}
         self.corrupt_set_aside = 0
+        self._oldest_stored: tuple[int, int] | None = None
+        """Sequence and record time of the oldest event in the file, as the writer last saw it."""
 
     # --- opening -----------------------------------------------------------------------------------------
 
     def open(self) -> None:
         """Opens (or creates) the spool file; a damaged one is set aside loudly and a fresh one started."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
         try:
             self._open_file()
         except sqlite3.DatabaseError as error:
@@ -180,6 +130,7 @@ class Spool:
                 " (SELECT COUNT(*) FROM dead_letters)"
             ).fetchone()
             meta = dict(writer.execute("SELECT key, value FROM meta").fetchall())
+            oldest = writer.execute(_OLDEST_EVENT).fetchone()
         except BaseException:
             writer.close()
             raise
@@ -192,6 +143,7 @@ class Spool:
         self.last_acked_sequence = meta.get("last_acked_sequence", 0)
         self.corrupt_set_aside = max(self.corrupt_set_aside, meta.get("corrupt_set_aside", 0))
         self.depth, self.spooled_bytes, self.dead_letter_count = depth, size, dead
+        self._oldest_stored = None if oldest is None else (int(oldest[0]), int(oldest[1]))
 
     def _recover_from_corruption(self, error: BaseException) -> None:
         self._close_connections()
@@ -253,6 +205,24 @@ class Spool:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def oldest_unsent_us(self) -> int | None:
+        """When the oldest event not yet acked by the control plane was recorded (µs since the epoch); None if none.
+
+        Taken from the spool itself (what the writer found oldest in the file after its last transaction, else
+        the oldest event waiting for a group commit), whatever the sender is doing: a window emptied by an ack
+        before newer events were committed, or a stream that keeps failing, leave it right. Just after an ack,
+        until the writer has deleted the acked events, it may still name one of them: an over-estimate for a
+        moment, never a backlog hidden.
+        """
+        if self.depth <= 0:
+            return None
+        if self._oldest_stored is not None:
+            return self._oldest_stored[1]
+        with contextlib.suppress(IndexError):  # the writer thread may take the last one meanwhile
+            return self._pending[0][2]
+        return None
+
     # --- acks (event loop thread; the writes happen in the writer thread) --------------------------------
 
     def acknowledge(self, sequences: list[int], payload_bytes: int, rejected: list[Rejection]) -> None:
@@ -300,17 +270,6 @@ class Spool:
             batch.append(SpooledEvent._make(row))
         return batch
 
-    async def oldest_enqueue_us(self, after: int) -> int | None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_executor, self._oldest, after)
-
-    def _oldest(self, after: int) -> int | None:
-        assert self._reader is not None
-        row = self._reader.execute(
-            "SELECT enqueue_us FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
     # --- the writer thread -------------------------------------------------------------------------------
 
     def _write_forever(self) -> None:
@@ -333,14 +292,17 @@ class Spool:
         commands = [self._commands.popleft() for _ in range(len(self._commands))]
         assert self._writer is not None
         try:
-            self._transaction(rows, commands)
+            oldest = self._transaction(rows, commands)
         except sqlite3.DatabaseError as error:
             self._on_write_error(error, rows, commands)
             return
-        if rows:
-            self._report(_Commit(rows[0][0], rows[-1][0], True, 0))
+        first, last = (rows[0][0], rows[-1][0]) if rows else (0, 0)
+        self._report(_Commit(first, last, True, 0, oldest))
 
-    def _transaction(self, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]) -> None:
+    def _transaction(
+        self, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]
+    ) -> tuple[int, int] | None:
+        """Runs the acked-batch commands and inserts `rows` in one transaction; returns the oldest event left."""
         assert self._writer is not None
         writer = self._writer
         writer.execute("BEGIN IMMEDIATE")
@@ -350,11 +312,14 @@ class Spool:
             if rows:
                 writer.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
                 writer.execute("INSERT OR REPLACE INTO meta VALUES ('high_sequence', ?)", (rows[-1][0],))
+            # The primary key's first entry: one index probe per group commit.
+            oldest = writer.execute(_OLDEST_EVENT).fetchone()
             writer.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 writer.execute("ROLLBACK")
             raise
+        return None if oldest is None else (int(oldest[0]), int(oldest[1]))
 
     def _on_write_error(
         self, error: sqlite3.DatabaseError, rows: list[tuple[int, str, int, bytes]], commands: list[Callable[..., None]]
@@ -373,7 +338,7 @@ class Spool:
         self._commands.extendleft(reversed(commands))
         if rows:
             size = sum(len(row[3]) for row in rows)
-            self._report(_Commit(rows[0][0], rows[-1][0], False, size))
+            self._report(_Commit(rows[0][0], rows[-1][0], False, size, None))
         time.sleep(0.05)
 
     def _report(self, commit: _Commit) -> None:
@@ -382,6 +347,10 @@ class Spool:
                 self._loop.call_soon_threadsafe(self._on_commit, commit)
 
     def _on_commit(self, commit: _Commit) -> None:
+        if commit.stored:
+            self._oldest_stored = commit.oldest
+        if not commit.last_sequence:
+            return
         count = commit.last_sequence - commit.first_sequence + 1
         if not commit.stored:
             # Sequence numbers are dense within a group, so the count is exact.
@@ -414,18 +383,3 @@ class Spool:
                 with contextlib.suppress(sqlite3.Error):
                     connection.close()
         self._writer = self._reader = None
-
-
-def iter_dead_letters(path: Path, *, limit: int | None = None) -> Iterator[DeadLetter]:
-    """Reads dead letters straight from a spool file (read-only; works while the agent runs)."""
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        query = "SELECT seq, event_id, reason, field, message, dead_time_us, payload FROM dead_letters ORDER BY seq"
-        params: tuple[int, ...] = ()
-        if limit is not None:
-            query += " LIMIT ?"
-            params = (limit,)
-        for row in connection.execute(query, params):
-            yield DeadLetter(*row)
-    finally:
-        connection.close()

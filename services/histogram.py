@@ -48,6 +48,14 @@ bucket_upper_bounds_ms: Final[tuple[float, ...]] = (
 _LOWER_BOUNDS_MS: Final[tuple[float, ...]] = (0.0, *bucket_upper_bounds_ms[:-1])
 
 
+def bucket_bounds_us(index: int) -> tuple[int | None, int | None]:
+    """Bucket `index`'s [lower, upper) bounds in integer microseconds (None: unbounded), exactly as
+    bucket_index draws them, so SQL can bucket raw durations the way ingest does."""
+    lower = _UPPER_BOUNDS_US[index - 1] if index > 0 else None
+    upper = _UPPER_BOUNDS_US[index] if index < BUCKET_COUNT - 1 else None
+    return lower, upper
+
+
 def bucket_index(value_us: int) -> int:
     """The bucket holding a duration of ``value_us`` microseconds (negative values count as 0)."""
     return bisect_right(_UPPER_BOUNDS_US, value_us)

@@ -24,6 +24,7 @@ from meterwire.config.v1 import config_service_pb2, config_service_pb2_grpc
 from meterwire.heartbeat.v1 import heartbeat_service_pb2, heartbeat_service_pb2_grpc
 from meterwire.reporting.v1 import reporting_service_pb2, reporting_service_pb2_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.accounting.maintenance import rollup_maintenance_jobs
 from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
@@ -31,10 +32,13 @@ from services.budget.delivery import WebhookDeliverer
 from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
 from services.budget.webhooks import Webhooks
+from services.config.hub import ConfigHub
 from services.config.servicer import ConfigServicer
+from services.heartbeat.fleet import fleet_for
 from services.heartbeat.servicer import HeartbeatServicer
 from services.interceptors import ServerInterceptor
 from services.jobs import JobRunner, PeriodicJob
+from services.pricing import PriceBooks
 from services.reporting.servicer import ReportingServicer
 from services.revocation import Revocations
 from services.settings import ServerSettings, ServiceName, parse_listen_address
@@ -50,6 +54,10 @@ _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 
+_READS_PRICES = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING})
+_START_THE_FLEET = frozenset({ServiceName.CONFIG, ServiceName.HEARTBEAT})
+
+
 class StartupError(Exception):
     """The control plane cannot start; the message names the setting or resource at fault."""
 
@@ -62,6 +70,7 @@ class ServiceDeps:
     engine: AsyncEngine
     admin: AdminService
     revocations: Revocations
+    prices: PriceBooks
 
 
 @runtime_checkable
@@ -84,7 +93,7 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.TELEMETRY: _Hosted(
         telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
         telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
-        lambda deps: TelemetryServicer(UsageIngest(deps.engine, deps.settings)),
+        lambda deps: TelemetryServicer(UsageIngest(deps.engine, deps.settings, deps.prices)),
     ),
     ServiceName.HEARTBEAT: _Hosted(
         heartbeat_service_pb2.DESCRIPTOR.services_by_name["HeartbeatService"],
@@ -108,7 +117,7 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.REPORTING: _Hosted(
         reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
         reporting_service_pb2_grpc.add_ReportingServiceServicer_to_server,
-        lambda deps: ReportingServicer(deps.engine, deps.settings),
+        lambda deps: ReportingServicer(deps.engine, deps.settings, deps.prices),
     ),
     ServiceName.ADMIN: _Hosted(
         admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
@@ -162,6 +171,7 @@ class ControlPlane:
         self._lifecycles: list[Lifecycle] = []
         self._revocations: Revocations | None = None
         self._jobs = JobRunner()
+        self._hub: ConfigHub | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -180,7 +190,15 @@ class ControlPlane:
                 revocations=self._revocations,
                 token_cache_ttl=settings.revocation_poll_interval,
             )
-            deps = ServiceDeps(settings=settings, engine=self._engine, admin=admin, revocations=self._revocations)
+            # Until the server owns the config hub: the one of the fleet (Config and Heartbeat publish to it).
+            hub = fleet_for(self._engine, settings).hub
+            deps = ServiceDeps(
+                settings=settings,
+                engine=self._engine,
+                admin=admin,
+                revocations=self._revocations,
+                prices=PriceBooks(hub),
+            )
             self._server = self._build_server(deps)
             self.port = self._bind(self._server)
             self._start_metrics()
@@ -195,6 +213,9 @@ class ControlPlane:
                     path=str(settings.admin_token_path.resolve()),
                 )
             await self._revocations.start()
+            if settings.services & _READS_PRICES and not settings.services & _START_THE_FLEET:
+                self._hub = hub  # the fleet starts it otherwise
+                await hub.start()
             for component in self._lifecycles:
                 await component.start()
             for job in self._background_jobs(self._engine):
@@ -333,6 +354,8 @@ class ControlPlane:
     def _background_jobs(self, engine: AsyncEngine) -> list[PeriodicJob]:
         """The jobs this replica runs for the services it hosts."""
         jobs: list[PeriodicJob] = []
+        if self.settings.services & {ServiceName.TELEMETRY, ServiceName.REPORTING}:
+            jobs += rollup_maintenance_jobs(engine, self.settings)
         if ServiceName.BUDGET in self.settings.services:
             jobs.append(WebhookDeliverer(engine, self.settings).job())
         return jobs
@@ -341,6 +364,9 @@ class ControlPlane:
         await self._jobs.shutdown()
         while self._lifecycles:
             await self._lifecycles.pop().shutdown()
+        if self._hub is not None:
+            await self._hub.shutdown()
+            self._hub = None
         if self._revocations is not None:
             await self._revocations.shutdown()
         if self._metrics is not None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from services.histogram import (
     BUCKET_COUNT,
+    bucket_bounds_us,
     bucket_index,
     bucket_upper_bounds_ms,
     quantile,
@@ -99,3 +100,17 @@ def test_quantile_is_within_bucket_error_of_the_exact_quantile(samples_us: list[
 
     assert estimate_ms is not None
     assert abs(estimate_ms - exact_ms) <= relative_bucket_error() * exact_ms
+
+
+def test_bucket_bounds_are_exactly_where_bucket_index_changes() -> None:
+    # Reporting buckets raw durations in SQL with these bounds; ingest buckets with bucket_index.
+    assert bucket_bounds_us(0) == (None, 1000)
+    assert bucket_bounds_us(BUCKET_COUNT - 1) == (1_000_000_000, None)
+    for index in range(BUCKET_COUNT):
+        lower, upper = bucket_bounds_us(index)
+        if lower is not None:
+            assert bucket_index(lower) == index
+            assert bucket_index(lower - 1) == index - 1
+        if upper is not None:
+            assert bucket_index(upper - 1) == index
+            assert bucket_index(upper) == index + 1

@@ -20,22 +20,16 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from budgeting.decision import Metric
 from budgeting.windows import Window, time_zone, window_at
+from services.accounting.rollup import ROLLUP_COLUMNS, RollupRow, budget_measures_of_rollup
 from services.budget import store
 from services.budget.records import AlertRecord, BudgetRecord
 from services.budget.store import Increment, WindowKey
-from services.budget.usage import TOKEN_COLUMNS, event_amount
-from services.storage import tables
+from services.budget.usage import amount, event_amount
 
-_ROLLUP_POSITION: Final = {
-    name: index for index, name in enumerate((*tables.ROLLUP_DIMENSIONS, *tables.ROLLUP_SUM_COLUMNS))
-}
+_ROLLUP_POSITION: Final = {name: index for index, name in enumerate(ROLLUP_COLUMNS)}
 _BUCKET: Final = _ROLLUP_POSITION["bucket_start"]
 _GATEWAY_KEY: Final = _ROLLUP_POSITION["gateway_key"]
-_COST: Final = _ROLLUP_POSITION["cost_micros"]
-_REQUESTS: Final = _ROLLUP_POSITION["request_count"]
-_TOKENS: Final = tuple(_ROLLUP_POSITION[column] for column in TOKEN_COLUMNS)
 
 Gateways = Mapping[int, tuple[str, str]]
 """gateway_key -> (environment id, gateway id) of the transaction's batches."""
@@ -51,15 +45,6 @@ class _RollupRowView:
 
     def __getitem__(self, name: str) -> object:
         return self.row[_ROLLUP_POSITION[name]]
-
-
-def _rollup_amount(metric: Metric, row: Sequence[Any]) -> int:
-    """What a rollup row's events add to a budget of `metric`: the sum of their `event_amount`s."""
-    if metric is Metric.SPEND:
-        return int(row[_COST])
-    if metric is Metric.TOKENS:
-        return sum(int(row[index]) for index in _TOKENS)
-    return int(row[_REQUESTS])
 
 
 @dataclass(slots=True)
@@ -116,7 +101,7 @@ class BudgetCounter:
         self,
         connection: sa.Connection,
         *,
-        rollups: Iterable[Sequence[Any]],
+        rollups: Iterable[RollupRow],
         tagged_events: Iterable[tuple[Mapping[str, Any], Mapping[str, str]]],
         gateways: Gateways,
         now: datetime,
@@ -135,12 +120,13 @@ class BudgetCounter:
         return CountResult(len(changed), store.raise_alerts(connection, self._budgets, changed, now=now))
 
     def _count_rollups(
-        self, increments: dict[WindowKey, Increment], rollups: Iterable[Sequence[Any]], gateways: Gateways
+        self, increments: dict[WindowKey, Increment], rollups: Iterable[RollupRow], gateways: Gateways
     ) -> None:
         for row in rollups:
             environment_id, gateway_id = gateways[row[_GATEWAY_KEY]]
             view = _RollupRowView(row)
             moment = int(row[_BUCKET])
+            measures = budget_measures_of_rollup(row)
             for counted in self._plain:
                 scope = counted.budget.rule.scope
                 if not scope.covers_gateway(environment_id, gateway_id) or not scope.matches_event(view, {}):
@@ -149,7 +135,7 @@ class BudgetCounter:
                 # older events are refused as TOO_OLD), so all of a minute bucket's events share its window.
                 window = counted.window_of(moment)
                 if window is not None:
-                    _add(increments, counted, window, _rollup_amount(counted.budget.rule.metric, row))
+                    _add(increments, counted, window, amount(counted.budget.rule.metric, measures))
 
     def _count_tagged(
         self,

@@ -1,8 +1,8 @@
-"""What one usage event adds to a budget, in Python (live counting at ingest) and in SQL (backfill of stored
-usage when a budget is made); the two forms are tested against each other on random events.
+"""What stored usage adds to a budget, by the accounting package's one definition (BUDGET_MEASURES): in Python
+for live counting at ingest, in SQL for the backfill of stored usage when a budget is made.
 
-SPEND adds the event's cost (reported or derived; an unpriced event adds 0), TOKENS every token kind it reported,
-REQUESTS 1 for a gateway request's first attempt.
+SPEND adds the event's known cost (reported or derived; an unpriced event adds 0), TOKENS every token kind it
+reported, REQUESTS 1 for a gateway request's first attempt: what reports show for the same scope.
 """
 
 from __future__ import annotations
@@ -17,36 +17,34 @@ from sqlalchemy.sql.elements import ColumnElement
 from budgeting.decision import Metric
 from budgeting.scope import EVENT_SELECTORS, Scope
 from budgeting.windows import Window
+from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures, budget_measures
+from services.accounting.sql import RAW_SUMS
 from services.storage import tables
 
-TOKEN_COLUMNS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+MEASURE_OF_METRIC: Final = {Metric.SPEND: "spend_micros", Metric.TOKENS: "total_tokens", Metric.REQUESTS: "requests"}
+"""A budget metric -> its BudgetMeasures field (accounting.measures.BUDGET_MEASURES)."""
+
+
+def amount(metric: Metric, measures: BudgetMeasures) -> int:
+    return int(getattr(measures, MEASURE_OF_METRIC[metric]))
 
 
 def event_amount(metric: Metric, event: Mapping[str, Any]) -> int:
     """What a stored usage event row adds to a budget of `metric`."""
-    if metric is Metric.SPEND:
-        return int(event["cost_micros"] or 0)
-    if metric is Metric.TOKENS:
-        return sum(int(event[column] or 0) for column in TOKEN_COLUMNS)
-    return 1 if event["attempt"] == 1 else 0
+    return amount(metric, budget_measures(event))
 
 
 def _amount_sql(metric: Metric) -> ColumnElement[Any]:
-    e = tables.usage_events.c
-    if metric is Metric.SPEND:
-        return sa.func.coalesce(sa.func.sum(e.cost_micros), 0)
-    if metric is Metric.TOKENS:
-        total = sum(
-            (sa.func.coalesce(e[column], 0) for column in TOKEN_COLUMNS[1:]), sa.func.coalesce(e[TOKEN_COLUMNS[0]], 0)
-        )
-        return sa.func.coalesce(sa.func.sum(total), 0)
-    return sa.func.coalesce(sa.func.sum(sa.case((e.attempt == 1, 1), else_=0)), 0)
+    columns = BUDGET_MEASURES[MEASURE_OF_METRIC[metric]]
+    total: ColumnElement[Any] = sa.func.coalesce(RAW_SUMS[columns[0]], 0)
+    for column in columns[1:]:
+        total = total + sa.func.coalesce(RAW_SUMS[column], 0)
+    return total
 
 
 def scope_conditions(scope: Scope) -> list[ColumnElement[bool]]:
     """The scope as SQL over usage_events: the same selectors Scope.matches checks."""
-    events = tables.usage_events
-    e = events.c
+    e = tables.usage_events.c
     conditions: list[ColumnElement[bool]] = []
     if scope.environment_id:
         conditions.append(e.environment_id == scope.environment_id)

@@ -15,17 +15,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.histogram import BUCKET_COUNT, bucket_index
+from services.accounting.compaction import dirty_hours
+from services.accounting.measures import StatusClass
+from services.accounting.sql import RAW_SUMS
 from services.reporting.filters import DIMENSION_COLUMNS, Grouping, UsageSelection, usage_conditions
-from services.reporting.planner import (
-    MINUTE_US,
-    BucketGrid,
-    QueryPlan,
-    Source,
-    coarse_rollups,
-    dirty_hours,
-    plan_sources,
-)
+from services.reporting.planner import MINUTE_US, BucketGrid, QueryPlan, Source, coarse_rollups, plan_sources
 from services.storage import dialect, tables
 
 SUM_COLUMNS: Final = tables.ROLLUP_SUM_COLUMNS
@@ -35,69 +29,6 @@ Sums = list[int]
 """One value per SUM_COLUMNS entry: every metric is additive, so partial results merge by adding."""
 GroupKey = tuple[str, ...]
 """The display value of each grouping dimension ("" for unknown)."""
-
-
-def _lower_bound_us(index: int) -> int:
-    """The smallest duration in microseconds that services.histogram puts in bucket `index` (>= 1)."""
-    low, high = 0, 10**13
-    while low < high:
-        middle = (low + high) // 2
-        if bucket_index(middle) >= index:
-            high = middle
-        else:
-            low = middle + 1
-    return low
-
-
-# Derived from bucket_index itself, so raw-event histograms always bucket exactly as ingest does.
-_BUCKET_LOWER_US: Final = (None, *(_lower_bound_us(index) for index in range(1, BUCKET_COUNT)))
-
-
-def _histogram_bucket(column: sa.Column[Any], index: int) -> ColumnElement[Any]:
-    low = _BUCKET_LOWER_US[index]
-    high = _BUCKET_LOWER_US[index + 1] if index + 1 < BUCKET_COUNT else None
-    conditions: list[ColumnElement[bool]] = [column.is_not(None)]
-    if low is not None:
-        conditions.append(column >= low)
-    if high is not None:
-        conditions.append(column < high)
-    return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
-
-
-def _raw_sum_expressions() -> dict[str, ColumnElement[Any]]:
-    """How each rollup metric is computed from raw events: the same rules ingest applies (telemetry/rows.py)."""
-    e = tables.usage_events.c
-    token_columns = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-
-    def count_if(*conditions: ColumnElement[bool]) -> ColumnElement[Any]:
-        return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
-
-    expressions: dict[str, ColumnElement[Any]] = {
-        "attempt_count": sa.func.count(),
-        "request_count": count_if(e.attempt == 1),
-        "success_count": count_if(e.status_class == 1),
-        "error_count": count_if(e.status_class.in_((2, 3))),
-        **{column: sa.func.sum(e[column]) for column in token_columns},
-        "tokens_unknown_count": count_if(*(e[column].is_(None) for column in token_columns)),
-        "cost_micros": sa.func.sum(e.cost_micros),
-        "cost_unknown_count": count_if(e.cost_micros.is_(None)),
-        "cost_derived_count": count_if(e.cost_micros.is_not(None), e.cost_source == 2),
-        "cache_savings_micros": sa.func.sum(e.cache_savings_micros),
-        "latency_sum_us": sa.func.sum(e.latency_us),
-        "latency_count": sa.func.count(e.latency_us),
-        "gateway_latency_sum_us": sa.func.sum(e.gateway_latency_us),
-        "gateway_latency_count": sa.func.count(e.gateway_latency_us),
-        "ttft_sum_us": sa.func.sum(e.ttft_us),
-        "ttft_count": sa.func.count(e.ttft_us),
-    }
-    for index, column in enumerate(tables.LATENCY_BUCKET_COLUMNS):
-        expressions[column] = _histogram_bucket(e.latency_us, index)
-    for index, column in enumerate(tables.TTFT_BUCKET_COLUMNS):
-        expressions[column] = _histogram_bucket(e.ttft_us, index)
-    return expressions
-
-
-_RAW_SUMS: Final = _raw_sum_expressions()
 
 
 @functools.cache
@@ -111,7 +42,7 @@ _CREDENTIAL_TYPES: Final[dict[int, str]] = {
     usage_pb2.CREDENTIAL_TYPE_MANAGED: "managed",
     usage_pb2.CREDENTIAL_TYPE_BYOK: "byok",
 }
-_STATUS_CLASSES: Final[dict[int, str]] = {1: "success", 2: "client_error", 3: "server_error"}
+_STATUS_CLASSES: Final[dict[int, str]] = {int(status): status.display_name for status in StatusClass}
 _REQUEST_TYPES: Final[dict[int, str]] = {
     value: name.removeprefix("REQUEST_TYPE_").lower()
     for name, value in usage_pb2.RequestType.items()
@@ -223,7 +154,7 @@ async def aggregate(
 def _source_query(source: Source, plan: QueryPlan, aggregation: Aggregation, *, by_bucket: bool) -> sa.Select[Any]:
     table = plan.table(source)
     group_columns, from_clause = _grouped_from(table, aggregation, by_bucket=by_bucket)
-    expressions = _rollup_sums(table) if source.is_rollup else _RAW_SUMS
+    expressions = _rollup_sums(table) if source.is_rollup else RAW_SUMS
     sums = [expressions[column] for column in aggregation.columns]
     conditions = usage_conditions(table, aggregation.selection, plan.in_table_units(source))
     query = sa.select(*group_columns, *sums).select_from(from_clause).where(*conditions)

@@ -9,6 +9,7 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.pricing import PriceBooks
 from services.reporting.aggregate import Aggregation, KeyNames, aggregate, plan_for, token_categories
 from services.reporting.figures import usage_summary
 from services.reporting.filters import Grouping, UsageSelection
@@ -37,6 +38,7 @@ async def export_groups(
     *,
     granularity: int,
     zone_name: str,
+    prices: PriceBooks,
 ) -> AsyncIterator[list[pb.ExportRow]]:
     """Export rows in bucket order (groups by key within a bucket), in messages of ROWS_PER_MESSAGE rows."""
     if granularity == pb.GRANULARITY_UNSPECIFIED:
@@ -45,7 +47,7 @@ async def export_groups(
         zone = time_zone(zone_name)
         grid = bucket_grid(selection.start_us, selection.end_us, granularity, zone, max_points=MAX_EXPORT_BUCKETS)
     async with engine.connect() as connection:
-        currency = await currency_of(connection, selection)
+        currency = await currency_of(connection, selection, prices)
     pending: list[pb.ExportRow] = []
     for window in _windows(grid):
         scoped = dataclasses.replace(selection, start_us=window.bounds_us[0], end_us=window.bounds_us[-1])

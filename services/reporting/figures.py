@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from google.protobuf.duration_pb2 import Duration
@@ -158,3 +159,18 @@ def usage_summary(
     if ttft is not None:
         summary.ttft.CopyFrom(ttft)
     return summary
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFigures:
+    """The summed measures of a selection or group, with what a UsageSummary shows besides them."""
+
+    sums: Sums
+    seconds: float
+    """The span the sums cover (for rates)."""
+    currency: str = ""
+    categories: Mapping[str, int] = field(default_factory=dict)
+    """Token sums by pricing category."""
+
+    def summary(self) -> pb.UsageSummary:
+        return usage_summary(self.sums, seconds=self.seconds, currency=self.currency, categories=self.categories)

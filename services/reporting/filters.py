@@ -12,17 +12,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.measures import StatusClass
 from services.auth import Principal
 from services.errors import InvalidArgumentError
 from services.storage import tables
-
-_STORED_STATUS_CLASS: Final = {
-    filter_pb2.STATUS_CLASS_SUCCESS: 1,
-    filter_pb2.STATUS_CLASS_CLIENT_ERROR: 2,
-    filter_pb2.STATUS_CLASS_SERVER_ERROR: 3,
-    # The proto's UNKNOWN is 4 (its zero means "no restriction"); storage keeps unknown as 0.
-    filter_pb2.STATUS_CLASS_UNKNOWN: 0,
-}
 
 DIMENSION_COLUMNS: Final[dict[int, str]] = {
     pb.DIMENSION_ENVIRONMENT: "environment_id",
@@ -117,9 +110,12 @@ def select_usage(message: filter_pb2.UsageFilter, principal: Principal, *, field
     for index, tag in enumerate(message.tags):
         if not tag.key:
             raise InvalidArgumentError(f"{field}.tags[{index}].key", "must not be empty")
+    status_classes = []
     for index, status_class in enumerate(message.status_classes):
-        if status_class not in _STORED_STATUS_CLASS:
+        stored = StatusClass.from_proto(status_class)
+        if stored is None:
             raise InvalidArgumentError(f"{field}.status_classes[{index}]", f"{status_class} is not a StatusClass")
+        status_classes.append(int(stored))
     return UsageSelection(
         start_us=start_us,
         end_us=end_us,
@@ -132,7 +128,7 @@ def select_usage(message: filter_pb2.UsageFilter, principal: Principal, *, field
         user_ids=tuple(message.user_ids),
         routes=tuple(message.routes),
         credential_types=tuple(message.credential_types),
-        status_classes=tuple(_STORED_STATUS_CLASS[value] for value in message.status_classes),
+        status_classes=tuple(status_classes),
         request_types=tuple(message.request_types),
         tags=tuple((tag.key, tag.value) for tag in message.tags),
     )

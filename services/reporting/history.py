@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.measures import ERROR_STATUS_CLASSES, CostSource
 from services.errors import InvalidArgumentError, NotFoundError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.reporting.aggregate import KeyNames, parse_categories
@@ -22,7 +23,6 @@ from services.storage import tables
 EXPORT_EVENTS_PER_MESSAGE: Final = 500
 """Raw events per ExportUsage message; one keyset page of the database is read per message."""
 
-_COST_SOURCES: Final = {0: pb.COST_SOURCE_UNKNOWN, 1: pb.COST_SOURCE_REPORTED, 2: pb.COST_SOURCE_DERIVED}
 _events = tables.usage_events
 _TOKEN_FIELDS: Final = (
     ("input", "input_tokens"),
@@ -79,7 +79,7 @@ def stored_event(row: Row[Any], names: KeyNames) -> pb.StoredUsageEvent:
         environment_id=m["environment_id"],
         gateway_id=names.gateway_id(m["gateway_key"]),
         event=event,
-        cost_source=_COST_SOURCES.get(m["cost_source"], pb.COST_SOURCE_UNSPECIFIED),
+        cost_source=CostSource.proto_of_stored(m["cost_source"]),
     )
     stored.ingest_time.FromMicroseconds(m["ingest_time_us"])
     return stored
@@ -134,7 +134,7 @@ def _last_attempt_failed() -> sa.ColumnElement[bool]:
     return sa.exists().where(
         last.c.environment_id == _events.c.environment_id,
         last.c.request_id == _events.c.request_id,
-        last.c.status_class.in_((2, 3)),
+        last.c.status_class.in_(ERROR_STATUS_CLASSES),
         no_later,
     )
 

@@ -8,9 +8,9 @@ piece is cut at the output boundaries first and then covered, from its edges inw
 (sub-minute edges), minutes, hours and whole UTC days.
 
 Hours and days are only exact once compaction has folded every per-minute row of them in. An hour holding a
-per-minute row that ingest changed after its last compaction ("dirty", see compaction.py) is read from the
-minutes instead, and a day holding a dirty hour from its hours. Tag filters and tag groupings only exist on
-raw events, so they read raw events for the whole range.
+per-minute row that ingest changed after its last compaction ("dirty", see services/accounting/compaction.py)
+is read from the minutes instead, and a day holding a dirty hour from its hours. Tag filters and tag
+groupings only exist on raw events, so they read raw events for the whole range.
 
 The grid of output buckets is aligned in an IANA time zone with zoneinfo: day buckets run from local
 midnight to local midnight (23 or 25 hours across daylight-saving changes); in a zone whose offset is not
@@ -29,7 +29,6 @@ from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.errors import InvalidArgumentError
@@ -168,42 +167,6 @@ def _merged(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
         else:
             result.append((start, end))
     return tuple(result)
-
-
-_HOUR_S: Final = HOUR_US // 1_000_000
-
-
-def dirty_hours_query(start_s: int, end_s: int) -> sa.Select[int]:
-    """Hour starts (epoch seconds) in [start_s, end_s) holding a dirty per-minute row, oldest first.
-
-    A loose index scan through ix_usage_rollup_1m_dirty: one ordered probe per dirty hour (the first dirty
-    row at or after the previous hour's end), not one read per dirty row; an hour being written holds
-    thousands. On PostgreSQL it also copes without VACUUM: every row compaction cleans leaves its entry in
-    the partial index until the table is vacuumed, and a DISTINCT over the range read them all from the
-    table on every report (0.9 s at 1 M rows right after a full compaction); an ordered index scan marks
-    such entries dead as it passes them, so the next report skips them without touching the table.
-    """
-    minute = tables.usage_rollup_1m
-    bucket = minute.c.bucket_start
-
-    def first_dirty_hour(at_or_after: sa.ColumnElement[int] | int) -> sa.ScalarSelect[int]:
-        return (
-            sa.select(bucket - bucket % _HOUR_S)
-            .where(tables.ROLLUP_1M_DIRTY, bucket >= at_or_after, bucket < end_s)
-            .order_by(bucket)
-            .limit(1)
-            .scalar_subquery()
-        )
-
-    found = sa.select(first_dirty_hour(start_s).label("hour")).cte("dirty_hours", recursive=True)
-    found = found.union_all(sa.select(first_dirty_hour(found.c.hour + _HOUR_S)).where(found.c.hour.is_not(None)))
-    return sa.select(found.c.hour).where(found.c.hour.is_not(None))
-
-
-async def dirty_hours(connection: AsyncConnection, start_us: int, end_us: int) -> frozenset[int]:
-    """Hour starts (epoch microseconds) within the range whose hourly and daily rollups are not exact yet."""
-    query = dirty_hours_query(_floor(start_us, HOUR_US) // 1_000_000, end_us // 1_000_000 + 1)
-    return frozenset(int(hour) * 1_000_000 for (hour,) in await connection.execute(query))
 
 
 def time_zone(name: str, *, field: str = "time_zone") -> ZoneInfo:

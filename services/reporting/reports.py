@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -10,10 +9,9 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.config.store import get_version
 from services.errors import InvalidArgumentError
-from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pagination import DEFAULT_PAGE_SIZE
+from services.pricing import PriceBooks
 from services.reporting.aggregate import (
     SUM_COLUMNS,
     Aggregation,
@@ -25,7 +23,7 @@ from services.reporting.aggregate import (
     plan_for,
     token_categories,
 )
-from services.reporting.figures import metric_columns, metric_message, metric_value, usage_summary
+from services.reporting.figures import UsageFigures, metric_columns, metric_value
 from services.reporting.filters import Grouping, UsageSelection
 from services.reporting.planner import bucket_grid, time_zone, whole_range
 from services.storage import tables
@@ -34,124 +32,134 @@ OTHER_KEY: Final = "(other)"
 DEFAULT_SERIES_TOP_N: Final = 10
 
 
-async def currency_of(connection: AsyncConnection, selection: UsageSelection) -> str:
+async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:
     """The pricing currency of the environments in scope when they share one; "" when they differ or have none."""
     environment_ids = selection.environment_ids
     if environment_ids is None:
         rows = await connection.execute(sa.select(tables.environments.c.environment_id))
         environment_ids = frozenset(str(environment_id) for (environment_id,) in rows)
-    currencies = set()
-    for environment_id in sorted(environment_ids):
-        stored = await get_version(connection, environment_id)
-        if stored is not None and stored.config.HasField("pricing") and stored.config.pricing.currency:
-            currencies.add(stored.config.pricing.currency)
-    return currencies.pop() if len(currencies) == 1 else ""
+    return prices.currency(environment_ids)
 
 
-def _fingerprint(request: pb.GetUsageBreakdownRequest) -> str:
-    """Ties a page token to the query it continues, so a token cannot be replayed against another."""
-    query = pb.GetUsageBreakdownRequest()
-    query.CopyFrom(request)
-    query.ClearField("page_token")
-    query.ClearField("page_size")
-    return hashlib.sha256(query.SerializeToString(deterministic=True)).hexdigest()[:16]
+@dataclass(frozen=True, slots=True)
+class BreakdownQuery:
+    """A breakdown question: groups of a selection ranked by a metric, one page of them."""
+
+    selection: UsageSelection
+    groupings: tuple[Grouping, ...]
+    order_by: int
+    """The Metric groups are ranked by."""
+    ascending: bool = False
+    top_n: int = 0
+    """Groups ranked individually (the rest fold into one "(other)" row); 0: all of them."""
+    offset: int = 0
+    """Ranked groups to skip (the page's start)."""
+    size: int = DEFAULT_PAGE_SIZE
+    """Groups on the page."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownPage:
+    """One page of a breakdown: its groups' figures in rank order, and the rest beyond top_n folded."""
+
+    rows: list[tuple[GroupKey, UsageFigures]]
+    other: UsageFigures | None
+    """Every group beyond top_n summed (None: there are none)."""
+    next_offset: int | None
+    """Where the next page starts; None on the last page."""
 
 
 @dataclass(frozen=True, slots=True)
 class SeriesRequest:
-    """A validated time-series question."""
+    """A time-series question."""
 
     selection: UsageSelection
     granularity: int
+    """A Granularity; the buckets are aligned in `zone_name`."""
     zone_name: str
     metrics: tuple[int, ...]
+    """Metrics, one series each per key; the first ranks the keys."""
     split_by: Grouping | None
     top_n: int
+    """Keys with a series of their own; the rest fold into "(other)". 0: the default, 10."""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One metric of one key ("" unsplit) per bucket, labelled by the buckets' aligned starts."""
+
+    metric: int
+    key: str
+    labels_us: Sequence[int]
+    values: list[float]
+    """Integers stay exact for integer metrics (figures.is_integer_metric)."""
 
 
 class UsageReports:
     """Answers summary, breakdown and time-series questions from the coarsest exact sources."""
 
-    def __init__(self, engine: AsyncEngine, *, max_points: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_points: int, prices: PriceBooks) -> None:
         self._engine = engine
         self._max_points = max_points
+        self._prices = prices
 
-    async def summary(self, selection: UsageSelection) -> pb.UsageSummary:
+    async def summary(self, selection: UsageSelection) -> UsageFigures:
         aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us))
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
             plan = await plan_for(connection, aggregation)
             totals = await aggregate(connection, aggregation, names, plan=plan)
             categories = await token_categories(connection, aggregation, names, plan)
-            currency = await currency_of(connection, selection)
+            currency = await currency_of(connection, selection, self._prices)
         sums = totals.get((0, ()), [0] * len(SUM_COLUMNS))
-        return usage_summary(
-            sums, seconds=selection.duration_us / 1e6, currency=currency, categories=categories.get((0, ()))
+        return UsageFigures(
+            sums, seconds=selection.duration_us / 1e6, currency=currency, categories=categories.get((0, ()), {})
         )
 
-    async def breakdown(
-        self, request: pb.GetUsageBreakdownRequest, selection: UsageSelection, groupings: tuple[Grouping, ...]
-    ) -> pb.GetUsageBreakdownResponse:
-        order_by = request.order_by or pb.METRIC_COST
-        metric_columns(order_by, field="order_by")
-        if request.top_n < 0:
+    async def breakdown(self, query: BreakdownQuery) -> BreakdownPage:
+        metric_columns(query.order_by, field="order_by")
+        if query.top_n < 0:
             raise InvalidArgumentError("top_n", "must not be negative; 0 means no limit")
-        size = page_size(request.page_size)
-        fingerprint = _fingerprint(request)
-        position = decode_page_token(request.page_token)
-        offset = 0
-        if position is not None:
-            if position.get("q") != fingerprint or not isinstance(position.get("o"), int):
-                raise InvalidArgumentError("page_token", "belongs to a different query; start again without it")
-            offset = position["o"]
-        aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us), groupings)
+        selection = query.selection
+        aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us), query.groupings)
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
             plan = await plan_for(connection, aggregation)
             totals = await aggregate(connection, aggregation, names, plan=plan)
             categories = await token_categories(connection, aggregation, names, plan)
-            currency = await currency_of(connection, selection)
-        ranked = _ranked({key: sums for (_, key), sums in totals.items()}, order_by, ascending=request.ascending)
-        top = ranked[: request.top_n] if request.top_n else ranked
+            currency = await currency_of(connection, selection, self._prices)
+        ranked = _ranked({key: sums for (_, key), sums in totals.items()}, query.order_by, ascending=query.ascending)
+        top = ranked[: query.top_n] if query.top_n else ranked
         rest = ranked[len(top) :]
         seconds = selection.duration_us / 1e6
-        response = pb.GetUsageBreakdownResponse()
-        for key, sums in top[offset : offset + size]:
-            summary = usage_summary(sums, seconds=seconds, currency=currency, categories=categories.get((0, key)))
-            response.rows.append(pb.BreakdownRow(keys=key, summary=summary))
-        if offset + size < len(top):
-            response.next_page_token = encode_page_token({"q": fingerprint, "o": offset + size})
+
+        def figures(key: GroupKey, sums: Sums) -> UsageFigures:
+            return UsageFigures(sums, seconds=seconds, currency=currency, categories=categories.get((0, key), {}))
+
+        end = query.offset + query.size
+        other = None
         if rest:
             other_categories: dict[str, int] = {}
             for key, _ in rest:
                 for category, tokens in categories.get((0, key), {}).items():
                     other_categories[category] = other_categories.get(category, 0) + tokens
-            other = usage_summary(
+            other = UsageFigures(
                 merged([sums for _, sums in rest]), seconds=seconds, currency=currency, categories=other_categories
             )
-            response.other.CopyFrom(pb.BreakdownRow(keys=[OTHER_KEY] * len(groupings), summary=other))
-        return response
-
-    def series_request(
-        self, request: pb.GetUsageTimeSeriesRequest, selection: UsageSelection, split_by: Grouping | None
-    ) -> SeriesRequest:
-        if not request.metrics:
-            raise InvalidArgumentError("metrics", "give at least one Metric")
-        for index, metric in enumerate(request.metrics):
-            metric_columns(metric, field=f"metrics[{index}]")
-        if request.top_n < 0:
-            raise InvalidArgumentError("top_n", "must not be negative; 0 means the default, 10")
-        time_zone(request.time_zone)
-        return SeriesRequest(
-            selection=selection,
-            granularity=request.granularity,
-            zone_name=request.time_zone,
-            metrics=tuple(request.metrics),
-            split_by=split_by,
-            top_n=request.top_n or DEFAULT_SERIES_TOP_N,
+        return BreakdownPage(
+            rows=[(key, figures(key, sums)) for key, sums in top[query.offset : end]],
+            other=other,
+            next_offset=end if end < len(top) else None,
         )
 
-    async def time_series(self, question: SeriesRequest) -> list[pb.TimeSeries]:
+    async def time_series(self, question: SeriesRequest) -> list[Series]:
+        """One series per metric and key (the top_n keys of the first metric, then "(other)")."""
+        if not question.metrics:
+            raise InvalidArgumentError("metrics", "give at least one Metric")
+        for index, metric in enumerate(question.metrics):
+            metric_columns(metric, field=f"metrics[{index}]")
+        if question.top_n < 0:
+            raise InvalidArgumentError("top_n", "must not be negative; 0 means the default, 10")
         selection = question.selection
         grid = bucket_grid(
             selection.start_us,
@@ -170,20 +178,27 @@ class UsageReports:
         for (bucket, key), sums in totals.items():
             per_key.setdefault(key, [None] * buckets)[bucket] = sums
         ranked_keys = [key for key, _ in _ranked(_key_totals(per_key), question.metrics[0], ascending=False)]
+        top_n = question.top_n or DEFAULT_SERIES_TOP_N
         series_keys: list[tuple[str, list[Sums | None]]] = []
         if question.split_by is None:
             series_keys.append(("", per_key.get((), [None] * buckets)))
         else:
-            for key in ranked_keys[: question.top_n]:
+            for key in ranked_keys[:top_n]:
                 series_keys.append((key[0], per_key[key]))
-            rest = ranked_keys[question.top_n :]
+            rest = ranked_keys[top_n:]
             if rest:
                 series_keys.append((OTHER_KEY, _summed_buckets([per_key[key] for key in rest], buckets)))
-        result = []
-        for metric in question.metrics:
-            for name, points in series_keys:
-                result.append(_series(metric, name, points, grid.labels_us))
-        return result
+        empty = [0] * len(SUM_COLUMNS)
+        return [
+            Series(
+                metric,
+                name,
+                grid.labels_us,
+                [metric_value(sums if sums is not None else empty, metric) for sums in points],
+            )
+            for metric in question.metrics
+            for name, points in series_keys
+        ]
 
 
 def _key_totals(per_key: dict[GroupKey, list[Sums | None]]) -> dict[GroupKey, Sums]:
@@ -203,17 +218,3 @@ def _ranked(groups: dict[GroupKey, Sums], metric: int, *, ascending: bool) -> li
     values = {key: metric_value(sums, metric) for key, sums in groups.items()}
     by_key = sorted(groups.items())
     return sorted(by_key, key=lambda item: values[item[0]], reverse=not ascending)
-
-
-def _series(metric: int, key: str, points: list[Sums | None], labels_us: Sequence[int]) -> pb.TimeSeries:
-    empty = [0] * len(SUM_COLUMNS)
-    values = [metric_value(sums if sums is not None else empty, metric) for sums in points]
-    series = pb.TimeSeries(metric=metric, key=key)  # type: ignore[arg-type]
-    for label_us, value in zip(labels_us, values, strict=True):
-        point = series.points.add(value=metric_message(value, metric))
-        point.bucket_start_time.FromMicroseconds(label_us)
-    if values:
-        series.min.CopyFrom(metric_message(min(values), metric))
-        series.max.CopyFrom(metric_message(max(values), metric))
-        series.average = sum(values) / len(values)
-    return series

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,51 +12,74 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.auth import Role, current_principal, requires
-from services.reporting.compaction import RollupMaintenance
+from services.errors import InvalidArgumentError
+from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pricing import PriceBooks
 from services.reporting.export import export_groups
+from services.reporting.figures import metric_message
 from services.reporting.filters import groupings, select_usage
 from services.reporting.history import RequestHistory
-from services.reporting.reports import UsageReports
+from services.reporting.reports import OTHER_KEY, BreakdownQuery, Series, SeriesRequest, UsageReports
 from services.settings import ServerSettings
 
 
 class ReportingServicer(pb_grpc.ReportingServiceServicer):
-    """Reports for admin and reporter tokens (a reporter sees only its environments); runs rollup maintenance."""
+    """Reports for admin and reporter tokens (a reporter sees only its environments)."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, prices: PriceBooks) -> None:
         self._engine = engine
-        self._reports = UsageReports(engine, max_points=settings.reporting_max_points)
+        self._prices = prices
+        self._reports = UsageReports(engine, max_points=settings.reporting_max_points, prices=prices)
         self._history = RequestHistory(engine)
-        self._maintenance = RollupMaintenance(engine, settings)
-
-    async def start(self) -> None:
-        await self._maintenance.start()
-
-    async def shutdown(self) -> None:
-        await self._maintenance.shutdown()
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def GetUsageSummary(
         self, request: pb.GetUsageSummaryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetUsageSummaryResponse:
         selection = select_usage(request.filter, current_principal())
-        return pb.GetUsageSummaryResponse(summary=await self._reports.summary(selection))
+        figures = await self._reports.summary(selection)
+        return pb.GetUsageSummaryResponse(summary=figures.summary())
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def GetUsageBreakdown(
         self, request: pb.GetUsageBreakdownRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetUsageBreakdownResponse:
-        selection = select_usage(request.filter, current_principal())
-        return await self._reports.breakdown(request, selection, groupings(request.group_by, field="group_by"))
+        fingerprint = _fingerprint(request)
+        query = BreakdownQuery(
+            select_usage(request.filter, current_principal()),
+            groupings(request.group_by, field="group_by"),
+            order_by=request.order_by or pb.METRIC_COST,
+            ascending=request.ascending,
+            top_n=request.top_n,
+            offset=_page_offset(request.page_token, fingerprint),
+            size=page_size(request.page_size),
+        )
+        page = await self._reports.breakdown(query)
+        response = pb.GetUsageBreakdownResponse(
+            rows=[pb.BreakdownRow(keys=key, summary=figures.summary()) for key, figures in page.rows]
+        )
+        if page.next_offset is not None:
+            response.next_page_token = encode_page_token({"q": fingerprint, "o": page.next_offset})
+        if page.other is not None:
+            keys = [OTHER_KEY] * len(query.groupings)
+            response.other.CopyFrom(pb.BreakdownRow(keys=keys, summary=page.other.summary()))
+        return response
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def GetUsageTimeSeries(
         self, request: pb.GetUsageTimeSeriesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetUsageTimeSeriesResponse:
-        selection = select_usage(request.filter, current_principal())
         split = groupings([request.split_by], field="split_by") if request.HasField("split_by") else ()
-        question = self._reports.series_request(request, selection, split[0] if split else None)
-        return pb.GetUsageTimeSeriesResponse(series=await self._reports.time_series(question))
+        question = SeriesRequest(
+            select_usage(request.filter, current_principal()),
+            granularity=request.granularity,
+            zone_name=request.time_zone,
+            metrics=tuple(request.metrics),
+            split_by=split[0] if split else None,
+            top_n=request.top_n,
+        )
+        series = await self._reports.time_series(question)
+        return pb.GetUsageTimeSeriesResponse(series=[_series_message(one) for one in series])
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ListRequests(
@@ -84,6 +108,43 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
             return
         grouped = groupings(request.group_by, field="group_by")
         async for rows in export_groups(
-            self._engine, selection, grouped, granularity=request.granularity, zone_name=request.time_zone
+            self._engine,
+            selection,
+            grouped,
+            granularity=request.granularity,
+            zone_name=request.time_zone,
+            prices=self._prices,
         ):
             yield pb.ExportUsageResponse(rows=rows)
+
+
+def _fingerprint(request: pb.GetUsageBreakdownRequest) -> str:
+    """Ties a page token to the query it continues, so a token cannot be replayed against another."""
+    query = pb.GetUsageBreakdownRequest()
+    query.CopyFrom(request)
+    query.ClearField("page_token")
+    query.ClearField("page_size")
+    return hashlib.sha256(query.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def _page_offset(token: str, fingerprint: str) -> int:
+    """Where a breakdown page token continues (0 without one); INVALID_ARGUMENT for another query's token."""
+    position = decode_page_token(token)
+    if position is None:
+        return 0
+    if position.get("q") != fingerprint or not isinstance(position.get("o"), int):
+        raise InvalidArgumentError("page_token", "belongs to a different query; start again without it")
+    offset: int = position["o"]
+    return offset
+
+
+def _series_message(series: Series) -> pb.TimeSeries:
+    message = pb.TimeSeries(metric=series.metric, key=series.key)  # type: ignore[arg-type]
+    for label_us, value in zip(series.labels_us, series.values, strict=True):
+        point = message.points.add(value=metric_message(value, series.metric))
+        point.bucket_start_time.FromMicroseconds(label_us)
+    if series.values:
+        message.min.CopyFrom(metric_message(min(series.values), series.metric))
+        message.max.CopyFrom(metric_message(max(series.values), series.metric))
+        message.average = sum(series.values) / len(series.values)
+    return message

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -16,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
 
 from services.storage.errors import DatabaseUnreachableError, StorageConfigError
+
+log = structlog.get_logger("meterwire.storage.engine")
 
 SQLITE_DRIVER: Final = "sqlite+aiosqlite"
 POSTGRES_DRIVER: Final = "postgresql+asyncpg"
@@ -33,6 +38,13 @@ SQLITE_WRITER_CACHE_KIB: Final = 64 * 1024
 
 CONNECT_TIMEOUT_S: Final = 5.0
 """How long opening one connection may take, so an unreachable server fails startup fast."""
+
+PRIVATE_FILE_MODE: Final = 0o600
+"""The SQLite database and the files SQLite keeps beside it hold usage data and token hashes: owner only."""
+PRIVATE_DIRECTORY_MODE: Final = 0o700
+"""The directory holding the SQLite database: owner only, so nobody else even lists it."""
+SQLITE_SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
+"""Files SQLite creates beside the database (with the database file's own mode)."""
 
 POSTGRES_POOL_SIZE: Final = 10
 POSTGRES_MAX_OVERFLOW: Final = 10
@@ -90,17 +102,64 @@ def _supported_forms() -> str:
 def _create_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
-        directory = Path(database).parent
-        try:
-            # Runs once at startup, before the server accepts requests, so the blocking call is harmless.
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageConfigError(
-                f"cannot create the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
-            ) from exc
+        # Runs once at startup, before the server accepts requests, so the blocking calls are harmless.
+        _prepare_private_database(Path(database), url)
     engine = create_async_engine(url, echo=echo, hide_parameters=True)
     event.listen(engine.sync_engine, "connect", _pragmas(*SQLITE_PRAGMAS))
     return engine
+
+
+def _prepare_private_database(database: Path, url: URL) -> None:
+    """Creates the database's directory (0700) and file (0600) before SQLite does, and makes existing ones private.
+
+    SQLite creates a new database file 0644 (less the umask) and gives its -wal, -shm and -journal files the
+    database file's own mode, so a database file that is 0600 before SQLite first opens it keeps every file
+    it later creates private too; an empty file is a valid empty database.
+    """
+    directory = database.parent
+    try:
+        directory.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        _make_directory_private(directory)
+        with contextlib.suppress(FileExistsError):  # made earlier, or just now by another process
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        for path in (database, *(database.with_name(database.name + s) for s in SQLITE_SIDE_FILE_SUFFIXES)):
+            _make_file_private(path)
+    except OSError as exc:
+        raise StorageConfigError(
+            f"cannot prepare the directory {directory} for database {redact(url)}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _make_file_private(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & ~PRIVATE_FILE_MODE:
+        os.chmod(path, PRIVATE_FILE_MODE)
+        log.warning("made a database file private", path=str(path), mode=f"{mode:04o}", now=f"{PRIVATE_FILE_MODE:04o}")
+
+
+def _make_directory_private(directory: Path) -> None:
+    status = directory.stat()
+    mode = stat.S_IMODE(status.st_mode)
+    if not mode & ~PRIVATE_DIRECTORY_MODE:
+        return
+    # A shared directory (sticky like /tmp, or someone else's) is not meterwire's to close: only the files are.
+    if status.st_mode & stat.S_ISVTX or status.st_uid != os.geteuid():
+        log.warning(
+            "the database's directory is open to other users; the database files themselves are private",
+            path=str(directory),
+            mode=f"{mode:04o}",
+        )
+        return
+    os.chmod(directory, PRIVATE_DIRECTORY_MODE)
+    log.warning(
+        "made the database's directory private",
+        path=str(directory),
+        mode=f"{mode:04o}",
+        now=f"{PRIVATE_DIRECTORY_MODE:04o}",
+    )
 
 
 SQLITE_PRAGMAS: Final = (

@@ -303,7 +303,7 @@ ROLLUP_1M_DIRTY: Final = text("attempt_count <> compacted_attempt_count")
 
 usage_rollup_1m: Final = rollup_table(
     "usage_rollup_1m",
-    # Reporting's compaction (services/reporting/compaction.py) owns this column; ingest never writes it, so
+    # Compaction (services/accounting/compaction.py) owns this column; ingest never writes it, so
     # a row ingest touched after its last compaction has attempt_count above it ("dirty").
     _zero("compacted_attempt_count", "attempt_count when compaction last folded this row into 1h and 1d."),
     Index(

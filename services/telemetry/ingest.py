@@ -19,18 +19,10 @@ their tags, the per-minute rollups and the gateway's acked spool sequence in ONE
 resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
 UNAVAILABLE; the agent resends them.
 
-Rollup semantics (``usage_rollup_1m``, counted for NEW events only, keyed by minute and the dimensions of
-``tables.ROLLUP_DIMENSIONS``):
-
-- ``attempt_count``: events; ``request_count``: events with ``attempt == 1`` (gateway requests);
-- ``success_count``: HTTP 1xx-3xx; ``error_count``: 4xx and 5xx; an unknown status counts in neither, and
-  ``status_class`` follows meterwire.common.v1.StatusClass (0 unknown, 1 success, 2 client, 3 server error);
-- token sums add only reported counts; ``tokens_unknown_count`` counts events that reported no token kind;
-- ``cost_micros`` adds every known cost, reported or derived from the pricing table;
-  ``cost_derived_count`` counts derived ones and ``cost_unknown_count`` unpriced ones (unknown is never 0);
-  ``cache_savings_micros`` adds every known saving;
-- latency, gateway latency and TTFT: sums in microseconds and counts of events that reported them, and
-  latency and TTFT histogram buckets (services.histogram) so percentiles come from rollups.
+What an event counts toward. Each NEW event is added into ``usage_rollup_1m`` (keyed by minute and
+``tables.ROLLUP_DIMENSIONS``) by services.accounting, which defines every measure once (accounting/measures.py).
+Its stored ``status_class`` is accounting's StatusClass (0 unknown, 1 success, 2 client error, 3 server
+error), NOT the numbering of meterwire.common.v1.StatusClass (whose 0 is UNSPECIFIED and 4 UNKNOWN).
 """
 
 from __future__ import annotations
@@ -52,21 +44,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.auth import Principal
-from services.config.store import get_version
 from services.errors import MeterwireError, PermissionDeniedError
 from services.gateway_registry import GatewayKeys
-from services.pricing import PriceBook
+from services.pricing import PriceBooks
 from services.settings import ServerSettings
 from services.telemetry import metrics
 from services.telemetry.prepare import PreparedEvents, prepare_events, prepare_serialized, start_worker
+from services.telemetry.transaction import StoredCounts
 from services.telemetry.validation import BatchLimits, check_batch
 from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
 
 log = structlog.get_logger("meterwire.telemetry")
-
-PRICING_REFRESH_S: Final = 5.0
-"""How long an environment's pricing table is reused before it is read again (a new config takes effect
-within this long)."""
 
 MAX_BATCHES_IN_FLIGHT_PER_STREAM: Final = 32
 """Unacked batches one stream may have queued; beyond it the server stops reading, so HTTP/2 flow control
@@ -83,32 +71,23 @@ class Gateway:
 
 
 @dataclass(frozen=True, slots=True)
-class Pricing:
-    """An environment's pricing table, parsed and serialized (b"": it has none)."""
+class QueuedBatch:
+    """A batch handed to the writer; `ack()` waits for its transaction and answers the gateway."""
 
-    book: PriceBook
-    serialized: bytes
+    batch_sequence: int
+    rejected: list[pb.RejectedEvent]
+    stored: asyncio.Future[StoredCounts]
 
-
-class PriceBooks:
-    """Each environment's pricing table (the Config service's latest version), re-read every few seconds."""
-
-    def __init__(self, engine: AsyncEngine, *, refresh_s: float = PRICING_REFRESH_S) -> None:
-        self._engine = engine
-        self._refresh_s = refresh_s
-        self._pricing: dict[str, tuple[float, Pricing]] = {}
-
-    async def get(self, environment_id: str) -> Pricing:
-        now = time.monotonic()
-        cached = self._pricing.get(environment_id)
-        if cached is not None and now - cached[0] < self._refresh_s:
-            return cached[1]
-        async with self._engine.connect() as connection:
-            stored = await get_version(connection, environment_id)
-        table = stored.config.pricing if stored is not None and stored.config.HasField("pricing") else None
-        pricing = Pricing(PriceBook(table), b"" if table is None else table.SerializeToString())
-        self._pricing[environment_id] = (now, pricing)
-        return pricing
+    async def ack(self) -> pb.UsageAck:
+        """The batch's ack once it is committed; BatchNotStoredError (UNAVAILABLE) if its transaction failed."""
+        counts = await self.stored
+        return pb.UsageAck(
+            batch_sequence=self.batch_sequence,
+            accepted_count=counts.accepted,
+            duplicate_count=counts.duplicate,
+            rejected_count=len(self.rejected),
+            rejected=self.rejected,
+        )
 
 
 class IngestWorkers:
@@ -189,7 +168,7 @@ class IngestWorkers:
 class UsageIngest:
     """Turns usage batches into acks: validation and pricing here, storage in the group-commit writer."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, prices: PriceBooks) -> None:
         self._limits = BatchLimits.of(settings)
         self._writer = GroupCommitWriter(
             engine,
@@ -199,7 +178,7 @@ class UsageIngest:
             wal_truncate_bytes=settings.sqlite_wal_truncate_bytes,
         )
         self._gateway_keys = GatewayKeys(engine)
-        self._prices = PriceBooks(engine)
+        self._prices = prices
         self._workers = IngestWorkers(settings.ingest_workers) if settings.ingest_workers else None
 
     async def start(self) -> None:
@@ -220,10 +199,8 @@ class UsageIngest:
         key = await self._gateway_keys.key(principal.environment_id, principal.gateway_id, now=datetime.now(UTC))
         return Gateway(principal.environment_id, principal.gateway_id, key)
 
-    async def submit(
-        self, gateway: Gateway, request: pb.StreamUsageRequest | pb.ReportUsageRequest
-    ) -> asyncio.Future[pb.UsageAck]:
-        """Validates and prices a batch and queues it; the future resolves with its ack once committed.
+    async def submit(self, gateway: Gateway, request: pb.StreamUsageRequest | pb.ReportUsageRequest) -> QueuedBatch:
+        """Validates and prices a batch and queues it for the writer; its ack comes once it is committed.
 
         Raises INVALID_ARGUMENT (nothing stored) for an empty or oversized batch.
         """
@@ -240,7 +217,7 @@ class UsageIngest:
                 reason=str(error),
             )
             raise
-        pricing = await self._prices.get(gateway.environment_id)
+        pricing = self._prices.get(gateway.environment_id)
         now_us = time.time_ns() // 1000
         environment_id, gateway_key = gateway.environment_id, gateway.gateway_key
         if self._workers is None:
@@ -279,7 +256,7 @@ class UsageIngest:
             batch_sequence=batch_sequence,
             events=events,
         )
-        return self._writer.submit(batch)
+        return QueuedBatch(batch_sequence, events.rejected, self._writer.submit(batch))
 
     async def stream(
         self, gateway: Gateway, requests: AsyncIterator[pb.StreamUsageRequest]
@@ -290,15 +267,14 @@ class UsageIngest:
         a transaction); acks are yielded in submission order. An invalid batch ends the stream with its error
         after the acks of the batches before it.
         """
-        pending: asyncio.Queue[asyncio.Future[pb.UsageAck] | BaseException | None] = asyncio.Queue()
+        pending: asyncio.Queue[QueuedBatch | BaseException | None] = asyncio.Queue()
         window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT_PER_STREAM)
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await window.acquire()
-                    future = await self.submit(gateway, request)
-                    pending.put_nowait(future)
+                    pending.put_nowait(await self.submit(gateway, request))
             except Exception as error:
                 pending.put_nowait(error)
             else:
@@ -309,7 +285,7 @@ class UsageIngest:
             while (item := await pending.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                ack = await item
+                ack = await item.ack()
                 window.release()
                 yield ack
         finally:

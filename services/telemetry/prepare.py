@@ -17,14 +17,13 @@ from typing import Any, Final
 from meterwire.common.v1 import usage_pb2
 from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.accounting.rollup import RollupKey, RollupRow, add_to_rollup
 from services.pricing import PriceBook
 from services.telemetry.rows import (
     EVENT_COLUMNS,
-    RollupKey,
-    RollupRow,
     TagRow,
     UsageEventRow,
-    add_to_rollup,
+    price_row,
     tag_items,
     usage_event_row,
     usage_event_tag_rows,
@@ -44,7 +43,8 @@ class PreparedEvents:
     tag_rows: dict[int, list[TagRow]]
     """Index of a valid event -> its usage_event_tags rows (events without tags are absent)."""
     rollups: dict[RollupKey, RollupRow]
-    """The valid events counted into per-minute rollups (rows.add_to_rollup), as if every one of them is new."""
+    """The valid events counted into per-minute rollups (accounting.rollup.add_to_rollup), as if every one
+    of them is new."""
     rejected: list[pb.RejectedEvent]
     max_sequence: int
     """Highest agent spool sequence among the valid events (0: none)."""
@@ -77,7 +77,7 @@ def prepare_events(
     now_us: int,
     limits: BatchLimits,
 ) -> PreparedEvents:
-    """Validates and prices each event; a bad one is rejected alone (rows.usage_event_row, validation)."""
+    """Validates, then prices each event; a bad one is rejected alone (rows.usage_event_row, validation)."""
     values: list[Any] = []
     tag_rows: dict[int, list[TagRow]] = {}
     rollups: dict[RollupKey, RollupRow] = {}
@@ -85,11 +85,12 @@ def prepare_events(
     max_sequence = 0
     for index, event in enumerate(events):
         tags = tag_items(event)
-        row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, prices=prices, tags=tags)
+        row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, tags=tags)
         rejection = rejection_of(event, row, tags, index, now_us, limits)
         if rejection is not None:
             rejected.append(rejection)
             continue
+        price_row(row, event, prices)
         if tags:
             tag_rows[len(values) // _WIDTH] = usage_event_tag_rows(tags, row)
         values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)

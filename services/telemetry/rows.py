@@ -1,23 +1,23 @@
-"""Translates validated usage events straight from protobuf into table rows, one function per table."""
+"""Translates usage events straight from protobuf into table rows, one function per table; prices valid rows.
+
+What a row counts toward in the rollups is services.accounting's (add_to_rollup); this module only reads the
+protobuf once and prices.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
-from operator import add
 from typing import Any, Final
 
 from meterwire.common.v1 import usage_pb2
-from services.histogram import bucket_index
+from services.accounting.measures import CostSource, status_class_of
 from services.pricing import PriceBook, price_tokens
 from services.storage import tables
 
-COST_UNKNOWN: Final = 0
-COST_REPORTED: Final = 1
-COST_DERIVED: Final = 2
-
-ROLLUP_BUCKET_SECONDS: Final = 60
-_US_PER_ROLLUP_BUCKET: Final = ROLLUP_BUCKET_SECONDS * 1_000_000
+_COST_UNKNOWN: Final = int(CostSource.UNKNOWN)
+_COST_REPORTED: Final = int(CostSource.REPORTED)
+_COST_DERIVED: Final = int(CostSource.DERIVED)
 
 UsageEventRow = dict[str, Any]
 """A usage_events row by column, in EVENT_COLUMNS order (ingest_time_us is set by the writer at commit);
@@ -26,8 +26,6 @@ TagRow = tuple[Any, ...]
 """Values of TAG_COLUMNS."""
 TagItems = list[tuple[str, str]]
 """An event's tags as (key, value) pairs sorted by key (`tag_items`)."""
-RollupKey = tuple[Any, ...]
-"""Values of tables.ROLLUP_DIMENSIONS, in that order."""
 
 EVENT_COLUMNS: Final = tuple(column.name for column in tables.usage_events.columns if column.name != "event_key")
 
@@ -39,16 +37,6 @@ def event_values(row: UsageEventRow) -> tuple[Any, ...]:
 
 
 TAG_COLUMNS: Final = ("gateway_key", "event_id", "tag_key", "tag_value", "environment_id", "event_time_us")
-ROLLUP_COLUMNS: Final = (*tables.ROLLUP_DIMENSIONS, *tables.ROLLUP_SUM_COLUMNS)
-
-
-def _status_class(status_code: int | None) -> int:
-    """meterwire.common.v1.StatusClass of an HTTP status; 0 (unknown) when it was not reported."""
-    if status_code is None:
-        return 0
-    if status_code < 400:
-        return 1
-    return 2 if status_code < 500 else 3
 
 
 def json_object(items: Iterable[tuple[str, str | int]]) -> str:
@@ -79,10 +67,11 @@ def usage_event_row(
     *,
     environment_id: str,
     gateway_key: int,
-    prices: PriceBook,
     tags: TagItems | None = None,
 ) -> UsageEventRow:
-    """The usage_events row of an event, its cost reported, derived from `prices`, or unknown.
+    """The usage_events row of an event as reported: its cost is the reported one or unknown until
+    `price_row` fills in what the pricing table derives (after validation, so an invalid event is never
+    priced).
 
     Every field is read from the protobuf once, here; validation then checks the row. An unset event_time
     gives event_time_us None, which validation refuses. `tags`: the event's `tag_items`, when the caller has
@@ -95,7 +84,7 @@ def usage_event_row(
     gateway_latency = event.gateway_latency
     ttft = event.ttft
     input_tokens = output_tokens = cache_read_tokens = cache_write_tokens = reasoning_tokens = None
-    categories: dict[str, int] = {}
+    categories = None
     if has("tokens"):
         tokens = event.tokens
         token_has = tokens.HasField
@@ -105,31 +94,8 @@ def usage_event_row(
         cache_write_tokens = tokens.cache_write if token_has("cache_write") else None
         reasoning_tokens = tokens.reasoning if token_has("reasoning") else None
         if tokens.categories:
-            categories = dict(tokens.categories)
+            categories = json_object(tokens.categories.items())
     cost_micros = event.cost_micros if has("cost_micros") else None
-    cache_savings_micros = event.cache_savings_micros if has("cache_savings_micros") else None
-    cost_source = COST_REPORTED if cost_micros is not None else COST_UNKNOWN
-    if cost_micros is None or cache_savings_micros is None:
-        price = prices.lookup(event.resolved_model, event.provider)
-        derived = (
-            None
-            if price is None
-            else price_tokens(
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cache_read_tokens=cache_read_tokens,
-                cache_write_tokens=cache_write_tokens,
-                reasoning_tokens=reasoning_tokens,
-                categories=categories,
-                price=price,
-            )
-        )
-        if derived is not None:
-            if cost_micros is None:
-                cost_micros = derived.cost_micros
-                cost_source = COST_DERIVED
-            if cache_savings_micros is None:
-                cache_savings_micros = derived.cache_savings_micros
     if tags is None:
         tags = tag_items(event)
     # In EVENT_COLUMNS order (event_values relies on it).
@@ -153,7 +119,7 @@ def usage_event_row(
         "credential_type": event.credential_type,
         "streaming": event.streaming,
         "status_code": status_code,
-        "status_class": _status_class(status_code),
+        "status_class": status_class_of(status_code),
         "error_type": event.error_type,
         "error_message": event.error_message,
         "latency_us": latency.seconds * 1_000_000 + latency.nanos // 1000 if has("latency") else None,
@@ -166,10 +132,10 @@ def usage_event_row(
         "cache_read_tokens": cache_read_tokens,
         "cache_write_tokens": cache_write_tokens,
         "reasoning_tokens": reasoning_tokens,
-        "token_categories": json_object(categories.items()) if categories else None,
+        "token_categories": categories,
         "cost_micros": cost_micros,
-        "cache_savings_micros": cache_savings_micros,
-        "cost_source": cost_source,
+        "cache_savings_micros": event.cache_savings_micros if has("cache_savings_micros") else None,
+        "cost_source": _COST_UNKNOWN if cost_micros is None else _COST_REPORTED,
         "tags": json_object(tags) if tags else None,
     }
 
@@ -181,112 +147,30 @@ def usage_event_tag_rows(tags: TagItems, row: UsageEventRow) -> list[TagRow]:
     return [(gateway_key, event_id, key, value, environment_id, event_time_us) for key, value in tags]
 
 
-# Offsets into a rollup row (ROLLUP_COLUMNS: the dimensions, then the metrics), which add_to_rollup fills in
-# place, so the row needs no copying into the tuple the driver takes.
-_SUM_INDEX: Final = {name: i for i, name in enumerate(ROLLUP_COLUMNS) if i >= len(tables.ROLLUP_DIMENSIONS)}
-_ATTEMPTS = _SUM_INDEX["attempt_count"]
-_REQUESTS = _SUM_INDEX["request_count"]
-_SUCCESSES = _SUM_INDEX["success_count"]
-_ERRORS = _SUM_INDEX["error_count"]
-_TOKEN_SUMS: Final = tuple(
-    (column, _SUM_INDEX[column])
-    for column in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-)
-_TOKENS_UNKNOWN = _SUM_INDEX["tokens_unknown_count"]
-_COST = _SUM_INDEX["cost_micros"]
-_COST_UNKNOWN = _SUM_INDEX["cost_unknown_count"]
-_COST_DERIVED = _SUM_INDEX["cost_derived_count"]
-_CACHE_SAVINGS = _SUM_INDEX["cache_savings_micros"]
-_LATENCY_SUM = _SUM_INDEX["latency_sum_us"]
-_LATENCY_COUNT = _SUM_INDEX["latency_count"]
-_GATEWAY_LATENCY_SUM = _SUM_INDEX["gateway_latency_sum_us"]
-_GATEWAY_LATENCY_COUNT = _SUM_INDEX["gateway_latency_count"]
-_TTFT_SUM = _SUM_INDEX["ttft_sum_us"]
-_TTFT_COUNT = _SUM_INDEX["ttft_count"]
-_LATENCY_BUCKET_0 = _SUM_INDEX[tables.LATENCY_BUCKET_COLUMNS[0]]
-_TTFT_BUCKET_0 = _SUM_INDEX[tables.TTFT_BUCKET_COLUMNS[0]]
-_NO_METRICS: Final = (0,) * len(tables.ROLLUP_SUM_COLUMNS)
-
-RollupRow = list[Any]
-"""Values of ROLLUP_COLUMNS: a rollup key's dimensions, then its metrics."""
-
-
-def add_to_rollup(rollups: dict[RollupKey, RollupRow], row: UsageEventRow) -> None:
-    """Counts one NEW event's row into the per-minute rollup row of its dimensions (see ingest.py)."""
-    key = (
-        row["event_time_us"] // _US_PER_ROLLUP_BUCKET * ROLLUP_BUCKET_SECONDS,
-        row["environment_id"],
-        row["gateway_key"],
-        row["requested_model"],
-        row["resolved_model"],
-        row["provider"],
-        row["api_key_id"],
-        row["user_id"],
-        row["route"],
-        row["request_type"],
-        row["credential_type"],
-        row["status_class"],
-        row["streaming"],
+def price_row(row: UsageEventRow, event: usage_pb2.UsageEvent, prices: PriceBook) -> None:
+    """Fills in a VALID row's unreported cost (then CostSource.DERIVED) and cache savings from the pricing
+    table, when the table prices its model and tokens exactly; otherwise they stay unknown."""
+    cost_micros = row["cost_micros"]
+    cache_savings_micros = row["cache_savings_micros"]
+    if cost_micros is not None and cache_savings_micros is not None:
+        return
+    price = prices.lookup(row["resolved_model"], row["provider"])
+    if price is None:
+        return
+    derived = price_tokens(
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+        reasoning_tokens=row["reasoning_tokens"],
+        # Read again only for the rare event that reports categories (validated by now).
+        categories=event.tokens.categories if row["token_categories"] is not None else {},
+        price=price,
     )
-    metrics = rollups.get(key)
-    if metrics is None:
-        metrics = rollups[key] = [*key, *_NO_METRICS]
-    metrics[_ATTEMPTS] += 1
-    if row["attempt"] == 1:
-        metrics[_REQUESTS] += 1
-    status_class = row["status_class"]
-    if status_class == 1:
-        metrics[_SUCCESSES] += 1
-    elif status_class:
-        metrics[_ERRORS] += 1
-    tokens_known = False
-    for column, index in _TOKEN_SUMS:
-        count = row[column]
-        if count is not None:
-            metrics[index] += count
-            tokens_known = True
-    if not tokens_known:
-        metrics[_TOKENS_UNKNOWN] += 1
-    cost = row["cost_micros"]
-    if cost is None:
-        metrics[_COST_UNKNOWN] += 1
-    else:
-        metrics[_COST] += cost
-        if row["cost_source"] == COST_DERIVED:
-            metrics[_COST_DERIVED] += 1
-    savings = row["cache_savings_micros"]
-    if savings is not None:
-        metrics[_CACHE_SAVINGS] += savings
-    latency = row["latency_us"]
-    if latency is not None:
-        metrics[_LATENCY_SUM] += latency
-        metrics[_LATENCY_COUNT] += 1
-        metrics[_LATENCY_BUCKET_0 + bucket_index(latency)] += 1
-    gateway_latency = row["gateway_latency_us"]
-    if gateway_latency is not None:
-        metrics[_GATEWAY_LATENCY_SUM] += gateway_latency
-        metrics[_GATEWAY_LATENCY_COUNT] += 1
-    ttft = row["ttft_us"]
-    if ttft is not None:
-        metrics[_TTFT_SUM] += ttft
-        metrics[_TTFT_COUNT] += 1
-        metrics[_TTFT_BUCKET_0 + bucket_index(ttft)] += 1
-
-
-_FIRST_METRIC: Final = len(tables.ROLLUP_DIMENSIONS)
-
-
-def merge_rollups(into: dict[RollupKey, RollupRow], rollups: dict[RollupKey, RollupRow]) -> None:
-    """Adds `rollups` (add_to_rollup's rows) into `into`, metric by metric; `rollups` is left as it was."""
-    for key, row in rollups.items():
-        mine = into.get(key)
-        if mine is None:
-            into[key] = row.copy()
-        else:
-            mine[_FIRST_METRIC:] = map(add, mine[_FIRST_METRIC:], row[_FIRST_METRIC:])
-
-
-def rollup_rows(rollups: dict[RollupKey, RollupRow]) -> list[tuple[Any, ...]]:
-    """usage_rollup_1m rows (ROLLUP_COLUMNS values) for upsert_adding, as the tuples drivers take for an
-    executemany or CompiledStatement.chunks: every dimension and every metric."""
-    return [tuple(row) for row in rollups.values()]
+    if derived is None:
+        return
+    if cost_micros is None:
+        row["cost_micros"] = derived.cost_micros
+        row["cost_source"] = _COST_DERIVED
+    if cache_savings_micros is None:
+        row["cache_savings_micros"] = derived.cache_savings_micros

@@ -38,5 +38,5 @@ class TelemetryServicer(pb_grpc.TelemetryServiceServicer):
         self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportUsageResponse:
         gateway = await self._ingest.gateway(current_principal())
-        future = await self._ingest.submit(gateway, request)
-        return pb.ReportUsageResponse(ack=await future)
+        queued = await self._ingest.submit(gateway, request)
+        return pb.ReportUsageResponse(ack=await queued.ack())

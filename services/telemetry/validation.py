@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.accounting.measures import CostSource
 from services.errors import InvalidArgumentError
-from services.telemetry.rows import COST_REPORTED, TagItems
+from services.telemetry.rows import TagItems
 
 if TYPE_CHECKING:  # ingest worker processes import this module, and need no settings
     from services.settings import ServerSettings
@@ -51,6 +52,8 @@ _IDENTIFIERS: Final = (
     "provider",
     "error_type",
 )
+
+_COST_REPORTED: Final = int(CostSource.REPORTED)
 
 INVALID: Final = pb.REJECTION_REASON_INVALID_FIELD
 FROM_THE_FUTURE: Final = pb.REJECTION_REASON_FROM_THE_FUTURE
@@ -126,8 +129,9 @@ def rejection_of(
 ) -> pb.RejectedEvent | None:
     """Why the event must be refused (the first problem found), or None when it is acceptable.
 
-    Checks the event's row (rows.usage_event_row), which holds every value read once from the protobuf, and
-    its tags (rows.tag_items); only token categories are read from the event itself, and only when present.
+    Checks the event's row as reported (rows.usage_event_row, not priced yet), which holds every value read
+    once from the protobuf, and its tags (rows.tag_items); only token categories are read from the event
+    itself, and only when present.
     """
     event_id = row["event_id"]
     if not event_id:
@@ -187,7 +191,7 @@ def rejection_of(
         rejected = _category_rejection(event, index)
         if rejected is not None:
             return rejected
-    if row["cost_source"] == COST_REPORTED and not 0 <= row["cost_micros"] <= MAX_ABS_MICROS:
+    if row["cost_source"] == _COST_REPORTED and not 0 <= row["cost_micros"] <= MAX_ABS_MICROS:
         return _reject(event, index, "cost_micros", f"must be within 0..{MAX_ABS_MICROS}")
     savings = row["cache_savings_micros"]
     if savings is not None and abs(savings) > MAX_ABS_MICROS:

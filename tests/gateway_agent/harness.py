@@ -9,11 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -142,3 +143,74 @@ async def eventually(predicate: Callable[[], bool], *, within: float, what: str,
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class BlackHoleProxy:
+    """A TCP proxy on loopback that can turn into a black hole: connections are accepted, nothing is forwarded.
+
+    What a dead link looks like to the agent (a NAT or firewall that dropped the flow, a peer that froze): its
+    writes still succeed into the socket buffers, and no byte, error or close ever comes back.
+    """
+
+    def __init__(self, target: str) -> None:
+        self._target_host, _, port = target.rpartition(":")
+        self._target_port = int(port)
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.swallowing = False
+        self.address = ""
+
+    async def __aenter__(self) -> BlackHoleProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def swallow(self) -> None:
+        """From now on nothing is forwarded either way, on open connections and new ones (which are accepted)."""
+        self.swallowing = True
+
+    def forward(self) -> None:
+        """Forwards again; connections opened while swallowing stay dead, as they would on a real network."""
+        self.swallowing = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.swallowing:
+            self._spawn(self._pipe(reader, None))
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(self._target_host, self._target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(upstream_writer)
+        self._spawn(self._pipe(reader, upstream_writer))
+        self._spawn(self._pipe(upstream_reader, writer))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
+        dead = writer is None
+        while data := await reader.read(65536):
+            # Once swallowing, a connection stays dead even if forwarding resumes: its stream state is lost.
+            dead = dead or self.swallowing
+            if not dead and writer is not None:
+                writer.write(data)
+                await writer.drain()
+        # The peer closed its side: pass the close on unless the link is dead (a black hole passes nothing).
+        if writer is not None and not dead and not self.swallowing:
+            writer.close()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import pytest
+from structlog.testing import capture_logs
 
 from gateway_agent import BUDGETS_NOT_ENFORCED, AgentClosedError, CheckRequest, GatewayAgent
 from gateway_agent.agent import CONFIG_DIR, new_event_id
@@ -94,6 +99,52 @@ def test_a_corrupt_cache_falls_back_to_the_previous_good_version(tmp_path: Path)
     assert loaded is not None
     assert (loaded.version, loaded.source) == (1, "previous")
     assert cache.corrupt_files_seen == 1
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The usual 022 umask, under which files are created readable by everyone unless made private."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_config_cache_files_and_their_directory_are_private(tmp_path: Path) -> None:
+    cache = ConfigCache(tmp_path / "agent" / CONFIG_DIR)
+    cache.save(config_version(1, disabled=["a"]))
+    cache.save(config_version(2, disabled=["b"]))
+    assert {name: mode_of(cache.directory / name) for name in (CURRENT, PREVIOUS)} == {CURRENT: 0o600, PREVIOUS: 0o600}
+    assert mode_of(cache.directory) == 0o700
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_config_cache_files_readable_by_others_are_made_private_when_loaded(tmp_path: Path) -> None:
+    directory = tmp_path / CONFIG_DIR
+    cache = ConfigCache(directory)
+    cache.save(config_version(1, disabled=["a"]))
+    cache.save(config_version(2, disabled=["b"]))
+    for path in (directory, directory / CURRENT, directory / PREVIOUS):  # as an older agent left them
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    with capture_logs() as logs:
+        loaded = ConfigCache(directory).load()
+
+    assert loaded is not None
+    assert loaded.version == 2
+    assert {name: mode_of(directory / name) for name in (CURRENT, PREVIOUS)} == {CURRENT: 0o600, PREVIOUS: 0o600}
+    assert mode_of(directory) == 0o700
+    assert sorted((entry["event"], Path(entry["path"]).name) for entry in logs) == [
+        ("made an agent directory private", CONFIG_DIR),
+        ("made an agent file private", CURRENT),
+        ("made an agent file private", PREVIOUS),
+    ]
 
 
 def test_structural_config_problems_are_named_for_the_nack() -> None:

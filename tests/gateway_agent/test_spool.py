@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
 
 from gateway_agent.settings import Durability
 from gateway_agent.spool import Rejection, Spool, iter_dead_letters
@@ -134,3 +142,112 @@ async def test_acked_events_are_deleted_and_rejected_ones_dead_lettered(tmp_path
         (2, "id-2", "REJECTION_REASON_INVALID_FIELD", "request_id")
     ]
     assert dead[0].payload == b"x" * 10
+
+
+async def settled(spool: Spool) -> None:
+    """Waits until the writer has run everything queued (acked-batch deletes included) and reported it."""
+    marker = spool.next_sequence
+    spool.next_sequence += 1
+    assert spool.enqueue(marker, f"id-{marker}", b"m") is None
+    assert await spool.wait_committed(marker)
+
+
+async def record_times(spool: Spool) -> dict[int, int]:
+    return {e.sequence: e.enqueue_us for e in await spool.read_after(0, max_events=1000, max_bytes=1 << 30)}
+
+
+async def test_the_oldest_unsent_event_comes_from_the_spool_through_acks_new_commits_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    spool = await open_spool(tmp_path / "spool.db")
+    assert spool.oldest_unsent_us is None
+    first = await add(spool, 3)
+    times = await record_times(spool)
+    assert spool.oldest_unsent_us == times[first[0]]
+
+    # An ack empties everything that was committed; nothing newer is there yet.
+    spool.acknowledge(first, 30, [])
+    assert spool.oldest_unsent_us is None
+    # Events committed afterwards are unsent from the moment they are spooled, whatever the sender does next
+    # (its stream may never be answered, or fail and retry forever).
+    later = await add(spool, 4)
+    times = await record_times(spool)
+    assert spool.oldest_unsent_us == times[later[0]]
+
+    # A partial ack moves the oldest to the first event it left, once the writer has deleted the acked ones.
+    spool.acknowledge(later[:2], 20, [])
+    await settled(spool)
+    assert spool.oldest_unsent_us == times[later[2]]
+    await asyncio.to_thread(spool.close)
+
+    reopened = await open_spool(tmp_path / "spool.db")
+    assert reopened.oldest_unsent_us == times[later[2]]
+    await asyncio.to_thread(reopened.close)
+
+
+async def test_events_waiting_for_a_group_commit_count_as_unsent(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
+    await asyncio.to_thread(spool.open)  # writer not started: the events stay queued in memory
+    before = time.time_ns() // 1000
+    assert spool.enqueue(1, "id-1", b"p") is None
+    assert spool.enqueue(2, "id-2", b"p") is None
+    oldest = spool.oldest_unsent_us
+    await asyncio.to_thread(spool.close)
+    assert oldest is not None
+    assert before <= oldest <= time.time_ns() // 1000
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The usual 022 umask, under which files are created readable by everyone unless made private."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_new_spool_its_wal_and_its_directory_are_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "agent"
+    spool = await open_spool(data_dir / "spool.db")
+    sequences = await add(spool, 3)
+    spool.acknowledge(sequences[:1], 10, [Rejection(1, "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")])
+    await settled(spool)
+    # SQLite made the -wal and -shm files on the first connection in WAL mode; they exist while it is open.
+    modes = {name: mode_of(data_dir / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")}
+    await asyncio.to_thread(spool.close)
+    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert mode_of(data_dir) == 0o700
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_spool_and_data_dir_readable_by_others_are_made_private_when_opened(tmp_path: Path) -> None:
+    data_dir = tmp_path / "agent"
+    data_dir.mkdir(mode=0o755)
+    path = data_dir / "spool.db"
+    # As an older agent left them: 0644, with a connection keeping the -wal and -shm files in place.
+    older = sqlite3.connect(path, isolation_level=None)
+    try:
+        older.execute("PRAGMA journal_mode=WAL")
+        older.execute("CREATE TABLE t (x INTEGER)")
+        assert {mode_of(data_dir / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")} == {0o644}
+        with capture_logs() as logs:
+            spool = await open_spool(path)
+        await add(spool, 1)
+        modes = {name: mode_of(data_dir / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")}
+        await asyncio.to_thread(spool.close)
+    finally:
+        older.close()
+    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert mode_of(data_dir) == 0o700
+    assert sorted((entry["event"], Path(entry["path"]).name, entry["mode"]) for entry in logs) == [
+        ("made an agent directory private", "agent", "0755"),
+        ("made an agent file private", "spool.db", "0644"),
+        ("made an agent file private", "spool.db-shm", "0644"),
+        ("made an agent file private", "spool.db-wal", "0644"),
+    ]

@@ -14,10 +14,10 @@ from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
-from services.reporting import compaction
-from services.reporting.compaction import compact, dirty_hour_starts, prune
+from services.accounting import compaction
+from services.accounting.compaction import compact, dirty_hour_starts, prune
 from services.server import ControlPlane
-from services.settings import ServerSettings
+from services.settings import ServerSettings, ServiceName
 from services.storage import tables
 from tests.reporting.conftest import reporting_settings
 from tests.reporting.dataset import GATEWAYS, make_dataset
@@ -201,3 +201,29 @@ async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again
     assert sum(ack.rejected_count for ack in acks) == len(pruned)
     assert kept == len(events) - len(pruned)
     assert after == before
+
+
+async def test_a_replica_serving_only_telemetry_compacts_the_rollups_it_writes(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, database_url: str, tmp_path: Path
+) -> None:
+    # Rollups are written by ingest, so a replica hosting only Telemetry runs the maintenance job too: without
+    # it, a deployment whose reporting runs elsewhere (or nowhere) would never compact nor prune.
+    secrets, events = await _setup(control_plane, channel, tokens, 1_500, days_ago=1)
+    await ingest(channel, secrets, events)
+    assert len(await dirty_hour_starts(control_plane.engine)) > 1
+    settings = reporting_settings(
+        database_url,
+        tmp_path / "telemetry-only",
+        services=frozenset({ServiceName.TELEMETRY}),
+        rollup_compaction_interval=timedelta(milliseconds=50),
+    )
+    async with ControlPlane(settings) as replica:
+
+        async def compacted() -> bool:
+            return not await dirty_hour_starts(replica.engine)
+
+        await wait_until(compacted)
+    minutes = await _totals(control_plane, tables.usage_rollup_1m)
+    assert minutes[0] == len(events)
+    for table in COARSE_ROLLUPS:
+        assert await _totals(control_plane, table) == minutes, table.name

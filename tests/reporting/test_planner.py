@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.compaction import dirty_hours, dirty_hours_query
 from services.errors import InvalidArgumentError
 from services.reporting.planner import (
     DAY_US,
@@ -17,8 +18,6 @@ from services.reporting.planner import (
     Source,
     bucket_grid,
     coarse_rollups,
-    dirty_hours,
-    dirty_hours_query,
     plan_sources,
 )
 from services.storage import tables

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
+from services.server import ControlPlane
+from services.settings import ServerSettings
 from services.storage import tables
 from services.storage.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -183,3 +189,121 @@ async def test_maintenance_warnings_name_autovacuum_off_for_the_server_or_a_tabl
         "autovacuum is disabled for table usage_rollup_1m (ALTER TABLE usage_rollup_1m RESET (autovacuum_enabled) "
         "turns it back on): its dead rows are never reclaimed, so it slows down over time"
     ]
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The usual 022 umask, under which files are created readable by everyone unless made private."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def sqlite_files(database: Path) -> list[Path]:
+    return [database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm"))]
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_new_sqlite_database_its_wal_and_its_directory_are_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"
+    engine = create_engine(sqlite_url(data_dir))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+            await connection.execute(text("INSERT INTO t VALUES (1)"))
+        # The writer's and the checkpointer's engines open the same files from their own connections.
+        writer = create_sqlite_thread_engine(engine)
+        with writer.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+        # SQLite made the -wal and -shm files lazily, on the first connection in WAL mode; they exist while
+        # a connection is open.
+        modes = {path.name: mode_of(path) for path in sqlite_files(data_dir / "meterwire.db")}
+        writer.dispose()
+    finally:
+        await engine.dispose()
+    assert modes == {"meterwire.db": 0o600, "meterwire.db-wal": 0o600, "meterwire.db-shm": 0o600}
+    assert mode_of(data_dir) == 0o700
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_existing_database_files_and_directory_readable_by_others_are_made_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    database = data_dir / "meterwire.db"
+    # Made as an older version did: 0644 files, and a connection keeps the -wal and -shm files in place.
+    older = sqlite3.connect(database, isolation_level=None)
+    try:
+        older.execute("PRAGMA journal_mode=WAL")
+        older.execute("CREATE TABLE t (x INTEGER)")
+        older.execute("INSERT INTO t VALUES (1)")
+        assert {mode_of(path) for path in sqlite_files(database)} == {0o644}
+        with capture_logs() as logs:
+            engine = create_engine(sqlite_url(data_dir))
+        try:
+            async with engine.connect() as connection:
+                assert (await connection.execute(text("SELECT x FROM t"))).scalar_one() == 1
+        finally:
+            await engine.dispose()
+        modes = {path.name: mode_of(path) for path in sqlite_files(database)}
+    finally:
+        older.close()
+    assert modes == {"meterwire.db": 0o600, "meterwire.db-wal": 0o600, "meterwire.db-shm": 0o600}
+    assert mode_of(data_dir) == 0o700
+    made_private = sorted((entry["event"], Path(entry["path"]).name, entry["mode"]) for entry in logs)
+    assert made_private == [
+        ("made a database file private", "meterwire.db", "0644"),
+        ("made a database file private", "meterwire.db-shm", "0644"),
+        ("made a database file private", "meterwire.db-wal", "0644"),
+        ("made the database's directory private", "data", "0755"),
+    ]
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_shared_sticky_directory_is_left_open_and_only_the_database_files_are_made_private(
+    tmp_path: Path,
+) -> None:
+    # A database put straight into a shared directory like /tmp: closing the directory would break everyone
+    # else using it, so it is left alone (and said so), while the database files are private.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with capture_logs() as logs:
+        engine = create_engine(f"sqlite+aiosqlite:///{shared / 'other-name.db'}")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+            modes = {path.name: mode_of(path) for path in sqlite_files(shared / "other-name.db")}
+    finally:
+        await engine.dispose()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert modes == {"other-name.db": 0o600, "other-name.db-wal": 0o600, "other-name.db-shm": 0o600}
+    assert [entry["event"] for entry in logs] == [
+        "the database's directory is open to other users; the database files themselves are private"
+    ]
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_started_control_plane_keeps_its_database_wal_token_and_data_directory_private(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    settings = ServerSettings(
+        listen="127.0.0.1:0", data_dir=data_dir, drain_delay=timedelta(0), shutdown_grace=timedelta(seconds=1)
+    )
+    async with ControlPlane(settings) as plane:
+        # Startup migrated the database and stored the first admin token: SQLite has made its -wal and -shm
+        # files by now, lazily, on its first connection in WAL mode.
+        async with plane.engine.connect() as connection:
+            assert (await connection.execute(text("SELECT count(*) FROM api_tokens"))).scalar_one() == 1
+        modes = {
+            path.name: mode_of(path) for path in [*sqlite_files(data_dir / "meterwire.db"), data_dir / "admin.token"]
+        }
+        directory_mode = mode_of(data_dir)
+    assert modes == {"meterwire.db": 0o600, "meterwire.db-wal": 0o600, "meterwire.db-shm": 0o600, "admin.token": 0o600}
+    assert directory_mode == 0o700

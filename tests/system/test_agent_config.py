@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import stat
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -120,3 +121,50 @@ async def test_a_control_plane_that_never_answers_does_not_stop_the_agent_starti
         result = await agent.record(usage_event(), wait_for_commit=True)
         assert result.committed
         assert not agent.status().connected
+
+
+async def test_a_cached_config_the_control_plane_still_has_is_confirmed_after_reconnecting(tmp_path: Path) -> None:
+    agent_dir = tmp_path / "agent"
+    with control_plane(tmp_path / "cp") as cp:
+        assert put_config(cp, disabled=["key-01"]) == 1
+        token, port = cp.gateway_token, int(cp.address.rpartition(":")[2])
+        async with GatewayAgent(agent_settings(cp.address, token, agent_dir)) as agent:
+            assert agent.status().config_source == "control_plane"
+    # The control plane is down when the agent starts: it serves version 1 from its cache...
+    async with GatewayAgent(agent_settings(f"127.0.0.1:{port}", token, agent_dir)) as agent:
+        assert agent.status().config_source == "cache"
+        # ...and comes back with the same version 1: the agent must say its config is the control plane's again.
+        with control_plane(tmp_path / "cp", port=port, token=token):
+            await eventually(
+                lambda: agent.status().config_source == "control_plane", within=30, what="the config confirmed"
+            )
+            status = agent.status()
+    assert status.config_version == 1
+    assert status.config_state_message.startswith("serving config version 1 from the control plane")
+    assert status.nacked_config_version == 0
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The usual 022 umask, under which files are created readable by everyone unless made private."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_running_agent_keeps_its_spool_config_cache_and_data_dir_private(tmp_path: Path) -> None:
+    agent_dir = tmp_path / "agent"
+    with control_plane(tmp_path / "cp") as cp:
+        put_config(cp, disabled=["key-01"])
+        async with GatewayAgent(agent_settings(cp.address, cp.gateway_token, agent_dir)) as agent:
+            assert (await agent.record(usage_event(), wait_for_commit=True)).committed
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the event delivered")
+            # SQLite made the spool's -wal and -shm files lazily; they exist while the agent runs.
+            files = ["spool.db", "spool.db-wal", "spool.db-shm", f"{CONFIG_DIR}/{CURRENT}"]
+            modes = {name: stat.S_IMODE((agent_dir / name).stat().st_mode) for name in files}
+            directories = {name: stat.S_IMODE((agent_dir / name).stat().st_mode) for name in (".", CONFIG_DIR)}
+    assert modes == dict.fromkeys(files, 0o600)
+    assert directories == {".": 0o700, CONFIG_DIR: 0o700}

@@ -61,6 +61,19 @@ def _shown_gateway(process: ServeProcess) -> dict[str, Any]:
     return gateway
 
 
+async def _gateway_reaching(process: ServeProcess, status: str, *, what: str) -> dict[str, Any]:
+    """Polls the gateway until it shows `status` and returns that very reading: with 1 s heartbeats a busy machine
+    may show it STALE for a moment, so a second reading could tell another story."""
+    readings: list[dict[str, Any]] = []
+
+    def reached() -> bool:
+        readings.append(_shown_gateway(process))
+        return bool(readings[-1]["status"] == status)
+
+    await eventually(reached, within=30, what=what)
+    return readings[-1]
+
+
 async def test_an_event_the_control_plane_rejects_is_dead_lettered_and_reported_by_the_heartbeat(
     tmp_path: Path,
 ) -> None:
@@ -77,12 +90,9 @@ async def test_an_event_the_control_plane_rejects_is_dead_lettered_and_reported_
             good += await record_traffic(agent, 20, seed=8)
             await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the spool to drain")
             status = agent.status()
-            await eventually(
-                lambda: _shown_gateway(process)["status"] == "GATEWAY_STATUS_DEGRADED",
-                within=30,
-                what="the heartbeat to report the dead letter",
+            gateway = await _gateway_reaching(
+                process, "GATEWAY_STATUS_DEGRADED", what="the heartbeat to report the dead letter"
             )
-            gateway = _shown_gateway(process)
         stored = server_event_ids(process.data_dir)
     dead = list(iter_dead_letters(tmp_path / "agent" / "spool.db"))
     assert [(letter.event_id, letter.field) for letter in dead] == [(rejected.event_id, "status_code")]
@@ -120,6 +130,42 @@ async def test_batches_the_control_plane_cannot_store_are_resent_until_stored_on
     assert (failing.spool_depth, failing.events_accepted, failing.dead_letter_count) == (len(ids), 0, 0)
     assert Counter(stored) == Counter(ids)
     assert (status.events_accepted, status.dead_letter_count, status.dropped_event_count) == (len(ids), 0, 0)
+
+
+async def test_a_backlog_behind_a_failing_stream_makes_the_gateway_degraded(tmp_path: Path) -> None:
+    # The window was emptied by an ack before the next events were committed; every later batch is refused
+    # (a trigger in the control plane's database) and the stream fails and retries. The heartbeat must carry
+    # the age of the oldest waiting event, so the backlog makes the gateway DEGRADED, and HEALTHY once delivered.
+    env = {"MW_HEARTBEAT_INTERVAL": "1s", "MW_HEARTBEAT_DEGRADED_BACKLOG": "1s"}
+    with serve(tmp_path / "cp", env=env) as process:
+        token = create_gateway_token(process)
+        async with GatewayAgent(agent_settings(process.address, token, tmp_path / "agent")) as agent:
+            ids = await record_traffic(agent, 5, seed=13)
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the first events acked")
+            database = sqlite3.connect(process.data_dir / SQLITE_FILE_NAME, timeout=30)
+            database.execute(
+                "CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_events BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+            try:
+                ids += await record_traffic(agent, 5, seed=14)
+                await eventually(lambda: agent.status().stream_failures >= 2, within=30, what="failed deliveries")
+                degraded = await _gateway_reaching(
+                    process, "GATEWAY_STATUS_DEGRADED", what="the backlog reported by the heartbeat"
+                )
+                waiting = agent.status()
+            finally:
+                database.execute("DROP TRIGGER refuse_usage")
+                database.close()
+            await eventually(lambda: agent.status().spool_depth == 0, within=30, what="the backlog delivered")
+            await _gateway_reaching(process, "GATEWAY_STATUS_HEALTHY", what="the gateway healthy again")
+            drained = agent.status()
+        stored = server_event_ids(process.data_dir)
+    reasons = degraded["status_reasons"]
+    assert any(reason.startswith("usage backlog: oldest unsent event is") for reason in reasons), reasons
+    assert waiting.oldest_unsent_age is not None
+    assert waiting.spool_depth > 0
+    assert drained.oldest_unsent_age is None
+    assert Counter(stored) == Counter(ids)
 
 
 async def test_an_agent_whose_batches_are_too_big_for_the_server_sends_smaller_ones(tmp_path: Path) -> None:

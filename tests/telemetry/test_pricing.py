@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.config.v1 import config_service_pb2 as config_pb
-from services.config.store import insert_next_version
-from services.pricing import EventCost, PriceBook, price_tokens
+from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
+from services.config.hub import ConfigHub
+from services.config.store import StoredConfig
+from services.pricing import EventCost, PriceBook, PriceBooks, price_tokens
 from services.server import ControlPlane
+from services.settings import ServerSettings, ServiceName
 from services.storage import tables
-from services.storage.uow import UnitOfWork
-from tests.services.conftest import Tokens
+from tests.services.conftest import Tokens, bearer
 
 from .events import report, rollup_sums, usage_event
+
+
+@pytest.fixture
+async def control_plane(database_url: str, tmp_path: Path, ingest_workers: int) -> AsyncIterator[ControlPlane]:
+    # Config too: a pricing table put through it prices the very next batch (one config hub per process).
+    settings = ServerSettings(
+        ingest_workers=ingest_workers,
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        services=frozenset({ServiceName.TELEMETRY, ServiceName.CONFIG, ServiceName.ADMIN}),
+        drain_delay=timedelta(0),
+        shutdown_grace=timedelta(seconds=1),
+    )
+    async with ControlPlane(settings) as plane:
+        yield plane
+
 
 GPT = config_pb.ModelPrice(
     model="gpt-4o",
@@ -104,16 +126,10 @@ async def test_ingest_derives_missing_costs_keeps_reported_ones_and_leaves_unpri
         model="gpt-4o", provider="bedrock", input_micros_per_million=3_000_000, output_micros_per_million=0
     )
     pricing = config_pb.PricingTable(currency="USD", models=[GPT, bedrock])
-    async with UnitOfWork(control_plane.engine) as uow:
-        await insert_next_version(
-            uow.connection,
-            environment_id="prod",
-            config=config_pb.EnvironmentConfig(pricing=pricing),
-            description="prices",
-            created_by="test",
-            now=datetime.now(UTC),
-        )
-        await uow.commit()
+    await config_grpc.ConfigServiceStub(channel).PutConfig(
+        config_pb.PutConfigRequest(environment_id="prod", config=config_pb.EnvironmentConfig(pricing=pricing)),
+        metadata=bearer(tokens.admin),
+    )
     derived = usage_event(resolved_model="gpt-4o", provider="openai")
     derived.tokens.input, derived.tokens.output, derived.tokens.cache_read = 1_000, 500, 2_000
     reported = usage_event(resolved_model="gpt-4o", provider="openai", cost_micros=123)
@@ -141,3 +157,37 @@ async def test_ingest_derives_missing_costs_keeps_reported_ones_and_leaves_unpri
     sums = await rollup_sums(control_plane.engine)
     assert (sums["cost_micros"], sums["cache_savings_micros"]) == (10_000 + 123 + 3_003, 2_500)
     assert (sums["cost_derived_count"], sums["cost_unknown_count"]) == (2, 1)
+
+
+def _stored(environment_id: str, version: int, currency: str = "", *models: config_pb.ModelPrice) -> StoredConfig:
+    config = config_pb.EnvironmentConfig()
+    if currency or models:
+        config.pricing.CopyFrom(config_pb.PricingTable(currency=currency, models=models))
+    return StoredConfig(environment_id, version, config, "", "", "test", datetime.now(UTC))
+
+
+async def test_price_books_follow_the_config_hubs_latest_version_and_parse_each_once(engine: AsyncEngine) -> None:
+    hub = ConfigHub(engine, ServerSettings())  # published to directly, as the Config service does
+    prices = PriceBooks(hub)
+    assert prices.get("prod").book.lookup("gpt-4o", "openai") is None
+    assert prices.get("prod").serialized == b""
+
+    hub.publish(_stored("prod", 1, "USD", GPT))
+    first = prices.get("prod")
+    assert first.book.lookup("gpt-4o", "openai") == GPT
+    assert config_pb.PricingTable.FromString(first.serialized).models[0] == GPT
+    assert prices.get("prod") is first  # parsed once per version
+
+    hub.publish(_stored("prod", 2))  # a version without pricing unprices the environment
+    assert prices.get("prod").book.lookup("gpt-4o", "openai") is None
+
+
+async def test_the_currency_is_the_one_the_environments_share(engine: AsyncEngine) -> None:
+    hub = ConfigHub(engine, ServerSettings())
+    prices = PriceBooks(hub)
+    hub.publish(_stored("a", 1, "USD", GPT))
+    hub.publish(_stored("b", 1, "USD", GPT))
+    hub.publish(_stored("c", 1, "EUR", GPT))
+    assert prices.currency(["a", "b", "unconfigured"]) == "USD"
+    assert prices.currency(["a", "c"]) == ""
+    assert prices.currency(["unconfigured"]) == ""

@@ -12,15 +12,11 @@ from hypothesis import strategies as st
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
-from services.pricing import PriceBook
+from services.accounting.rollup import RollupKey, RollupRow, add_to_rollup, merge_rollups
 from services.telemetry.rows import (
     EVENT_COLUMNS,
-    RollupKey,
-    RollupRow,
-    add_to_rollup,
     event_values,
     json_object,
-    merge_rollups,
     tag_items,
     usage_event_row,
     usage_event_tag_rows,
@@ -50,7 +46,7 @@ AWKWARD_TEXT = [
 
 def _row_and_rejection(event: usage_pb2.UsageEvent) -> tuple[dict[str, object], pb.RejectedEvent | None]:
     tags = tag_items(event)
-    row = usage_event_row(event, environment_id="env", gateway_key=7, prices=PriceBook(), tags=tags)
+    row = usage_event_row(event, environment_id="env", gateway_key=7, tags=tags)
     return row, rejection_of(event, row, tags, 0, time.time_ns() // 1000, _LIMITS)
 
 
@@ -98,9 +94,7 @@ def test_a_row_lists_its_columns_in_the_order_the_insert_takes_them() -> None:
 
 def test_merged_rollups_equal_the_rollups_of_all_the_rows_and_leave_their_parts_alone() -> None:
     # The writer merges the rollups each batch made of its own rows when every event of a transaction is new.
-    rows = [
-        usage_event_row(event, environment_id="env", gateway_key=1, prices=PriceBook()) for event in varied_events(300)
-    ]
+    rows = [usage_event_row(event, environment_id="env", gateway_key=1) for event in varied_events(300)]
     whole: dict[RollupKey, RollupRow] = {}
     parts: list[dict[RollupKey, RollupRow]] = [{}, {}, {}]
     for n, row in enumerate(rows):
@@ -128,7 +122,7 @@ def test_an_event_without_tags_has_no_tags_column_and_no_tag_rows() -> None:
 def test_tag_rows_are_one_per_tag_keyed_like_the_event_row() -> None:
     event = usage_event(tags={"team": "search", "feature": "rag"})
     tags = tag_items(event)
-    row = usage_event_row(event, environment_id="env", gateway_key=7, prices=PriceBook(), tags=tags)
+    row = usage_event_row(event, environment_id="env", gateway_key=7, tags=tags)
 
     assert usage_event_tag_rows(tags, row) == [
         (7, event.event_id, "feature", "rag", "env", row["event_time_us"]),
