@@ -28,13 +28,16 @@ from services.accounting.maintenance import rollup_maintenance_jobs
 from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
+from services.budget.delivery import WebhookDeliverer
+from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
+from services.budget.webhooks import Webhooks
 from services.config.hub import ConfigHub
 from services.config.servicer import ConfigServicer
 from services.heartbeat.fleet import fleet_for
 from services.heartbeat.servicer import HeartbeatServicer
 from services.interceptors import ServerInterceptor
-from services.jobs import JobRunner
+from services.jobs import JobRunner, PeriodicJob
 from services.pricing import PriceBooks
 from services.reporting.servicer import ReportingServicer
 from services.revocation import Revocations
@@ -105,7 +108,11 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.BUDGET: _Hosted(
         budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
         budget_service_pb2_grpc.add_BudgetServiceServicer_to_server,
-        lambda _deps: BudgetServicer(),
+        lambda deps: BudgetServicer(
+            BudgetService(deps.engine),
+            Webhooks(deps.engine),
+            alert_poll_interval=deps.settings.budget_alert_poll_interval,
+        ),
     ),
     ServiceName.REPORTING: _Hosted(
         reporting_service_pb2.DESCRIPTOR.services_by_name["ReportingService"],
@@ -211,9 +218,8 @@ class ControlPlane:
                 await hub.start()
             for component in self._lifecycles:
                 await component.start()
-            if settings.services & {ServiceName.TELEMETRY, ServiceName.REPORTING}:
-                for job in rollup_maintenance_jobs(self._engine, settings):
-                    self._jobs.add(job)
+            for job in self._background_jobs(self._engine):
+                self._jobs.add(job)
             await self._jobs.start()
             await self._server.start()
             for name in [*self._hosted_names(), ""]:
@@ -344,6 +350,15 @@ class ControlPlane:
             await self._server.stop(self.settings.shutdown_grace.total_seconds())
         await self._close_resources()
         log.info("control plane stopped")
+
+    def _background_jobs(self, engine: AsyncEngine) -> list[PeriodicJob]:
+        """The jobs this replica runs for the services it hosts."""
+        jobs: list[PeriodicJob] = []
+        if self.settings.services & {ServiceName.TELEMETRY, ServiceName.REPORTING}:
+            jobs += rollup_maintenance_jobs(engine, self.settings)
+        if ServiceName.BUDGET in self.settings.services:
+            jobs.append(WebhookDeliverer(engine, self.settings).job())
+        return jobs
 
     async def _close_resources(self) -> None:
         await self._jobs.shutdown()

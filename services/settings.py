@@ -210,6 +210,17 @@ class ServerSettings(BaseSettings):
     rollup_compaction_interval: timedelta = timedelta(minutes=1)
     """How often the reporting service folds new per-minute rollups into hourly and daily ones and prunes
     what is past retention; 0 turns the background job off (run `meterwire db prune` instead)."""
+    webhook_delivery_interval: timedelta = timedelta(seconds=1)
+    """How often a replica hosting the budget service looks for budget alerts due for webhook delivery; 0 turns
+    delivery off in this replica (another replica delivers)."""
+    webhook_timeout: timedelta = timedelta(seconds=10)
+    """How long one webhook POST may take before it counts as failed and is retried."""
+    webhook_max_backoff: timedelta = timedelta(minutes=10)
+    """Longest wait between retries of a failing webhook (exponential backoff with full jitter up to it)."""
+    webhook_deliveries_per_round: int = Field(default=50, ge=1, le=1000)
+    """Deliveries one round claims and sends at most (concurrently, across webhooks)."""
+    budget_alert_poll_interval: timedelta = timedelta(seconds=1)
+    """How often WatchBudgetAlerts streams look for alerts any replica stored."""
     retention_prune_chunk_rows: int = Field(default=10_000, ge=1)
     """Rows one prune statement deletes, so pruning never holds a long lock on the tables ingest writes."""
     reporting_max_points: int = Field(default=10_000, ge=1)

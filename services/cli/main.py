@@ -12,11 +12,13 @@ from pydantic import ValidationError
 
 from services.cli.admin import envs_app, tokens_app
 from services.cli.agent import agent_app
+from services.cli.budgets import budgets_app
 from services.cli.client import fail
 from services.cli.config import config_app
 from services.cli.gateways import gateways_app
 from services.cli.simulate import simulate_command
 from services.cli.usage import usage_app
+from services.cli.webhooks import webhooks_app
 from services.gc_tuning import tune_garbage_collector
 from services.logs import configure_logging
 from services.settings import ServerSettings, SettingsError
@@ -36,6 +38,8 @@ app.add_typer(gateways_app, name="gateways")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 app.add_typer(usage_app, name="usage")
+app.add_typer(budgets_app, name="budgets")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("simulate")(simulate_command)
 
 

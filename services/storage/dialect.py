@@ -33,18 +33,25 @@ def insert_ignore_duplicates(table: Table, *, dialect_name: str, index_elements:
     return statement.on_conflict_do_nothing(index_elements=[table.c[name] for name in index_elements])
 
 
-def upsert_adding(table: Table, *, dialect_name: str, key_columns: Sequence[str], add_columns: Sequence[str]) -> Insert:
-    """``INSERT ... ON CONFLICT (key_columns) DO UPDATE SET c = table.c + excluded.c`` for each add column.
+def upsert_adding(
+    table: Table,
+    *,
+    dialect_name: str,
+    key_columns: Sequence[str],
+    add_columns: Sequence[str],
+    replace_columns: Sequence[str] = (),
+) -> Insert:
+    """``INSERT ... ON CONFLICT (key_columns) DO UPDATE SET c = table.c + excluded.c`` for each add column
+    (and ``SET r = excluded.r`` for each replace column).
 
     The addition happens in the database, so concurrent writers (several replicas) never lose an update.
     Merge rows with equal keys before executing: PostgreSQL refuses to update one row twice in a
     statement. With executemany every row must carry the same keys (the first row decides the columns).
     """
     statement = _dialect_insert(table, dialect_name)
-    return statement.on_conflict_do_update(
-        index_elements=[table.c[name] for name in key_columns],
-        set_={name: table.c[name] + statement.excluded[name] for name in add_columns},
-    )
+    updated: dict[str, Any] = {name: table.c[name] + statement.excluded[name] for name in add_columns}
+    updated.update({name: statement.excluded[name] for name in replace_columns})
+    return statement.on_conflict_do_update(index_elements=[table.c[name] for name in key_columns], set_=updated)
 
 
 def upsert_replacing(

@@ -357,23 +357,52 @@ budgets: Final = Table(
         Text,
         ForeignKey("environments.environment_id"),
         nullable=True,
-        comment="NULL: organization-wide.",
+        comment="Scope: NULL is organization-wide.",
     ),
+    *(
+        _text_or_empty(selector, comment="Scope selector; '' matches anything.")
+        for selector in (
+            "gateway_id",
+            "api_key_id",
+            "user_id",
+            "requested_model",
+            "resolved_model",
+            "provider",
+            "route",
+        )
+    ),
+    _text_or_empty("tags", comment="Scope: JSON object of tag selectors (sorted keys); '' none."),
     Column("display_name", Text, nullable=False),
-    Column("scope_kind", SmallInteger, nullable=False),
-    _text_or_empty("scope_value"),
-    _text_or_empty("scope_tag_key"),
-    Column("limit_kind", SmallInteger, nullable=False),
+    Column("metric", SmallInteger, nullable=False, comment="budgeting.decision.Metric."),
     Column("limit_value", BigInteger, nullable=False),
     _text_or_empty("currency"),
-    Column("period", SmallInteger, nullable=False),
+    Column("period", SmallInteger, nullable=False, comment="budgeting.windows.Period."),
     Column("time_zone", Text, nullable=False, server_default=text("'UTC'")),
-    Column("mode", SmallInteger, nullable=False),
-    Column("alert_thresholds", Text, nullable=False, comment="JSON list of percents, e.g. [50, 80, 100]."),
+    Column("mode", SmallInteger, nullable=False, comment="budgeting.decision.Mode."),
+    Column("alert_thresholds", Text, nullable=False, comment="JSON list of percents, e.g. [80, 100]."),
+    Column(
+        "first_window_start",
+        BigInteger,
+        nullable=False,
+        comment="Epoch seconds: the window the budget was created in; earlier windows are not counted.",
+    ),
     Column("revision", BigInteger, nullable=False, server_default=text("1")),
+    Column("create_request_id", Text, nullable=True, unique=True, comment="AIP-155 idempotency key."),
     Column("create_time", UtcDateTime, nullable=False),
     Column("update_time", UtcDateTime, nullable=False),
     Column("delete_time", UtcDateTime, nullable=True),
+)
+
+budget_generation: Final = Table(
+    "budget_generation",
+    metadata,
+    Column("singleton", SmallInteger, primary_key=True, comment="Always 1: one row."),
+    Column(
+        "generation",
+        BigInteger,
+        nullable=False,
+        comment="Bumped by every budget change; ingest reads it (FOR SHARE) to count with the current budgets.",
+    ),
 )
 
 budget_windows: Final = Table(
@@ -381,22 +410,56 @@ budget_windows: Final = Table(
     metadata,
     Column("budget_id", Text, ForeignKey("budgets.budget_id", ondelete="CASCADE"), primary_key=True),
     Column("window_start", BigInteger, primary_key=True, comment="Epoch seconds."),
-    Column("window_end", BigInteger, nullable=False, comment="Epoch seconds, exclusive."),
-    _zero("used", comment="In the budget's limit unit: micros, tokens or requests."),
+    Column("window_end", BigInteger, nullable=True, comment="Epoch seconds, exclusive; NULL: never (TOTAL)."),
+    _zero("used", comment="In the budget's metric: micros, tokens or requests."),
     Column("update_time_us", BigInteger, nullable=False, comment="Epoch microseconds."),
 )
 
 budget_alerts: Final = Table(
     "budget_alerts",
     metadata,
-    Column("alert_id", Text, primary_key=True),
+    Column("alert_id", Text, primary_key=True, comment="Time-sortable: newer alerts sort after older ones."),
     Column("budget_id", Text, ForeignKey("budgets.budget_id", ondelete="CASCADE"), nullable=False),
     Column("window_start", BigInteger, nullable=False, comment="Epoch seconds."),
     Column("threshold_percent", Integer, nullable=False),
     Column("used", BigInteger, nullable=False),
     Column("limit_value", BigInteger, nullable=False),
+    Column("mode", SmallInteger, nullable=False),
     Column("create_time", UtcDateTime, nullable=False),
     UniqueConstraint("budget_id", "window_start", "threshold_percent"),
+)
+
+webhooks: Final = Table(
+    "webhooks",
+    metadata,
+    Column("webhook_id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("environment_id", Text, ForeignKey("environments.environment_id"), nullable=True),
+    Column("budget_id", Text, ForeignKey("budgets.budget_id", ondelete="CASCADE"), nullable=True),
+    Column("secret", Text, nullable=False, comment="HMAC-SHA256 signing key (the receiver holds it too)."),
+    Column("create_request_id", Text, nullable=True, unique=True),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("delete_time", UtcDateTime, nullable=True),
+    Column("last_attempt_time", UtcDateTime, nullable=True),
+    Column("last_success_time", UtcDateTime, nullable=True),
+    _text_or_empty("last_error"),
+)
+
+webhook_deliveries: Final = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("webhook_id", Text, ForeignKey("webhooks.webhook_id", ondelete="CASCADE"), primary_key=True),
+    Column("alert_id", Text, ForeignKey("budget_alerts.alert_id", ondelete="CASCADE"), primary_key=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_time_us", BigInteger, nullable=False, comment="Epoch microseconds."),
+    Column("delivered_time_us", BigInteger, nullable=True, comment="NULL: still pending (the outbox)."),
+    _text_or_empty("last_error"),
+    Index(
+        "ix_webhook_deliveries_pending",
+        "next_attempt_time_us",
+        sqlite_where=text("delivered_time_us IS NULL"),
+        postgresql_where=text("delivered_time_us IS NULL"),
+    ),
 )
 
 config_versions: Final = Table(

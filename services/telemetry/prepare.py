@@ -54,6 +54,11 @@ class PreparedEvents:
         """Valid events."""
         return len(self.values) // _WIDTH
 
+    def row(self, index: int) -> UsageEventRow:
+        """One valid event's row, from `values`."""
+        start = index * _WIDTH
+        return dict(zip(EVENT_COLUMNS, self.values[start : start + _WIDTH], strict=True))
+
     def rows(self) -> list[UsageEventRow]:
         """The valid events' rows again, from `values` (for the rare transaction that finds duplicates)."""
         values = self.values

@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, merge_rollups, rollup_rows
+from services.budget.counting import BudgetCounter
 from services.storage import dialect as storage_dialect
 from services.storage import tables
 from services.telemetry.rows import EVENT_COLUMNS, TAG_COLUMNS, TagRow, UsageEventRow, event_values
@@ -19,6 +21,11 @@ from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, Drive
 
 if TYPE_CHECKING:
     from services.telemetry.writer import PreparedBatch
+
+TaggedEvent = tuple[UsageEventRow, dict[str, str]]
+"""A new event that carries tags, with its tags (what tag-scoped budgets count)."""
+_TAG_KEY: Final = TAG_COLUMNS.index("tag_key")
+_TAG_VALUE: Final = TAG_COLUMNS.index("tag_value")
 
 _EventKey = tuple[int, str]
 """(gateway_key, event_id): the idempotency key."""
@@ -40,6 +47,7 @@ class UsageTransaction:
 
     def __init__(self, dialect: Dialect, *, sqlite: bool) -> None:
         self._sqlite = sqlite
+        self._budgets = BudgetCounter()
         events = tables.usage_events
         # Duplicates. A transaction first inserts all its events, skipping stored ids, and counts what went in
         # (_insert_all): nearly always, all. Otherwise the insert is undone and the exact path learns which ids
@@ -99,6 +107,11 @@ class UsageTransaction:
         here. Otherwise the insert is undone and the group is stored the exact way (_write_exactly).
         """
         now_us = time.time_ns() // 1000
+        # First the budgets this transaction counts toward (on PostgreSQL also the share lock that orders it
+        # against budget changes: services.budget.store).
+        budgets = self._budgets
+        budgets.begin(connection)
+        tagged: list[TaggedEvent] | None = [] if budgets.needs_tagged_events else None
         if self._insert_all(connection, group, now_us):
             results = [StoredCounts(accepted=batch.events.count, duplicate=0) for batch in group]
             tag_rows = [row for batch in group for rows in batch.events.tag_rows.values() for row in rows]
@@ -108,9 +121,21 @@ class UsageTransaction:
                 rollups = {}
                 for batch in group:
                     merge_rollups(rollups, batch.events.rollups)
+            if tagged is not None:
+                for batch in group:
+                    for index, rows in batch.events.tag_rows.items():
+                        tagged.append((batch.events.row(index), _tags_of(rows)))
         else:
-            results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us))
+            results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us), tagged)
         self._write_the_rest(connection, group, tag_rows, rollups)
+        if budgets.active:
+            budgets.count(
+                connection,
+                rollups=rollups.values(),
+                tagged_events=tagged or (),
+                gateways={batch.gateway_key: (batch.environment_id, batch.gateway_id) for batch in group},
+                now=datetime.fromtimestamp(now_us / 1_000_000, tz=UTC),
+            )
         return results
 
     def _insert_all(self, connection: sa.Connection, group: Sequence[PreparedBatch], now_us: int) -> bool:
@@ -137,7 +162,7 @@ class UsageTransaction:
         return False
 
     def _write_exactly(
-        self, connection: sa.Connection, plan: _Plan
+        self, connection: sa.Connection, plan: _Plan, tagged: list[TaggedEvent] | None
     ) -> tuple[list[StoredCounts], list[TagRow], dict[RollupKey, RollupRow]]:
         """Stores the plan's events that are new and counts only those (some ids are stored already)."""
         duplicates = self._insert_new_events(connection, plan)
@@ -155,6 +180,8 @@ class UsageTransaction:
                     tags = batch.events.tag_rows.get(index)
                     if tags:
                         tag_rows.extend(tags)
+                        if tagged is not None:
+                            tagged.append((row, _tags_of(tags)))
             results.append(StoredCounts(accepted=accepted, duplicate=batch.events.count - accepted))
         return results, tag_rows, rollups
 
@@ -239,6 +266,10 @@ class _Plan:
 _GATEWAY_KEY: Final = EVENT_COLUMNS.index("gateway_key")
 _INGEST_TIME: Final = EVENT_COLUMNS.index("ingest_time_us")
 _EVENT_ID: Final = EVENT_COLUMNS.index("event_id")
+
+
+def _tags_of(rows: list[TagRow]) -> dict[str, str]:
+    return {row[_TAG_KEY]: row[_TAG_VALUE] for row in rows}
 
 
 def _plan(group: Sequence[PreparedBatch], now_us: int) -> _Plan:

@@ -122,7 +122,10 @@ async def test_a_gateway_token_cannot_reach_another_environment(channel: grpc.ai
 
     budget = budget_grpc.BudgetServiceStub(channel)
     code, _ = await _code_of(
-        budget.CheckBudget(budget_pb.CheckBudgetRequest(environment_id="env-b"), metadata=bearer(gateway_a))
+        budget.CheckBudget(
+            budget_pb.CheckBudgetRequest(request=budget_pb.RequestAttributes(environment_id="env-b")),
+            metadata=bearer(gateway_a),
+        )
     )
     assert code is grpc.StatusCode.PERMISSION_DENIED
 

@@ -28,7 +28,7 @@ from services.storage.migrate import (
 
 
 def test_head_revision_is_the_newest_migration() -> None:
-    assert HEAD_REVISION == "0002"
+    assert HEAD_REVISION == "0003"
 
 
 async def test_migrations_upgrade_an_empty_database(database_url: str) -> None:
@@ -165,3 +165,15 @@ async def test_upgrade_to_0002_has_the_next_compaction_build_the_narrow_rollups(
     finally:
         await engine.dispose()
     assert watermark == 0  # dirty again: the planner reads minutes there until compaction has run
+
+
+async def test_0003_replaces_the_unused_budget_tables_and_seeds_the_generation(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine, "0002")
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(sa.select(tables.budget_generation))).all()
+    finally:
+        await engine.dispose()
+    assert [tuple(row) for row in rows] == [(1, 1)]
