@@ -19,6 +19,7 @@ from services.cli.simulate import simulate_command
 from services.cli.usage import usage_app
 from services.gc_tuning import tune_garbage_collector
 from services.logs import configure_logging
+from services.mcp.command import mcp_command
 from services.settings import ServerSettings, SettingsError
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 app.add_typer(usage_app, name="usage")
 app.command("simulate")(simulate_command)
+app.command("mcp")(mcp_command)
 
 
 def _settings(**overrides: Any) -> ServerSettings:
