@@ -19,7 +19,14 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.usage.writers import EVENT_COLUMNS, event_record, grouped_columns, grouped_record, open_writer
+from services.cli.usage.writers import (
+    EVENT_COLUMNS,
+    ExportWriter,
+    event_record,
+    grouped_columns,
+    grouped_record,
+    open_writer,
+)
 from services.mcp import arguments, results
 from services.mcp.arguments import ArgumentError, UsageFilterArguments
 from services.mcp.control_plane import Caller
@@ -272,6 +279,12 @@ def _new_export_file(path: str) -> Path:
     return output
 
 
+def _discard(writer: ExportWriter, output: Path) -> None:
+    """A failed export leaves no half-written file that could pass for a complete one."""
+    writer.close()
+    output.unlink(missing_ok=True)
+
+
 async def export_usage(
     caller: Caller,
     query: UsageFilterArguments | None,
@@ -310,10 +323,14 @@ async def export_usage(
             if cut:
                 break
     except grpc.aio.AioRpcError as error:
+        _discard(writer, output)
         raise caller.refused(error) from None
+    except BaseException:
+        _discard(writer, output)
+        raise
     finally:
         stream.cancel()  # type: ignore[attr-defined]
-        writer.close()
+    writer.close()
     answer: Record = {"path": str(output), "format": file_format, "rows": written}
     if cut:
         answer["note"] = f"stopped at max_rows={limit}; narrow the range or filters, or raise max_rows"
