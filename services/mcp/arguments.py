@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
-from typing import Annotated, Final, Literal
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Final, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.cli.usage import filters
-from services.cli.usage.filters import DIMENSION_NAMES, METRIC_NAMES, RANGE_NAMES
+from services.cli.usage.filters import DIMENSION_NAMES, GRANULARITIES, METRIC_NAMES, METRICS, RANGE_NAMES
 
 
 class ArgumentError(ValueError):
@@ -81,6 +81,21 @@ class UsageFilterArguments(BaseModel):
         list[str], Field(description="Tag matches as KEY=VALUE, e.g. team=search; every one must match (AND).")
     ] = []
 
+
+def one_of(names: Iterable[str]) -> dict[str, Any]:
+    """A JSON-schema enum for a string argument, from the CLI's own table of names (so the two cannot drift);
+    the value is still checked here, so a wrong one gets an error that lists the right ones."""
+    return {"enum": list(names)}
+
+
+def each_one_of(names: Iterable[str]) -> dict[str, Any]:
+    """The same for every item of a list argument."""
+    return {"items": {"type": "string", "enum": list(names)}}
+
+
+METRIC_ENUM: Final = one_of(METRICS)
+METRICS_ENUM: Final = each_one_of(METRICS)
+GRANULARITY_ENUM: Final = one_of(GRANULARITIES)
 
 DIMENSION_HELP: Final = f"One of {DIMENSION_NAMES} (tag:KEY groups by the value of tag KEY, e.g. tag:team)."
 METRIC_HELP: Final = f"One of {METRIC_NAMES}."

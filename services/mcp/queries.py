@@ -209,20 +209,20 @@ async def get_request(caller: Caller, *, environment: str, request_id: str) -> R
     }
 
 
-_STATUSES: Final = {
+STATUSES: Final = {
     results.enum_word(heartbeat_pb.GatewayStatus, value, "GATEWAY_STATUS_"): value
     for value in heartbeat_pb.GatewayStatus.values()
     if value != heartbeat_pb.GATEWAY_STATUS_UNSPECIFIED
 }
-STATUS_NAMES: Final = ", ".join(_STATUSES)
+STATUS_NAMES: Final = ", ".join(STATUSES)
 
 
 async def fleet_status(caller: Caller, *, environments: list[str], statuses: list[str]) -> Record:
-    unknown = [name for name in statuses if name not in _STATUSES]
+    unknown = [name for name in statuses if name not in STATUSES]
     if unknown:
         raise ArgumentError(f"statuses: {unknown[0]!r} is not one of {STATUS_NAMES}")
     request = heartbeat_pb.ListGatewaysRequest(
-        environment_ids=environments, statuses=[_STATUSES[name] for name in statuses], page_size=MAX_LISTED
+        environment_ids=environments, statuses=[STATUSES[name] for name in statuses], page_size=MAX_LISTED
     )
     stub = heartbeat_grpc.HeartbeatServiceStub(caller.channel)
     response = await caller.call(stub.ListGateways, request)

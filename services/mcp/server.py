@@ -18,7 +18,17 @@ from pydantic import Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.mcp import queries
-from services.mcp.arguments import DIMENSION_HELP, METRIC_HELP, ArgumentError, UsageFilterArguments
+from services.mcp.arguments import (
+    DIMENSION_HELP,
+    GRANULARITY_ENUM,
+    METRIC_ENUM,
+    METRIC_HELP,
+    METRICS_ENUM,
+    ArgumentError,
+    UsageFilterArguments,
+    each_one_of,
+    one_of,
+)
 from services.mcp.control_plane import Caller, ControlPlaneAddress, ControlPlaneRefused, caller
 from services.mcp.results import Record
 
@@ -72,7 +82,9 @@ def build_server(where: ControlPlaneAddress, *, stdio_token: str | None) -> MCPS
         ctx: Context,
         group_by: Annotated[list[str], Field(description=f"Dimensions to group by, in order. {DIMENSION_HELP}")],
         filter: FilterArgument = None,
-        order_by: Annotated[str, Field(description=f"Metric to rank groups by. {METRIC_HELP}")] = "cost",
+        order_by: Annotated[
+            str, Field(description=f"Metric to rank groups by. {METRIC_HELP}", json_schema_extra=METRIC_ENUM)
+        ] = "cost",
         ascending: Annotated[bool, Field(description="Smallest first instead of largest first.")] = False,
         top_n: Annotated[
             int, Field(description=f"Groups to list, 1 to {queries.MAX_BREAKDOWN_ROWS}; the rest sum into `other`.")
@@ -90,9 +102,15 @@ def build_server(where: ControlPlaneAddress, *, stdio_token: str | None) -> MCPS
     async def usage_time_series(
         ctx: Context,
         filter: FilterArgument = None,
-        metrics: Annotated[list[str], Field(description=f"Metrics to chart. Each: {METRIC_HELP}")] = ["cost"],  # noqa: B006
+        metrics: Annotated[
+            list[str], Field(description=f"Metrics to chart. Each: {METRIC_HELP}", json_schema_extra=METRICS_ENUM)
+        ] = ["cost"],  # noqa: B006
         granularity: Annotated[
-            str, Field(description="Bucket width: 1m, 5m, 1h or 1d (days in filter.time_zone).")
+            str,
+            Field(
+                description="Bucket width: 1m, 5m, 1h or 1d (days in filter.time_zone).",
+                json_schema_extra=GRANULARITY_ENUM,
+            ),
         ] = "1d",
         split_by: Annotated[
             str | None, Field(description=f"One series per group of this dimension. {DIMENSION_HELP}")
@@ -140,7 +158,11 @@ def build_server(where: ControlPlaneAddress, *, stdio_token: str | None) -> MCPS
         ctx: Context,
         environments: Environments = [],  # noqa: B006
         statuses: Annotated[
-            list[str], Field(description=f"Only gateways in these statuses: {queries.STATUS_NAMES}.")
+            list[str],
+            Field(
+                description=f"Only gateways in these statuses: {queries.STATUS_NAMES}.",
+                json_schema_extra=each_one_of(queries.STATUSES),
+            ),
         ] = [],  # noqa: B006
     ) -> Record:
         """Gateways and their health (healthy, stale, offline, degraded, never-seen) with the reasons (`why`)
@@ -176,13 +198,19 @@ def build_server(where: ControlPlaneAddress, *, stdio_token: str | None) -> MCPS
     async def export_usage(
         ctx: Context,
         path: Annotated[str, Field(description="Absolute path of a NEW file to write (never overwritten).")],
-        format: Annotated[str, Field(description="csv or jsonl.")] = "csv",
+        format: Annotated[
+            str, Field(description="csv or jsonl.", json_schema_extra=one_of(queries.EXPORT_FORMATS))
+        ] = "csv",
         filter: FilterArgument = None,
         group_by: Annotated[
             list[str], Field(description=f"Empty: one row per raw event. Else one row per group. {DIMENSION_HELP}")
         ] = [],  # noqa: B006
         granularity: Annotated[
-            str | None, Field(description="With group_by: 1m, 5m, 1h or 1d buckets; none: the whole range.")
+            str | None,
+            Field(
+                description="With group_by: 1m, 5m, 1h or 1d buckets; none: the whole range.",
+                json_schema_extra={"enum": [*GRANULARITY_ENUM["enum"], None]},
+            ),
         ] = None,
         max_rows: Annotated[int, Field(description=f"Most rows to write, 1 to {queries.MAX_EXPORT_ROWS}.")] = 100_000,
     ) -> Record:

@@ -17,6 +17,7 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
+from services.cli.usage.filters import METRICS, RANGE_NAMES
 from tests.mcp.conftest import Seed, stdio_client, structured
 from tests.services.conftest import bearer
 
@@ -64,7 +65,10 @@ async def test_the_tools_are_listed_with_typed_schemas_and_read_only_hints(seede
         assert tool.annotations.read_only_hint is (tool.name != "export_usage"), tool.name
     summary = next(tool for tool in listed if tool.name == "usage_summary")
     usage_filter = summary.input_schema["$defs"]["UsageFilterArguments"]["properties"]
-    assert usage_filter["range"]["enum"] == ["1h", "today", "3d", "7d", "30d"]
+    assert usage_filter["range"]["enum"] == list(RANGE_NAMES)
+    breakdown = next(tool for tool in listed if tool.name == "usage_breakdown").input_schema["properties"]
+    assert breakdown["order_by"]["enum"] == list(METRICS)
+    assert breakdown["group_by"]["type"] == "array"
     assert "AND" in usage_filter["tags"]["description"]
 
 
