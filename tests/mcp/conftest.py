@@ -22,8 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from services.server import ControlPlane
 from tests.budget.conftest import control_plane
+from tests.heartbeat.helpers import GatewayStream
 from tests.services.conftest import Tokens, admin_secret, bearer, channel, tokens
 from tests.telemetry.events import report, varied_events
 
@@ -70,8 +72,13 @@ async def seeded(control_plane: ControlPlane, channel: grpc.aio.Channel, tokens:
             event.tags["project"] = "alpha"
     for event in dev_events:
         event.request_id = f"dev-{event.request_id}"
-    await report(channel, await tokens.gateway("prod", "gw-prod"), prod_events)
+    prod_gateway = await tokens.gateway("prod", "gw-prod")
+    await report(channel, prod_gateway, prod_events)
     await report(channel, await tokens.gateway("dev", "gw-dev"), dev_events)
+    # One gateway heartbeats with dead letters, so the fleet has a degraded gateway with a reason.
+    stream = GatewayStream(channel, prod_gateway)
+    await stream.beat(heartbeat_pb.AgentState(agent_version="0.1.0", dead_letter_count=3))
+    await stream.close()
     return Seed(
         address=f"127.0.0.1:{control_plane.port}",
         admin=admin_secret,

@@ -43,6 +43,10 @@ def _rpc_cost(figures: pb.UsageSummary) -> int | None:
     return None if figures.unpriced_count >= figures.attempts else figures.cost_micros
 
 
+def _status_word(status: heartbeat_pb.GatewayStatus.ValueType) -> str:
+    return heartbeat_pb.GatewayStatus.Name(status).removeprefix("GATEWAY_STATUS_").lower()
+
+
 def _explicit_range() -> tuple[str, str, filter_pb2.UsageFilter]:
     """A fixed [start, end) around the seeded events, so the tool and the RPC ask about the very same range."""
     end = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
@@ -171,15 +175,16 @@ async def test_every_tool_answers_as_the_rpcs_do_for_the_same_filter(
             heartbeat_pb.ListGatewaysRequest(), metadata=admin
         )
         assert sorted(
-            (gateway["environment"], gateway["gateway"], gateway["status"]) for gateway in fleet["gateways"]
+            (gateway["gateway"], gateway["status"], gateway["why"]) for gateway in fleet["gateways"]
         ) == sorted(
-            (
-                gateway.environment_id,
-                gateway.gateway_id,
-                heartbeat_pb.GatewayStatus.Name(gateway.status).removeprefix("GATEWAY_STATUS_").lower(),
-            )
+            (gateway.gateway_id, _status_word(gateway.status), list(gateway.status_reasons))
             for gateway in rpc_fleet.gateways
         )
+        degraded = structured(await client.call_tool("fleet_status", {"statuses": ["degraded"]}))
+        assert [gateway["gateway"] for gateway in degraded["gateways"]] == ["gw-prod"]
+        assert any("3 usage events rejected" in reason for reason in degraded["gateways"][0]["why"])
+        assert degraded["gateways"][0]["dead_letters"] == 3
+        assert fleet["counts"]["degraded"] == degraded["counts"]["degraded"] == 1
 
         budgets = structured(await client.call_tool("list_budgets", {}))["budgets"]
         rpc_budgets = await budget_grpc.BudgetServiceStub(channel).ListBudgets(
