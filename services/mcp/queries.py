@@ -258,8 +258,14 @@ async def budget_alerts(
     )
     stub = budget_grpc.BudgetServiceStub(caller.channel)
     response = await caller.call(stub.ListBudgetAlerts, request)
+    # An alert carries amounts but not their unit: its budget says whether they are money, and in what currency.
+    budgets: dict[str, budget_pb.Budget] = {}
+    for alert in response.alerts:
+        if alert.budget_id not in budgets:
+            found = await caller.call(stub.GetBudget, budget_pb.GetBudgetRequest(budget_id=alert.budget_id))
+            budgets[alert.budget_id] = found.budget
     answer: Record = {
-        "alerts": [results.alert_record(alert) for alert in response.alerts],
+        "alerts": [results.alert_record(alert, budgets[alert.budget_id]) for alert in response.alerts],
         "next_page_token": response.next_page_token or None,
     }
     if response.next_page_token:

@@ -199,7 +199,7 @@ def budget_record(budget: budget_pb.Budget, status: budget_pb.WindowStatus) -> R
     }
 
 
-def alert_record(alert: budget_pb.Alert) -> Record:
+def alert_record(alert: budget_pb.Alert, budget: budget_pb.Budget) -> Record:
     return {
         "alert_id": alert.alert_id,
         "budget_id": alert.budget_id,
@@ -207,8 +207,9 @@ def alert_record(alert: budget_pb.Alert) -> Record:
         "environment": alert.environment_id or None,
         "window_start_time": moment(alert.window_start_time),
         "threshold_percent": alert.threshold_percent,
-        "used": alert.used,
-        "limit": alert.limit,
+        "metric": enum_word(budget_pb.Metric, budget.metric, "METRIC_"),
+        "used": _amount(budget.metric, alert.used, budget.currency),
+        "limit": _amount(budget.metric, alert.limit, budget.currency),
         "mode": enum_word(budget_pb.Mode, alert.mode, "MODE_"),
         "create_time": moment(alert.create_time),
     }

@@ -185,8 +185,8 @@ def build_server(where: ControlPlaneAddress, *, stdio_token: str | None) -> MCPS
         page_size: Annotated[int, Field(description=f"Alerts per page, 1 to {queries.MAX_LISTED}.")] = 20,
         page_token: Annotated[str, Field(description="next_page_token of the previous page; empty: first.")] = "",
     ) -> Record:
-        """Budget alerts raised (a threshold crossed in a window), newest first; `used` and `limit` are in the
-        budget's unit (micros of its currency for spend budgets)."""
+        """Budget alerts raised (a threshold crossed in a window), newest first, with what was used of the limit
+        when it was raised (money for spend budgets, counts for token and request budgets)."""
         return await answer(
             ctx,
             lambda session: queries.budget_alerts(

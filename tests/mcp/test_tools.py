@@ -203,6 +203,8 @@ async def test_every_tool_answers_as_the_rpcs_do_for_the_same_filter(
             (alert.alert_id, alert.threshold_percent) for alert in rpc_alerts.alerts
         ]
         assert alerts  # the seeded spend crossed the budget's thresholds
+        assert [alert["used"]["micros"] for alert in alerts] == [alert.used for alert in rpc_alerts.alerts]
+        assert {alert["metric"] for alert in alerts} == {"spend"}
 
         raw = tmp_path / "raw.jsonl"
         exported = structured(
