@@ -88,6 +88,13 @@ async def test_a_reporter_for_one_environment_reads_no_other_through_any_tool(
         assert "PERMISSION_DENIED" in error_text(result), tool
     assert not (tmp_path / "theirs.csv").exists()  # a refused export leaves no file behind
 
+    # One server, two callers: each request acts with its own token, so the admin (on a session opened meanwhile)
+    # reads both environments while the reporter still reads one.
+    async with http_server.client(seeded.admin) as admin, http_server.client(seeded.prod_reporter) as reporter:
+        admin_view = structured(await admin.call_tool("usage_summary", {"filter": {"range": "1h"}}))
+        reporter_view = structured(await reporter.call_tool("usage_summary", {"filter": {"range": "1h"}}))
+    assert (admin_view["summary"]["attempts"], reporter_view["summary"]["attempts"]) == (80, prod_attempts)
+
     # The same reporter's view through the RPC itself, for the same filter, to make sure the tool adds nothing.
     admin_summary = await pb_grpc.ReportingServiceStub(channel).GetUsageSummary(
         pb.GetUsageSummaryRequest(filter=_last_hours(["prod"])), metadata=bearer(seeded.admin)
