@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
@@ -20,6 +21,8 @@ from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.cli.usage.filters import METRICS, RANGE_NAMES
 from tests.mcp.conftest import Seed, stdio_client, structured
 from tests.services.conftest import bearer
+
+pytestmark = pytest.mark.system  # each test starts a real `meterwire mcp` process
 
 TOOLS = {
     "usage_summary",
