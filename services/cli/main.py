@@ -21,6 +21,7 @@ from services.cli.usage import usage_app
 from services.cli.webhooks import webhooks_app
 from services.gc_tuning import tune_garbage_collector
 from services.logs import configure_logging
+from services.mcp.command import mcp_command
 from services.settings import ServerSettings, SettingsError
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(webhooks_app, name="webhooks")
 app.command("simulate")(simulate_command)
+app.command("mcp")(mcp_command)
 
 
 def _settings(**overrides: Any) -> ServerSettings:

@@ -1,0 +1,1 @@
+"""`meterwire mcp`: a read-only Model Context Protocol server over Reporting, fleet status and budgets."""
