@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
-from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterwire.common.v1 import usage_pb2
-from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.accounting.measures import ERROR_STATUS_CLASSES, CostSource
+from services.accounting.measures import ERROR_STATUS_CLASSES, TOKEN_KINDS
 from services.errors import InvalidArgumentError, NotFoundError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.reporting.aggregate import KeyNames, parse_categories
@@ -24,102 +21,86 @@ EXPORT_EVENTS_PER_MESSAGE: Final = 500
 """Raw events per ExportUsage message; one keyset page of the database is read per message."""
 
 _events = tables.usage_events
-_TOKEN_FIELDS: Final = (
-    ("input", "input_tokens"),
-    ("output", "output_tokens"),
-    ("cache_read", "cache_read_tokens"),
-    ("cache_write", "cache_write_tokens"),
-    ("reasoning", "reasoning_tokens"),
-)
 
 
-def _duration_us(value_us: int) -> Duration:
-    return Duration(seconds=value_us // 1_000_000, nanos=value_us % 1_000_000 * 1000)
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One stored usage event: its usage_events row by column, and its gateway's id."""
+
+    values: Mapping[str, Any]
+    gateway_id: str
+
+    def __getitem__(self, column: str) -> Any:
+        return self.values[column]
 
 
-def stored_event(row: Row[Any], names: KeyNames) -> pb.StoredUsageEvent:
-    """A usage_events row as the event the gateway sent, with what the server added."""
-    m = row._mapping
-    event = usage_pb2.UsageEvent(
-        event_id=m["event_id"],
-        request_id=m["request_id"],
-        attempt=m["attempt"],
-        api_key_id=m["api_key_id"],
-        user_id=m["user_id"],
-        tags=json.loads(m["tags"]) if m["tags"] else {},
-        route=m["route"],
-        request_type=m["request_type"],
-        requested_model=m["requested_model"],
-        resolved_model=m["resolved_model"],
-        provider=m["provider"],
-        credential_type=m["credential_type"],
-        streaming=bool(m["streaming"]),
-        error_type=m["error_type"],
-        error_message=m["error_message"],
-        sequence=m["sequence"],
-    )
-    event.event_time.FromMicroseconds(m["event_time_us"])
-    if m["status_code"] is not None:
-        event.status_code = m["status_code"]
-    for field, column in (("latency", "latency_us"), ("gateway_latency", "gateway_latency_us"), ("ttft", "ttft_us")):
-        if m[column] is not None:
-            getattr(event, field).CopyFrom(_duration_us(m[column]))
-    categories = parse_categories(m["token_categories"])
-    if categories or any(m[column] is not None for _, column in _TOKEN_FIELDS):
-        event.tokens.SetInParent()
-        for field, column in _TOKEN_FIELDS:
-            if m[column] is not None:
-                setattr(event.tokens, field, m[column])
-        event.tokens.categories.update(categories)
-    if m["cost_micros"] is not None:
-        event.cost_micros = m["cost_micros"]
-    if m["cache_savings_micros"] is not None:
-        event.cache_savings_micros = m["cache_savings_micros"]
-    stored = pb.StoredUsageEvent(
-        environment_id=m["environment_id"],
-        gateway_id=names.gateway_id(m["gateway_key"]),
-        event=event,
-        cost_source=CostSource.proto_of_stored(m["cost_source"]),
-    )
-    stored.ingest_time.FromMicroseconds(m["ingest_time_us"])
-    return stored
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """A request's attempts folded into the outcome its caller saw."""
+
+    environment_id: str
+    gateway_id: str
+    """Of the last attempt."""
+    request_id: str
+    requested_model: str
+    resolved_model: str
+    provider: str
+    attempt_count: int
+    error_type: str
+    streaming: bool
+    api_key_id: str
+    user_id: str
+    start_time_us: int
+    status_code: int | None
+    """The last attempt's (None: not reported)."""
+    cost_micros: int | None
+    """The known part (None: no attempt's cost is known); attempts of unknown cost, typically failures, count
+    in the summaries' unpriced_count."""
+    latency_us: int | None
+    tokens: dict[str, int] | None
+    """Token kind (TOKEN_KINDS) -> the attempts' sum; None when no attempt reported tokens."""
+    categories: dict[str, int]
 
 
-def request_summary(attempts: Sequence[pb.StoredUsageEvent]) -> pb.RequestSummary:
+def _stored(row: Row[Any], names: KeyNames) -> StoredEvent:
+    return StoredEvent(cast("Mapping[str, Any]", row._mapping), names.gateway_id(row.gateway_key))
+
+
+def request_outcome(attempts: Sequence[StoredEvent]) -> RequestOutcome:
     """A request's attempts (in attempt order) folded into the outcome its caller saw."""
     first, last = attempts[0], attempts[-1]
-    summary = pb.RequestSummary(
-        environment_id=first.environment_id,
-        gateway_id=last.gateway_id,
-        request_id=first.event.request_id,
-        requested_model=first.event.requested_model,
-        resolved_model=last.event.resolved_model,
-        provider=last.event.provider,
-        attempt_count=len(attempts),
-        error_type=last.event.error_type,
-        streaming=last.event.streaming,
-        api_key_id=first.event.api_key_id,
-        user_id=first.event.user_id,
-    )
-    summary.start_time.CopyFrom(first.event.event_time)
-    if last.event.HasField("status_code"):
-        summary.status_code = last.event.status_code
-    tokens = summary.tokens
-    costs = [stored.event.cost_micros for stored in attempts if stored.event.HasField("cost_micros")]
-    if costs:
-        # The known part; attempts of unknown cost (typically failures) count in the summaries' unpriced_count.
-        summary.cost_micros = sum(costs)
-    latency_us = [stored.event.latency.ToMicroseconds() for stored in attempts if stored.event.HasField("latency")]
-    if latency_us:
-        summary.latency.CopyFrom(_duration_us(sum(latency_us)))
+    costs = [stored["cost_micros"] for stored in attempts if stored["cost_micros"] is not None]
+    latencies = [stored["latency_us"] for stored in attempts if stored["latency_us"] is not None]
+    reported = [stored for stored in attempts if any(stored[kind] is not None for kind in TOKEN_KINDS)]
+    categories: dict[str, int] = {}
     for stored in attempts:
-        counts = stored.event.tokens
-        for field, _ in _TOKEN_FIELDS:
-            setattr(tokens, field, getattr(tokens, field) + getattr(counts, field))
-        for category, value in counts.categories.items():
-            tokens.categories[category] = tokens.categories.get(category, 0) + value
-    tokens.total = tokens.input + tokens.output + tokens.cache_read + tokens.cache_write + tokens.reasoning
-    return summary
+        for category, value in parse_categories(stored["token_categories"]).items():
+            categories[category] = categories.get(category, 0) + value
+    return RequestOutcome(
+        environment_id=first["environment_id"],
+        gateway_id=last.gateway_id,
+        request_id=first["request_id"],
+        requested_model=first["requested_model"],
+        resolved_model=last["resolved_model"],
+        provider=last["provider"],
+        attempt_count=len(attempts),
+        error_type=last["error_type"],
+        streaming=bool(last["streaming"]),
+        api_key_id=first["api_key_id"],
+        user_id=first["user_id"],
+        start_time_us=first["event_time_us"],
+        status_code=last["status_code"],
+        cost_micros=sum(costs) if costs else None,
+        latency_us=sum(latencies) if latencies else None,
+        tokens={kind: sum(stored[kind] or 0 for stored in reported) for kind in TOKEN_KINDS} if reported else None,
+        categories=categories,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPage:
+    requests: list[RequestOutcome]
+    next_page_token: str
 
 
 def _last_attempt_failed() -> sa.ColumnElement[bool]:
@@ -147,7 +128,7 @@ class RequestHistory:
 
     async def list_requests(
         self, selection: UsageSelection, *, errors_only: bool, size: int, token: str
-    ) -> pb.ListRequestsResponse:
+    ) -> RequestPage:
         """Requests whose FIRST attempt matches the selection, newest first; keyset-paginated."""
         limit = page_size(size)
         position = decode_page_token(token)
@@ -175,7 +156,7 @@ class RequestHistory:
             firsts = (await connection.execute(query)).all()
             page = firsts[:limit]
             names = await KeyNames.load(connection)
-            attempts: dict[tuple[str, str], list[pb.StoredUsageEvent]] = {}
+            attempts: dict[tuple[str, str], list[StoredEvent]] = {}
             if page:
                 wanted = sa.tuple_(_events.c.environment_id, _events.c.request_id).in_(
                     [(row.environment_id, row.request_id) for row in page]
@@ -186,16 +167,15 @@ class RequestHistory:
                     .order_by(_events.c.attempt, _events.c.event_time_us, _events.c.event_key)
                 )
                 for row in rows:
-                    attempts.setdefault((row.environment_id, row.request_id), []).append(stored_event(row, names))
-        response = pb.ListRequestsResponse(
-            requests=[request_summary(attempts[(row.environment_id, row.request_id)]) for row in page]
-        )
+                    attempts.setdefault((row.environment_id, row.request_id), []).append(_stored(row, names))
+        token = ""
         if len(firsts) > limit:
             last = page[-1]
-            response.next_page_token = encode_page_token({"t": last.event_time_us, "k": last.event_key})
-        return response
+            token = encode_page_token({"t": last.event_time_us, "k": last.event_key})
+        return RequestPage([request_outcome(attempts[(row.environment_id, row.request_id)]) for row in page], token)
 
-    async def get_request(self, environment_id: str, request_id: str) -> pb.GetRequestResponse:
+    async def get_request(self, environment_id: str, request_id: str) -> tuple[RequestOutcome, list[StoredEvent]]:
+        """One request's outcome and its attempts in attempt order."""
         if not environment_id:
             raise InvalidArgumentError("environment_id", "is required")
         if not request_id:
@@ -207,12 +187,12 @@ class RequestHistory:
         )
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
-            attempts = [stored_event(row, names) for row in await connection.execute(query)]
+            attempts = [_stored(row, names) for row in await connection.execute(query)]
         if not attempts:
             raise NotFoundError(f"request {request_id!r} has no stored attempts in environment {environment_id!r}")
-        return pb.GetRequestResponse(request=request_summary(attempts), attempts=attempts)
+        return request_outcome(attempts), attempts
 
-    async def export_events(self, selection: UsageSelection) -> AsyncIterator[list[pb.StoredUsageEvent]]:
+    async def export_events(self, selection: UsageSelection) -> AsyncIterator[list[StoredEvent]]:
         """Every selected event, oldest first, a page at a time: memory stays bounded however many there are."""
         after: tuple[int, int] | None = None
         async with self._engine.connect() as connection:
@@ -238,7 +218,7 @@ class RequestHistory:
                 rows = (await connection.execute(query)).all()
             if not rows:
                 return
-            yield [stored_event(row, names) for row in rows]
+            yield [_stored(row, names) for row in rows]
             if len(rows) < EXPORT_EVENTS_PER_MESSAGE:
                 return
             after = (rows[-1].event_time_us, rows[-1].event_key)

@@ -19,6 +19,7 @@ from services.reporting.export import export_groups
 from services.reporting.figures import metric_message
 from services.reporting.filters import groupings, select_usage
 from services.reporting.history import RequestHistory
+from services.reporting.messages import request_message, stored_event_message
 from services.reporting.reports import OTHER_KEY, BreakdownQuery, Series, SeriesRequest, UsageReports
 from services.settings import ServerSettings
 
@@ -86,8 +87,11 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         self, request: pb.ListRequestsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListRequestsResponse:
         selection = select_usage(request.filter, current_principal())
-        return await self._history.list_requests(
+        page = await self._history.list_requests(
             selection, errors_only=request.errors_only, size=request.page_size, token=request.page_token
+        )
+        return pb.ListRequestsResponse(
+            requests=[request_message(outcome) for outcome in page.requests], next_page_token=page.next_page_token
         )
 
     @requires(Role.ADMIN, Role.REPORTER)
@@ -95,7 +99,10 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetRequestResponse:
         current_principal().require_environment(request.environment_id)
-        return await self._history.get_request(request.environment_id, request.request_id)
+        outcome, attempts = await self._history.get_request(request.environment_id, request.request_id)
+        return pb.GetRequestResponse(
+            request=request_message(outcome), attempts=[stored_event_message(stored) for stored in attempts]
+        )
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ExportUsage(
@@ -104,7 +111,7 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         selection = select_usage(request.filter, current_principal())
         if not request.group_by:
             async for events in self._history.export_events(selection):
-                yield pb.ExportUsageResponse(events=events)
+                yield pb.ExportUsageResponse(events=[stored_event_message(stored) for stored in events])
             return
         grouped = groupings(request.group_by, field="group_by")
         async for rows in export_groups(
