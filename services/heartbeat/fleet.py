@@ -1,20 +1,20 @@
 """The fleet table: every gateway's latest heartbeat state in memory, its derived status, and its changes.
 
-Heartbeats only touch memory; a flusher writes the dirty gateways in one executemany per
-`heartbeat_flush_interval`, a timer re-derives statuses so silence turns into STALE/OFFLINE with no
-traffic, and a peer refresh reads back what other replicas flushed.
+Heartbeats only touch memory; a flush writes the dirty gateways in one executemany per
+`heartbeat_flush_interval`, a status check re-derives statuses so silence turns into STALE/OFFLINE with no
+traffic, and a peer refresh reads back what other replicas flushed. The three are jobs the server runs
+(`jobs()`); the server builds one fleet and hands it to the Heartbeat and Config services.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -35,6 +35,7 @@ from services.heartbeat.records import (
 )
 from services.heartbeat.status import Status, StatusThresholds, derive_status
 from services.heartbeat.watch import Watchers
+from services.jobs import PeriodicJob
 from services.settings import ServerSettings
 from services.storage.uow import UnitOfWork
 from services.timestamps import to_timestamp
@@ -52,7 +53,7 @@ def utc_now() -> datetime:
 
 
 class Fleet:
-    """Shared by the Heartbeat and Config servicers of one control plane (see `fleet_for`)."""
+    """Every gateway's heartbeat state on this replica; implements config's ConfigAnswers for WatchConfig."""
 
     def __init__(self, engine: AsyncEngine, settings: ServerSettings, hub: ConfigHub, *, clock: Clock = utc_now):
         self.clock = clock
@@ -67,51 +68,18 @@ class Fleet:
         self._local_streams: Counter[GatewayName] = Counter()
         self._watchers = Watchers(settings.heartbeat_watch_queue)
         self._flush_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._users = 0
         self._last_peer_refresh: datetime | None = None
 
-    # Lifecycle: both servicers start and stop the one fleet; the first start and the last stop count.
-
-    async def start(self) -> None:
-        self._users += 1
-        if self._users > 1:
-            return
-        await self.hub.start()
-        await self._load()
+    def jobs(self) -> list[PeriodicJob]:
+        """The fleet's background work, run by the server; the last flush happens when the server drains."""
         s = self._settings
-        self._every("heartbeat-flush", s.heartbeat_flush_interval, self.flush)
-        self._every("heartbeat-status", s.heartbeat_status_check_interval, self._tick_async)
-        self._every("heartbeat-peers", s.heartbeat_peer_refresh_interval, self.refresh_from_peers)
+        return [
+            PeriodicJob("heartbeat-flush", s.heartbeat_flush_interval, self.flush, final_step=self.flush),
+            PeriodicJob("heartbeat-status", s.heartbeat_status_check_interval, self._tick_async),
+            PeriodicJob("heartbeat-peers", s.heartbeat_peer_refresh_interval, self.refresh_from_peers),
+        ]
 
-    async def shutdown(self) -> None:
-        if self._users == 0:
-            return
-        self._users -= 1
-        if self._users > 0:
-            return
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.flush()
-        await self.hub.shutdown()
-        _FLEETS.pop(id(self._engine), None)
-
-    def _every(self, name: str, period: timedelta, action: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(period.total_seconds())
-                try:
-                    await action()
-                except Exception:
-                    log.exception(f"{name} failed; retrying at the next interval")
-
-        self._tasks.append(asyncio.get_running_loop().create_task(loop(), name=name))
-
-    async def _load(self) -> None:
+    async def load(self) -> None:
         """Recovers the last flushed state, so a restarted control plane knows when each gateway was seen."""
         async with UnitOfWork(self._engine) as uow:
             rows = await store.load_gateways(uow.connection)
@@ -179,8 +147,15 @@ class Fleet:
         self._derive(record, now)
         return now
 
-    def record_config_answer(self, record: GatewayRecord, *, version: int, error: str | None) -> None:
-        """An agent's ACK (error None) or NACK of a config version, from WatchConfig."""
+    def config_subscribed(self, environment_id: str, gateway_id: str) -> None:
+        """A gateway opened WatchConfig: that is contact, so it is registered if new (ConfigAnswers)."""
+        if self.current((environment_id, gateway_id)) is None:
+            self.register(environment_id, gateway_id)
+
+    def config_answered(self, environment_id: str, gateway_id: str, *, version: int, error: str | None) -> None:
+        """An agent's ACK (error None) or NACK of a config version, from WatchConfig (ConfigAnswers)."""
+        name = (environment_id, gateway_id)
+        record = self.current(name) or self.register(*name)
         state = record.state
         if error is None:
             state.applied_config_version = max(state.applied_config_version, version)
@@ -383,14 +358,3 @@ class Fleet:
             pb.WatchGatewaysResponse(gateway=self.to_gateway(record), change_time=now)
             for record in await self.gateways(environment_ids)
         ]
-
-
-_FLEETS: dict[int, Fleet] = {}
-
-
-def fleet_for(engine: AsyncEngine, settings: ServerSettings) -> Fleet:
-    """The one fleet of the control plane that owns `engine`, shared by its Heartbeat and Config servicers."""
-    fleet = _FLEETS.get(id(engine))
-    if fleet is None:
-        fleet = _FLEETS[id(engine)] = Fleet(engine, settings, ConfigHub(engine, settings))
-    return fleet

@@ -9,16 +9,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
 from services.auth import Role, current_principal, requires
 from services.errors import InvalidArgumentError
-from services.heartbeat.fleet import Fleet, fleet_for
+from services.heartbeat.fleet import Fleet
 from services.heartbeat.records import GatewayRecord, check_agent_state
 from services.pagination import decode_page_token, encode_page_token, page_size
-from services.settings import ServerSettings
 from services.timestamps import to_timestamp
 
 
@@ -34,16 +32,6 @@ def _duration(interval: timedelta) -> Duration:
 class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-
-    @classmethod
-    def for_control_plane(cls, engine: AsyncEngine, settings: ServerSettings) -> HeartbeatServicer:
-        return cls(fleet_for(engine, settings))
-
-    async def start(self) -> None:
-        await self.fleet.start()
-
-    async def shutdown(self) -> None:
-        await self.fleet.shutdown()
 
     @requires(Role.GATEWAY)
     async def Heartbeat(
