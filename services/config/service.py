@@ -17,7 +17,7 @@ from services.config.hub import ConfigHub
 from services.config.store import StoredConfig, content_sha256
 from services.config.validation import ConfigLimits, validate_config
 from services.errors import AbortedError, InvalidArgumentError, NotFoundError
-from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pagination import Page, encode_page_token, is_count, page_position, page_size
 from services.storage.uow import UnitOfWork
 from services.validation import require_slug, require_text
 
@@ -121,16 +121,11 @@ class ConfigService:
 
     async def list_versions(
         self, environment_id: str, *, requested_page_size: int, page_token: str
-    ) -> tuple[list[StoredConfig], str]:
+    ) -> Page[StoredConfig]:
         limit = page_size(requested_page_size)
-        position = decode_page_token(page_token)
-        before = None
-        if position is not None:
-            before = position.get("before")
-            if not isinstance(before, int):
-                raise InvalidArgumentError("page_token", "is not a token this server issued")
+        before = page_position(page_token, "before", valid=is_count)
         async with UnitOfWork(self._engine) as uow:
             versions = await store.list_versions(uow.connection, environment_id, before=before, limit=limit + 1)
         more = len(versions) > limit
         versions = versions[:limit]
-        return versions, encode_page_token({"before": versions[-1].version}) if more else ""
+        return Page(versions, encode_page_token({"before": versions[-1].version}) if more else "")

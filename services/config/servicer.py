@@ -70,11 +70,11 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         self, request: pb.ListConfigVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListConfigVersionsResponse:
         current_principal().require_environment(request.environment_id)
-        versions, next_token = await self.service.list_versions(
+        page = await self.service.list_versions(
             request.environment_id, requested_page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListConfigVersionsResponse(
-            config_versions=[to_config_version(stored) for stored in versions], next_page_token=next_token
+            config_versions=[to_config_version(stored) for stored in page.items], next_page_token=page.next_page_token
         )
 
     @requires(Role.GATEWAY)

@@ -14,6 +14,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,24 +22,26 @@ import structlog
 from prometheus_client import Counter as MetricCounter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.config.hub import ConfigHub
 from services.errors import NotFoundError
 from services.heartbeat import store
 from services.heartbeat.records import (
+    AgentState,
+    GatewayChange,
     GatewayName,
     GatewayRecord,
+    GatewayStatus,
+    GatewayView,
     interval_from_row,
     state_from_row,
     state_row,
-    to_gateway,
 )
-from services.heartbeat.status import Status, StatusThresholds, derive_status
+from services.heartbeat.status import StatusThresholds, derive_status
 from services.heartbeat.watch import Watchers
 from services.jobs import PeriodicJob
+from services.pagination import Page, encode_page_token, page_position, page_size
 from services.settings import ServerSettings
 from services.storage.uow import UnitOfWork
-from services.timestamps import to_timestamp
 
 log = structlog.get_logger("meterwire.heartbeat")
 Clock = Callable[[], datetime]
@@ -46,6 +49,9 @@ Clock = Callable[[], datetime]
 FLUSHES = MetricCounter("meterwire_heartbeat_flushes_total", "Batched writes of heartbeat state (one statement each).")
 FLUSHED_ROWS = MetricCounter("meterwire_heartbeat_flushed_rows_total", "Gateway rows written by heartbeat flushes.")
 HEARTBEATS = MetricCounter("meterwire_heartbeats_total", "Heartbeats received.")
+FLUSH_FAILURES = MetricCounter(
+    "meterwire_heartbeat_flush_failures_total", "Gateway rows a heartbeat flush could not write (kept in memory)."
+)
 
 
 def utc_now() -> datetime:
@@ -116,7 +122,7 @@ class Fleet:
                 gateway_id=gateway_id,
                 register_time=now,
                 last_seen=None,
-                state=pb.AgentState(),
+                state=AgentState(),
                 interval=self.hub.heartbeat_interval(environment_id),
             )
             self._records[name] = record
@@ -136,7 +142,7 @@ class Fleet:
     def current(self, name: GatewayName) -> GatewayRecord | None:
         return self._records.get(name)
 
-    def record_heartbeat(self, record: GatewayRecord, state: pb.AgentState) -> datetime:
+    def record_heartbeat(self, record: GatewayRecord, state: AgentState) -> datetime:
         """Records one ping in memory (the flusher writes it later); returns the server time it was seen."""
         now = self.clock()
         HEARTBEATS.inc()
@@ -158,13 +164,14 @@ class Fleet:
         record = self.current(name) or self.register(*name)
         state = record.state
         if error is None:
-            state.applied_config_version = max(state.applied_config_version, version)
+            applied = max(state.applied_config_version, version)
             if state.nacked_config_version <= version:
-                state.nacked_config_version = 0
-                state.config_error = ""
+                state = replace(state, applied_config_version=applied, nacked_config_version=0, config_error="")
+            else:
+                state = replace(state, applied_config_version=applied)
         else:
-            state.nacked_config_version = version
-            state.config_error = error
+            state = replace(state, nacked_config_version=version, config_error=error)
+        record.state = state
         self._dirty.add(record.name)
         self._derive(record, self.clock(), config_changed=True)
 
@@ -183,25 +190,23 @@ class Fleet:
                 "gateway status changed",
                 environment=record.environment_id,
                 gateway=record.gateway_id,
-                status=pb.GatewayStatus.Name(verdict.status),
-                previous=pb.GatewayStatus.Name(previous),
+                status=verdict.status.value,
+                previous=None if previous is None else previous.value,
                 reasons=list(verdict.reasons),
             )
         if self._watchers:
             self._announce(record, previous, now)
 
-    def _announce(self, record: GatewayRecord, previous: Status, now: datetime, *, deleted: bool = False) -> None:
+    def _announce(
+        self, record: GatewayRecord, previous: GatewayStatus | None, now: datetime, *, deleted: bool = False
+    ) -> None:
         self._watchers.publish(
-            pb.WatchGatewaysResponse(
-                gateway=self.to_gateway(record),
-                previous_status=previous,
-                change_time=to_timestamp(now),
-                deleted=deleted,
-            )
+            GatewayChange(gateway=self.view(record), change_time=now, previous_status=previous, deleted=deleted)
         )
 
-    def to_gateway(self, record: GatewayRecord) -> pb.Gateway:
-        return to_gateway(record, desired_config_version=self.hub.latest_version(record.environment_id))
+    def view(self, record: GatewayRecord) -> GatewayView:
+        """The gateway as operators see it now, with the config version it should be running."""
+        return GatewayView.of(record, desired_config_version=self.hub.latest_version(record.environment_id))
 
     # Background work: the timer, the flusher and the peer refresh.
 
@@ -211,7 +216,13 @@ class Fleet:
         moment = now.timestamp()
         due = [record for record in self._records.values() if record.recheck_at <= moment]
         for record in due:
-            self._derive(record, now)
+            try:
+                self._derive(record, now)
+            except Exception:  # one gateway's state must never keep the others from turning STALE/OFFLINE
+                record.recheck_at = math.inf
+                log.exception(
+                    "status check failed for one gateway", environment=record.environment_id, gateway=record.gateway_id
+                )
         return len(due)
 
     async def _tick_async(self) -> None:
@@ -228,15 +239,48 @@ class Fleet:
         names, self._dirty = self._dirty, set()
         rows = [state_row(record, self.replica) for name in names if (record := self._records.get(name)) is not None]
         try:
-            async with UnitOfWork(self._engine) as uow:
-                await store.flush_states(uow.connection, rows)
-                await uow.commit()
-        except BaseException:
+            await self._write(rows)
+        except asyncio.CancelledError:
             self._dirty |= {name for name in names if name in self._records}
             raise
+        except Exception:
+            # One gateway's row may be what fails the batch: write them one by one, so the others are saved.
+            log.warning("batched heartbeat flush failed; writing gateways one by one", exc_info=True)
+            return await self._write_one_by_one(names, rows)
+        return len(rows)
+
+    async def _write_one_by_one(self, names: set[GatewayName], rows: list[dict[str, Any]]) -> int:
+        """Rows that fail alone while others succeed are bad rows: dropped (logged, counted) rather than
+        failing every flush at one transaction per gateway; that gateway's next change is written again.
+        If none succeeds the database is the problem: everything is kept for the next flush."""
+        failed: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                try:
+                    await self._write([row])
+                except Exception:
+                    failed.append(row)
+        except asyncio.CancelledError:
+            self._dirty |= {name for name in names if name in self._records}
+            raise
+        if rows and len(failed) == len(rows):
+            self._dirty |= {name for name in names if name in self._records}
+            raise RuntimeError(f"no heartbeat state could be written ({len(rows)} gateways); retrying next flush")
+        for row in failed:
+            FLUSH_FAILURES.inc()
+            log.error(
+                "heartbeat state of one gateway cannot be written; it is kept in memory only",
+                environment=row["environment_id"],
+                gateway=row["gateway_id"],
+            )
+        return len(rows) - len(failed)
+
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        async with UnitOfWork(self._engine) as uow:
+            await store.flush_states(uow.connection, rows)
+            await uow.commit()
         FLUSHES.inc()
         FLUSHED_ROWS.inc(len(rows))
-        return len(rows)
 
     async def refresh_from_peers(self) -> int:
         """Adopts state other replicas flushed (gateways connected there) and their removals."""
@@ -289,20 +333,45 @@ class Fleet:
             gateway_id=name[1],
             register_time=None,
             last_seen=None,
-            state=pb.AgentState(),
+            state=AgentState(),
             interval=self.hub.heartbeat_interval(name[0]),
-            status=pb.GATEWAY_STATUS_NEVER_SEEN,
+            status=GatewayStatus.NEVER_SEEN,
             reasons=("a gateway token exists but the gateway never made contact",),
             recheck_at=math.inf,
         )
 
-    async def gateway(self, name: GatewayName) -> GatewayRecord:
+    async def list_gateways(
+        self,
+        environment_ids: frozenset[str] | None,
+        statuses: frozenset[GatewayStatus],
+        *,
+        requested_page_size: int,
+        page_token: str,
+    ) -> Page[GatewayView]:
+        """One page of gateways by name, only those in `statuses` when given."""
+        limit = page_size(requested_page_size)
+        after = page_position(page_token, "after", valid=_is_name)
+        page: list[GatewayView] = []
+        more = False
+        for record in await self.gateways(environment_ids):
+            if after is not None and record.name <= tuple(after):
+                continue
+            if statuses and record.status not in statuses:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(self.view(record))
+        last = page[-1] if more else None
+        return Page(page, encode_page_token({"after": [last.environment_id, last.gateway_id]}) if last else "")
+
+    async def gateway(self, name: GatewayName) -> GatewayView:
         record = self._records.get(name)
         if record is not None:
-            return record
+            return self.view(record)
         async with UnitOfWork(self._engine) as uow:
             if name in await store.never_seen(uow.connection, frozenset({name[0]})):
-                return self._never_seen(name)
+                return self.view(self._never_seen(name))
         raise NotFoundError(f"gateway_id: no gateway {name[1]!r} in environment {name[0]!r}")
 
     async def delete(self, name: GatewayName) -> None:
@@ -335,7 +404,7 @@ class Fleet:
 
     async def watch(
         self, environment_ids: frozenset[str] | None, *, send_initial: bool
-    ) -> AsyncIterator[pb.WatchGatewaysResponse]:
+    ) -> AsyncIterator[GatewayChange]:
         """Changes as they happen; a full listing first if asked, and again whenever the watcher fell behind."""
         watcher = self._watchers.add(environment_ids)
         try:
@@ -352,9 +421,12 @@ class Fleet:
         finally:
             self._watchers.remove(watcher)
 
-    async def _listing(self, environment_ids: frozenset[str] | None) -> list[pb.WatchGatewaysResponse]:
-        now = to_timestamp(self.clock())
+    async def _listing(self, environment_ids: frozenset[str] | None) -> list[GatewayChange]:
+        now = self.clock()
         return [
-            pb.WatchGatewaysResponse(gateway=self.to_gateway(record), change_time=now)
-            for record in await self.gateways(environment_ids)
+            GatewayChange(gateway=self.view(record), change_time=now) for record in await self.gateways(environment_ids)
         ]
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(part, str) for part in value)
