@@ -19,7 +19,7 @@ from services.config.store import StoredConfig
 from services.errors import InvalidArgumentError
 from services.lifecycle import cancel_and_wait
 from services.timestamps import to_timestamp
-from services.validation import require_text
+from services.validation import require_int, require_text
 
 log = structlog.get_logger("meterwire.config")
 _MAX_NACK_ERROR_BYTES = 4096
@@ -89,8 +89,7 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
             raise InvalidArgumentError("subscribe", "the first message of WatchConfig must be a subscribe")
         subscribe = first.subscribe
         principal.require_environment(subscribe.environment_id, field="subscribe.environment_id")
-        if subscribe.known_version < 0:
-            raise InvalidArgumentError("subscribe.known_version", "must not be negative")
+        require_int(subscribe.known_version, field="subscribe.known_version")
         name = (subscribe.environment_id, principal.gateway_id or "")
         self.answers.config_subscribed(*name)
         answers = asyncio.get_running_loop().create_task(self._read_answers(request_iterator, principal, name))
@@ -118,8 +117,10 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
             if kind == "subscribe":
                 raise InvalidArgumentError("subscribe", "was already sent; a stream subscribes once")
             if kind == "ack":
-                self.answers.config_answered(*name, version=request.ack.version, error=None)
+                version = require_int(request.ack.version, field="ack.version")
+                self.answers.config_answered(*name, version=version, error=None)
             elif kind == "nack":
+                require_int(request.nack.version, field="nack.version")
                 error = request.nack.error or "no reason given"
                 require_text(error, field="nack.error", max_bytes=_MAX_NACK_ERROR_BYTES)
                 log.warning(
