@@ -13,7 +13,7 @@ import math
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.config.hub import ConfigHub
 from services.errors import NotFoundError
 from services.heartbeat import store
+from services.heartbeat.flush import write_states
 from services.heartbeat.records import (
     AgentState,
     GatewayChange,
@@ -46,12 +47,7 @@ from services.storage.uow import UnitOfWork
 log = structlog.get_logger("meterwire.heartbeat")
 Clock = Callable[[], datetime]
 
-FLUSHES = MetricCounter("meterwire_heartbeat_flushes_total", "Batched writes of heartbeat state (one statement each).")
-FLUSHED_ROWS = MetricCounter("meterwire_heartbeat_flushed_rows_total", "Gateway rows written by heartbeat flushes.")
 HEARTBEATS = MetricCounter("meterwire_heartbeats_total", "Heartbeats received.")
-FLUSH_FAILURES = MetricCounter(
-    "meterwire_heartbeat_flush_failures_total", "Gateway rows a heartbeat flush could not write (kept in memory)."
-)
 
 
 def utc_now() -> datetime:
@@ -179,7 +175,12 @@ class Fleet:
         self, record: GatewayRecord, now: datetime, *, announce: bool = True, config_changed: bool = False
     ) -> None:
         verdict = derive_status(
-            record.last_seen, record.state, interval=record.interval, now=now, thresholds=self._thresholds
+            record.last_seen,
+            record.state,
+            interval=record.interval,
+            now=now,
+            thresholds=self._thresholds,
+            registered=record.register_time,
         )
         previous = record.status
         record.status, record.reasons, record.recheck_at = verdict.status, verdict.reasons, verdict.recheck_at
@@ -239,48 +240,10 @@ class Fleet:
         names, self._dirty = self._dirty, set()
         rows = [state_row(record, self.replica) for name in names if (record := self._records.get(name)) is not None]
         try:
-            await self._write(rows)
-        except asyncio.CancelledError:
+            return await write_states(self._engine, rows)
+        except BaseException:
             self._dirty |= {name for name in names if name in self._records}
             raise
-        except Exception:
-            # One gateway's row may be what fails the batch: write them one by one, so the others are saved.
-            log.warning("batched heartbeat flush failed; writing gateways one by one", exc_info=True)
-            return await self._write_one_by_one(names, rows)
-        return len(rows)
-
-    async def _write_one_by_one(self, names: set[GatewayName], rows: list[dict[str, Any]]) -> int:
-        """Rows that fail alone while others succeed are bad rows: dropped (logged, counted) rather than
-        failing every flush at one transaction per gateway; that gateway's next change is written again.
-        If none succeeds the database is the problem: everything is kept for the next flush."""
-        failed: list[dict[str, Any]] = []
-        try:
-            for row in rows:
-                try:
-                    await self._write([row])
-                except Exception:
-                    failed.append(row)
-        except asyncio.CancelledError:
-            self._dirty |= {name for name in names if name in self._records}
-            raise
-        if rows and len(failed) == len(rows):
-            self._dirty |= {name for name in names if name in self._records}
-            raise RuntimeError(f"no heartbeat state could be written ({len(rows)} gateways); retrying next flush")
-        for row in failed:
-            FLUSH_FAILURES.inc()
-            log.error(
-                "heartbeat state of one gateway cannot be written; it is kept in memory only",
-                environment=row["environment_id"],
-                gateway=row["gateway_id"],
-            )
-        return len(rows) - len(failed)
-
-    async def _write(self, rows: list[dict[str, Any]]) -> None:
-        async with UnitOfWork(self._engine) as uow:
-            await store.flush_states(uow.connection, rows)
-            await uow.commit()
-        FLUSHES.inc()
-        FLUSHED_ROWS.inc(len(rows))
 
     async def refresh_from_peers(self) -> int:
         """Adopts state other replicas flushed (gateways connected there) and their removals."""
@@ -317,6 +280,7 @@ class Fleet:
         """Every gateway the environments hold, never-seen ones (a token, no contact) included, by name."""
         async with UnitOfWork(self._engine) as uow:
             never_seen = await store.never_seen(uow.connection, environment_ids)
+            self._adopt_contacts(await store.without_heartbeat(uow.connection, environment_ids))
         found = {
             name: record
             for name, record in self._records.items()
@@ -326,6 +290,17 @@ class Fleet:
             if name not in found:
                 found[name] = self._never_seen(name)
         return [found[name] for name in sorted(found)]
+
+    def _adopt_contacts(self, rows: Sequence[Any]) -> None:
+        """Takes in gateways registered without a heartbeat (usage or WatchConfig only, here or on another
+        replica) that this fleet does not hold yet, so they are listed and judged by their silence."""
+        now = self.clock()
+        for row in rows:
+            name = (row.environment_id, row.gateway_id)
+            if name not in self._records:
+                record = self._record_from_row(row)
+                self._records[name] = record
+                self._derive(record, now, announce=False)
 
     def _never_seen(self, name: GatewayName) -> GatewayRecord:
         return GatewayRecord(
@@ -370,6 +345,10 @@ class Fleet:
         if record is not None:
             return self.view(record)
         async with UnitOfWork(self._engine) as uow:
+            silent = await store.without_heartbeat(uow.connection, frozenset({name[0]}))
+            self._adopt_contacts([row for row in silent if row.gateway_id == name[1]])
+            if (record := self._records.get(name)) is not None:
+                return self.view(record)
             if name in await store.never_seen(uow.connection, frozenset({name[0]})):
                 return self.view(self._never_seen(name))
         raise NotFoundError(f"gateway_id: no gateway {name[1]!r} in environment {name[0]!r}")

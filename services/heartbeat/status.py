@@ -58,24 +58,31 @@ def derive_status(
     interval: timedelta,
     now: datetime,
     thresholds: StatusThresholds,
+    registered: datetime | None = None,
 ) -> StatusVerdict:
     """The status of a gateway whose latest heartbeat arrived at `last_seen` (None: never) reporting `state`.
 
+    A gateway that made contact without a heartbeat (usage or WatchConfig only; `registered` is its first
+    contact) is judged by its silence since then: it is not NEVER_SEEN, which means no contact at all.
     Precedence: NEVER_SEEN, then OFFLINE, STALE (silence says more than the last report), then DEGRADED.
     """
-    if last_seen is None:
+    contact = last_seen or registered
+    if contact is None:
         return StatusVerdict(GatewayStatus.NEVER_SEEN, ("no heartbeat received yet",), math.inf)
+    since = (
+        f"no heartbeat since {_clock_time(contact)}"
+        if last_seen is not None
+        else f"no heartbeat ever (first contact, without one, at {_clock_time(contact)})"
+    )
     stale_after = interval * thresholds.stale_intervals
     offline_after = interval * thresholds.offline_intervals
-    silence = now - last_seen
+    silence = now - contact
     if silence > offline_after:
-        reason = f"no heartbeat since {_clock_time(last_seen)} (offline after {_span(offline_after)})"
-        return StatusVerdict(GatewayStatus.OFFLINE, (reason,), math.inf)
-    offline_at = (last_seen + offline_after).timestamp()
+        return StatusVerdict(GatewayStatus.OFFLINE, (f"{since} (offline after {_span(offline_after)})",), math.inf)
+    offline_at = (contact + offline_after).timestamp()
     if silence > stale_after:
-        reason = f"no heartbeat since {_clock_time(last_seen)} (stale after {_span(stale_after)})"
-        return StatusVerdict(GatewayStatus.STALE, (reason,), offline_at)
-    stale_at = (last_seen + stale_after).timestamp()
+        return StatusVerdict(GatewayStatus.STALE, (f"{since} (stale after {_span(stale_after)})",), offline_at)
+    stale_at = (contact + stale_after).timestamp()
     reasons: list[str] = []
     if state.nacked_config_version > state.applied_config_version:
         error = state.config_error or "no reason given"

@@ -59,3 +59,13 @@ def test_the_verdict_says_when_to_look_again() -> None:
 def test_a_gateway_never_seen_is_never_seen() -> None:
     verdict = derive_status(None, AgentState(), interval=INTERVAL, now=SEEN, thresholds=THRESHOLDS)
     assert verdict.status == GatewayStatus.NEVER_SEEN
+
+
+def test_a_gateway_that_made_contact_without_heartbeats_is_judged_by_its_silence_since() -> None:
+    fresh = derive_status(None, AgentState(), interval=INTERVAL, now=SEEN, thresholds=THRESHOLDS, registered=SEEN)
+    later = derive_status(
+        None, AgentState(), interval=INTERVAL, now=SEEN + timedelta(minutes=2), thresholds=THRESHOLDS, registered=SEEN
+    )
+    assert fresh.status == GatewayStatus.HEALTHY
+    assert later.status == GatewayStatus.OFFLINE
+    assert later.reasons[0].startswith("no heartbeat ever (first contact, without one, at 2026-01-05 12:00:00Z)")
