@@ -171,6 +171,10 @@ class AdminService:
         token_id = token_id_of(secret)
         if token_id is None:
             raise UnauthenticatedError("the bearer token is not a meterwire token (they start with 'mw_')")
+        if self._revocations is not None and self._revocations.is_revoked(token_id):
+            # Known revoked here (through this replica, or found by the revocation poll): no cached copy of the
+            # token may let it in again, not even for a stream reconnecting at once.
+            raise UnauthenticatedError(f"token {token_id} was revoked")
         found = await self.tokens.find(token_id)
         if found is None or not secret_matches(secret, found[1]):
             raise UnauthenticatedError(f"unknown token {token_id}")
