@@ -85,11 +85,7 @@ class Fleet:
         """Recovers the last flushed state, so a restarted control plane knows when each gateway was seen."""
         async with UnitOfWork(self._engine) as uow:
             rows = await store.load_gateways(uow.connection)
-        now = self.clock()
-        for row in rows:
-            record = self._record_from_row(row)
-            self._records[record.name] = record
-            self._derive(record, now, announce=False)
+        self._adopt_rows(rows)
         log.info("fleet state loaded", gateways=len(rows))
 
     def _record_from_row(self, row: Any) -> GatewayRecord:
@@ -280,7 +276,7 @@ class Fleet:
         """Every gateway the environments hold, never-seen ones (a token, no contact) included, by name."""
         async with UnitOfWork(self._engine) as uow:
             never_seen = await store.never_seen(uow.connection, environment_ids)
-            self._adopt_contacts(await store.without_heartbeat(uow.connection, environment_ids))
+            self._adopt_rows(await store.without_heartbeat(uow.connection, environment_ids))
         found = {
             name: record
             for name, record in self._records.items()
@@ -291,9 +287,10 @@ class Fleet:
                 found[name] = self._never_seen(name)
         return [found[name] for name in sorted(found)]
 
-    def _adopt_contacts(self, rows: Sequence[Any]) -> None:
-        """Takes in gateways registered without a heartbeat (usage or WatchConfig only, here or on another
-        replica) that this fleet does not hold yet, so they are listed and judged by their silence."""
+    def _adopt_rows(self, rows: Sequence[Any]) -> None:
+        """Takes in flushed gateways this fleet does not hold yet: at start, and later those registered without
+        a heartbeat (usage or WatchConfig only, here or on another replica), so they are listed and judged by
+        their silence."""
         now = self.clock()
         for row in rows:
             name = (row.environment_id, row.gateway_id)
@@ -346,7 +343,7 @@ class Fleet:
             return self.view(record)
         async with UnitOfWork(self._engine) as uow:
             silent = await store.without_heartbeat(uow.connection, frozenset({name[0]}))
-            self._adopt_contacts([row for row in silent if row.gateway_id == name[1]])
+            self._adopt_rows([row for row in silent if row.gateway_id == name[1]])
             if (record := self._records.get(name)) is not None:
                 return self.view(record)
             if name in await store.never_seen(uow.connection, frozenset({name[0]})):
