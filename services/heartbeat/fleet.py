@@ -4,6 +4,10 @@ Heartbeats only touch memory; a flush writes the dirty gateways in one executema
 `heartbeat_flush_interval`, a status check re-derives statuses so silence turns into STALE/OFFLINE with no
 traffic, and a peer refresh reads back what other replicas flushed. The three are jobs the server runs
 (`jobs()`); the server builds one fleet and hands it to the Heartbeat and Config services.
+
+A little over 400 lines on purpose: one class owns the in-memory table and every path that changes it
+(heartbeats, config answers, peers, removal, adoption), so its invariants (the dirty set, the watchers, the
+flush lock) live in one place; rows, statuses, writes and protobuf are already in modules of their own.
 """
 
 from __future__ import annotations
@@ -151,9 +155,15 @@ class Fleet:
             self.register(environment_id, gateway_id)
 
     def config_answered(self, environment_id: str, gateway_id: str, *, version: int, error: str | None) -> None:
-        """An agent's ACK (error None) or NACK of a config version, from WatchConfig (ConfigAnswers)."""
+        """An agent's ACK (error None) or NACK of a config version, from WatchConfig (ConfigAnswers).
+
+        An answer is contact, so it moves the gateway's last-seen time: that is what makes the change reach
+        the other replicas at their next peer refresh, not with the next heartbeat."""
         name = (environment_id, gateway_id)
         record = self.current(name) or self.register(*name)
+        now = self.clock()
+        if record.last_seen is None or record.last_seen < now:
+            record.last_seen = now
         state = record.state
         if error is None:
             applied = max(state.applied_config_version, version)
@@ -165,7 +175,7 @@ class Fleet:
             state = replace(state, nacked_config_version=version, config_error=error)
         record.state = state
         self._dirty.add(record.name)
-        self._derive(record, self.clock(), config_changed=True)
+        self._derive(record, now, config_changed=True)
 
     def _derive(
         self, record: GatewayRecord, now: datetime, *, announce: bool = True, config_changed: bool = False
@@ -252,9 +262,14 @@ class Fleet:
         adopted = 0
         for row in rows:
             name = (row.environment_id, row.gateway_id)
-            if name in self._local_streams:
-                continue  # connected here: this replica's view is the fresher one
             record = self._records.get(name)
+            if name in self._local_streams:
+                # Heartbeating here: this replica's view is the fresher one, but for a config answer given
+                # through another replica's WatchConfig since the last heartbeat here.
+                if record is not None and row.delete_time is None and _later(row.last_seen_time, record.last_seen):
+                    self._take_config_answer(record, row, now)
+                    adopted += 1
+                continue
             if row.delete_time is not None:
                 if record is not None and (record.last_seen is None or record.last_seen <= row.delete_time):
                     self._forget(record, now)
@@ -269,6 +284,16 @@ class Fleet:
             self._derive(fresh, now)
             adopted += 1
         return adopted
+
+    def _take_config_answer(self, record: GatewayRecord, row: Any, now: datetime) -> None:
+        record.last_seen = row.last_seen_time
+        record.state = replace(
+            record.state,
+            applied_config_version=max(record.state.applied_config_version, row.applied_config_version),
+            nacked_config_version=row.nacked_config_version,
+            config_error=row.config_error,
+        )
+        self._derive(record, now, config_changed=True)
 
     # Operator reads and removal.
 
@@ -406,3 +431,7 @@ class Fleet:
 
 def _is_name(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(isinstance(part, str) for part in value)
+
+
+def _later(moment: datetime | None, than: datetime | None) -> bool:
+    return moment is not None and (than is None or moment > than)
