@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
 from services.heartbeat.fleet import Fleet
-from services.heartbeat.records import AgentState
+from services.heartbeat.records import AgentState, GatewayStatus
 from services.server import ControlPlane
 from services.storage import tables
 from tests.heartbeat.conftest import FakeClock
@@ -99,3 +99,25 @@ async def test_one_gateway_whose_row_cannot_be_written_does_not_drop_the_others_
     assert "gw-broken" not in stored
     assert await fleet.flush() == 0  # the unwritable row is not retried at one transaction per flush
     await good.close()
+
+
+async def test_a_gateway_whose_status_cannot_be_derived_does_not_stop_the_others(
+    channel: grpc.aio.Channel, tokens: Tokens, fleet: Fleet, clock: FakeClock
+) -> None:
+    await tokens.environment("prod")
+    # An interval no edge lets in: six of them overflow a timedelta, so deriving this gateway's status raises.
+    # Registered first, so the status check meets it before the other gateway.
+    broken = fleet.register("prod", "gw-broken")
+    fleet.record_heartbeat(broken, AgentState())
+    broken.interval = timedelta(days=10**8)
+    broken.recheck_at = 0.0
+    quiet = GatewayStream(channel, await tokens.gateway("prod", "gw-quiet"))
+    await quiet.beat()
+    await quiet.close()
+
+    clock.advance(timedelta(seconds=61))
+    fleet.tick()
+
+    quiet_record = fleet.current(("prod", "gw-quiet"))
+    assert quiet_record is not None
+    assert quiet_record.status == GatewayStatus.OFFLINE
