@@ -9,15 +9,14 @@ and drains them on shutdown. A failing step is logged and retried at the next in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
-from typing import Self
 
 import structlog
 from prometheus_client import Counter
+
+from services.lifecycle import Managed, cancel_and_wait
 
 log = structlog.get_logger("meterwire.jobs")
 
@@ -48,7 +47,7 @@ class PeriodicJob:
         return self.interval.total_seconds() > 0
 
 
-class JobRunner:
+class JobRunner(Managed):
     """Runs PeriodicJobs as asyncio tasks. `async with JobRunner(jobs):` starts and drains them."""
 
     def __init__(self, jobs: list[PeriodicJob] | None = None) -> None:
@@ -93,26 +92,13 @@ class JobRunner:
         """Cancels every loop (a step cut off mid-transaction rolls back), then runs the final steps, last
         added first; safe to call twice."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         if not self._started:
             return
         self._started = False
         for job in reversed(self._jobs):
             if job.final_step is not None:
                 await run_step(job.name, job.final_step)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.shutdown()
 
 
 async def run_step(name: str, step: Step) -> None:

@@ -1,4 +1,7 @@
-"""Ends the open streams of revoked tokens: at once on this replica, within a poll interval on the others."""
+"""Ends the open streams of revoked tokens: at once on this replica, within a poll interval on the others.
+
+The poll is a job the server runs on every replica whatever it hosts (`poll_job`): every RPC is authenticated.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.jobs import PeriodicJob
 from services.storage import tables
 from services.storage.uow import UnitOfWork
 
@@ -26,10 +30,12 @@ class Revocations:
 
     def __init__(self, engine: AsyncEngine, *, poll_interval: timedelta) -> None:
         self._engine = engine
-        self._poll_interval = poll_interval.total_seconds()
+        self._poll_interval = poll_interval
         self._streams: dict[str, set[asyncio.Task[object]]] = {}
         self._revoked: set[str] = set()
-        self._poller: asyncio.Task[None] | None = None
+
+    def poll_job(self) -> PeriodicJob:
+        return PeriodicJob("revocation-poll", self._poll_interval, self.poll)
 
     @contextlib.contextmanager
     def track(self, token_id: str) -> Iterator[None]:
@@ -60,7 +66,8 @@ class Revocations:
         for task in list(tasks):
             task.cancel()
 
-    async def _poll_once(self) -> None:
+    async def poll(self) -> None:
+        """Closes the streams this replica serves for tokens revoked elsewhere."""
         tracked = sorted(self._streams)
         if not tracked:
             return
@@ -70,22 +77,3 @@ class Revocations:
             revoked = list((await uow.connection.execute(query)).scalars())
         for token_id in revoked:
             self.revoke(token_id)
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            try:
-                await self._poll_once()
-            except Exception:  # a database hiccup must not end the poller; the next round retries
-                log.warning("revocation poll failed", exc_info=True)
-
-    async def start(self) -> None:
-        if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="revocation-poll")
-
-    async def shutdown(self) -> None:
-        poller, self._poller = self._poller, None
-        if poller is not None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller

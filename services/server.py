@@ -1,4 +1,5 @@
-"""Builds and runs the control plane: storage, servicers, auth, health, reflection, metrics and draining."""
+"""Builds and runs the control plane: storage, shared objects, servicers, background jobs, auth, health,
+reflection, metrics and draining."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any
 
 import grpc
 import structlog
@@ -33,11 +33,14 @@ from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
 from services.budget.webhooks import Webhooks
 from services.config.hub import ConfigHub
+from services.config.service import ConfigService
 from services.config.servicer import ConfigServicer
-from services.heartbeat.fleet import fleet_for
+from services.config.validation import ConfigLimits
+from services.heartbeat.fleet import Fleet
 from services.heartbeat.servicer import HeartbeatServicer
 from services.interceptors import ServerInterceptor
 from services.jobs import JobRunner, PeriodicJob
+from services.lifecycle import Lifecycle, Managed
 from services.pricing import PriceBooks
 from services.reporting.servicer import ReportingServicer
 from services.revocation import Revocations
@@ -54,32 +57,72 @@ _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 
-_READS_PRICES = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING})
-_START_THE_FLEET = frozenset({ServiceName.CONFIG, ServiceName.HEARTBEAT})
-
-
 class StartupError(Exception):
     """The control plane cannot start; the message names the setting or resource at fault."""
 
 
 @dataclass(frozen=True)
 class ServiceDeps:
-    """What a servicer factory may use."""
+    """The shared objects of one control plane, built once at start and handed to every servicer factory."""
 
     settings: ServerSettings
     engine: AsyncEngine
     admin: AdminService
     revocations: Revocations
+    config_hub: ConfigHub
+    """The latest config of every environment (loaded when a service that reads config is hosted)."""
+    fleet: Fleet
+    """Every gateway's heartbeat state (loaded when heartbeat or config is hosted)."""
     prices: PriceBooks
+    """Each environment's pricing table and currency, read through the config hub."""
+
+    @classmethod
+    def build(cls, settings: ServerSettings, engine: AsyncEngine) -> ServiceDeps:
+        """Constructs the shared objects; none touches the database until loaded."""
+        revocations = Revocations(engine, poll_interval=settings.revocation_poll_interval)
+        admin = AdminService(engine, revocations=revocations, token_cache_ttl=settings.revocation_poll_interval)
+        hub = ConfigHub(engine, settings)
+        fleet = Fleet(engine, settings, hub)
+        return cls(settings, engine, admin, revocations, hub, fleet, PriceBooks(hub))
 
 
-@runtime_checkable
-class Lifecycle(Protocol):
-    """A servicer with background work (timers, writers): started before serving, shut down after."""
+_READS_CONFIG = frozenset({ServiceName.CONFIG, ServiceName.HEARTBEAT, ServiceName.TELEMETRY, ServiceName.REPORTING})
+"""Services that read the ConfigHub: config itself, heartbeat intervals, pricing, report currency."""
+_TRACKS_FLEET = frozenset({ServiceName.HEARTBEAT, ServiceName.CONFIG})
+"""Services that read or change the fleet: heartbeats, and WatchConfig's ACK/NACKs."""
+_KEEPS_ROLLUPS = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING})
+"""Services whose replicas compact and prune the rollups (ingest writes them, reports read them)."""
 
-    async def start(self) -> None: ...
 
-    async def shutdown(self) -> None: ...
+def _jobs(deps: ServiceDeps, hosted: frozenset[ServiceName]) -> list[PeriodicJob]:
+    """Every background job of a replica hosting `hosted`: the one place jobs are gathered (README: Background
+    jobs)."""
+    jobs = [deps.revocations.poll_job()]  # every RPC is authenticated, whatever is hosted
+    if hosted & _READS_CONFIG:
+        jobs.append(deps.config_hub.poll_job())
+    if hosted & _TRACKS_FLEET:
+        jobs.extend(deps.fleet.jobs())
+    if hosted & _KEEPS_ROLLUPS:
+        jobs.extend(rollup_maintenance_jobs(deps.engine, deps.settings))
+    if ServiceName.BUDGET in hosted:
+        jobs.append(WebhookDeliverer(deps.engine, deps.settings).job())
+    return jobs
+
+
+async def _load_shared(deps: ServiceDeps, hosted: frozenset[ServiceName]) -> None:
+    """Reads the shared objects' state from the database, config first (the fleet's intervals come from it)."""
+    if hosted & (_READS_CONFIG | _TRACKS_FLEET):
+        await deps.config_hub.load()
+    if hosted & _TRACKS_FLEET:
+        await deps.fleet.load()
+
+
+def _config_servicer(deps: ServiceDeps) -> ConfigServicer:
+    limits = ConfigLimits(
+        max_batch_events=deps.settings.ingest_max_batch_events, max_batch_bytes=deps.settings.ingest_max_batch_bytes
+    )
+    service = ConfigService(deps.engine, deps.config_hub, limits)
+    return ConfigServicer(service, deps.config_hub, answers=deps.fleet)
 
 
 @dataclass(frozen=True)
@@ -98,12 +141,12 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.HEARTBEAT: _Hosted(
         heartbeat_service_pb2.DESCRIPTOR.services_by_name["HeartbeatService"],
         heartbeat_service_pb2_grpc.add_HeartbeatServiceServicer_to_server,
-        lambda deps: HeartbeatServicer.for_control_plane(deps.engine, deps.settings),
+        lambda deps: HeartbeatServicer(deps.fleet),
     ),
     ServiceName.CONFIG: _Hosted(
         config_service_pb2.DESCRIPTOR.services_by_name["ConfigService"],
         config_service_pb2_grpc.add_ConfigServiceServicer_to_server,
-        lambda deps: ConfigServicer.for_control_plane(deps.engine, deps.settings),
+        _config_servicer,
     ),
     ServiceName.BUDGET: _Hosted(
         budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
@@ -157,7 +200,7 @@ def _probe_port(host: str, port: int, *, setting: str) -> None:
             raise StartupError(f"{setting}: cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-class ControlPlane:
+class ControlPlane(Managed):
     """One control-plane process. `async with ControlPlane(settings) as cp:` starts it; `shutdown()` drains."""
 
     def __init__(self, settings: ServerSettings) -> None:
@@ -169,9 +212,8 @@ class ControlPlane:
         self._metrics: Any = None
         self._stopping: asyncio.Task[None] | None = None
         self._lifecycles: list[Lifecycle] = []
-        self._revocations: Revocations | None = None
+        self._deps: ServiceDeps | None = None
         self._jobs = JobRunner()
-        self._hub: ConfigHub | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -179,26 +221,24 @@ class ControlPlane:
             raise RuntimeError("the control plane is not started")
         return self._engine
 
+    @property
+    def deps(self) -> ServiceDeps:
+        """The shared objects (fleet, config hub, ...) the hosted services were built with."""
+        if self._deps is None:
+            raise RuntimeError("the control plane is not started")
+        return self._deps
+
+    @property
+    def job_names(self) -> list[str]:
+        """The background jobs this replica runs."""
+        return self._jobs.names
+
     async def start(self) -> None:
         settings = self.settings
         try:
             # Cheap checks first: a busy port must not leave a migrated database or a new token behind.
             self._engine = create_engine(settings.resolved_database_url)
-            self._revocations = Revocations(self._engine, poll_interval=settings.revocation_poll_interval)
-            admin = AdminService(
-                self._engine,
-                revocations=self._revocations,
-                token_cache_ttl=settings.revocation_poll_interval,
-            )
-            # Until the server owns the config hub: the one of the fleet (Config and Heartbeat publish to it).
-            hub = fleet_for(self._engine, settings).hub
-            deps = ServiceDeps(
-                settings=settings,
-                engine=self._engine,
-                admin=admin,
-                revocations=self._revocations,
-                prices=PriceBooks(hub),
-            )
+            deps = self._deps = ServiceDeps.build(settings, self._engine)
             self._server = self._build_server(deps)
             self.port = self._bind(self._server)
             self._start_metrics()
@@ -207,18 +247,15 @@ class ControlPlane:
             log.info("database ready", from_revision=schema.from_revision, revision=schema.to_revision)
             for warning in await maintenance_warnings(self._engine, tables.metadata.tables):
                 log.warning(warning)
-            if await admin.bootstrap_admin_token(settings.admin_token_path):
+            if await deps.admin.bootstrap_admin_token(settings.admin_token_path):
                 log.warning(
                     "created the first admin token; keep it secret",
                     path=str(settings.admin_token_path.resolve()),
                 )
-            await self._revocations.start()
-            if settings.services & _READS_PRICES and not settings.services & _START_THE_FLEET:
-                self._hub = hub  # the fleet starts it otherwise
-                await hub.start()
+            await _load_shared(deps, settings.services)
             for component in self._lifecycles:
                 await component.start()
-            for job in self._background_jobs(self._engine):
+            for job in _jobs(deps, settings.services):
                 self._jobs.add(job)
             await self._jobs.start()
             await self._server.start()
@@ -253,8 +290,7 @@ class ControlPlane:
             authenticate=deps.admin.authenticate,
             method_roles=method_roles,
             public_services=frozenset({_HEALTH_SERVICE, _REFLECTION_SERVICE}),
-            revocations=self._revocations
-            or Revocations(deps.engine, poll_interval=self.settings.revocation_poll_interval),
+            revocations=deps.revocations,
         )
         server = grpc.aio.server(interceptors=[interceptor], options=self._channel_options())
         for hosted, servicer in registrations:
@@ -274,6 +310,9 @@ class ControlPlane:
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", ms(s.keepalive_time)),
             ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout)),
+            # grpc core's own ping timeout (60 s unless set) would otherwise override keepalive_timeout, and a
+            # dead agent link would be closed only after about a minute.
+            ("grpc.http2.ping_timeout_ms", ms(s.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", 1),
             # Agents ping every ~15 s to notice a dead server; accept pings that often.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
@@ -351,24 +390,10 @@ class ControlPlane:
         await self._close_resources()
         log.info("control plane stopped")
 
-    def _background_jobs(self, engine: AsyncEngine) -> list[PeriodicJob]:
-        """The jobs this replica runs for the services it hosts."""
-        jobs: list[PeriodicJob] = []
-        if self.settings.services & {ServiceName.TELEMETRY, ServiceName.REPORTING}:
-            jobs += rollup_maintenance_jobs(engine, self.settings)
-        if ServiceName.BUDGET in self.settings.services:
-            jobs.append(WebhookDeliverer(engine, self.settings).job())
-        return jobs
-
     async def _close_resources(self) -> None:
-        await self._jobs.shutdown()
         while self._lifecycles:
             await self._lifecycles.pop().shutdown()
-        if self._hub is not None:
-            await self._hub.shutdown()
-            self._hub = None
-        if self._revocations is not None:
-            await self._revocations.shutdown()
+        await self._jobs.shutdown()  # after the services: final steps (the fleet's last flush) see their last writes
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
@@ -376,12 +401,3 @@ class ControlPlane:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.shutdown()

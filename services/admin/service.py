@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +16,7 @@ from services.admin.store import EnvironmentRecord, TokenRecord
 from services.admin.token_lookup import TokenLookup
 from services.auth import Principal, Role, issue_token, secret_matches, token_id_of
 from services.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
-from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pagination import Page, encode_page_token, is_text, page_position, page_size
 from services.revocation import Revocations
 from services.storage.uow import UnitOfWork
 from services.validation import require_slug, require_text
@@ -29,15 +27,6 @@ MAX_DESCRIPTION_BYTES = 1024
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str
 
 
 class AdminService:
@@ -93,8 +82,7 @@ class AdminService:
         self, principal: Principal, *, requested_page_size: int, page_token: str
     ) -> Page[EnvironmentRecord]:
         limit = page_size(requested_page_size)
-        position = decode_page_token(page_token)
-        after = str(position["after"]) if position else None
+        after = page_position(page_token, "after", valid=is_text)
         async with UnitOfWork(self._engine) as uow:
             rows = await store.list_environments(
                 uow.connection,
@@ -158,8 +146,7 @@ class AdminService:
 
     async def list_tokens(self, *, show_revoked: bool, requested_page_size: int, page_token: str) -> Page[TokenRecord]:
         limit = page_size(requested_page_size)
-        position = decode_page_token(page_token)
-        after = str(position["after"]) if position else None
+        after = page_position(page_token, "after", valid=is_text)
         async with UnitOfWork(self._engine) as uow:
             rows = await store.list_tokens(uow.connection, show_revoked=show_revoked, after=after, limit=limit + 1)
         next_token = encode_page_token({"after": rows[limit - 1].token_id}) if len(rows) > limit else ""
@@ -184,6 +171,10 @@ class AdminService:
         token_id = token_id_of(secret)
         if token_id is None:
             raise UnauthenticatedError("the bearer token is not a meterwire token (they start with 'mw_')")
+        if self._revocations is not None and self._revocations.is_revoked(token_id):
+            # Known revoked here (through this replica, or found by the revocation poll): no cached copy of the
+            # token may let it in again, not even for a stream reconnecting at once.
+            raise UnauthenticatedError(f"token {token_id} was revoked")
         found = await self.tokens.find(token_id)
         if found is None or not secret_matches(secret, found[1]):
             raise UnauthenticatedError(f"unknown token {token_id}")

@@ -2,14 +2,16 @@
 
 A version stored through this process is published at once. Another replica sharing the database stores
 versions this process never sees, so a cheap poll (one GROUP BY over the config_versions primary key every
-`config_poll_interval`) picks those up and publishes them here too: agents connected to any replica get
-every version, at most one poll interval late.
+`config_poll_interval`, a job the server runs: `poll_job`) picks those up and publishes them here too: agents
+connected to any replica get every version, at most one poll interval late.
+
+Built once by the server and shared by whatever reads config (the config service, the fleet's heartbeat
+intervals, pricing, report currency).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 import structlog
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.config import store
 from services.config.store import StoredConfig
+from services.jobs import PeriodicJob
 from services.settings import ServerSettings
 from services.storage.uow import UnitOfWork
 
@@ -32,20 +35,15 @@ class ConfigHub:
         self._latest: dict[str, StoredConfig] = {}
         self._intervals: dict[str, timedelta] = {}
         self._changed: dict[str, asyncio.Event] = {}
-        self._poller: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """Publishes the current version of every environment (once, at start)."""
         async with UnitOfWork(self._engine) as uow:
             for stored in await store.latest_of_every_environment(uow.connection):
                 self.publish(stored)
-        self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="config-poll")
 
-    async def shutdown(self) -> None:
-        poller, self._poller = self._poller, None
-        if poller is not None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+    def poll_job(self) -> PeriodicJob:
+        return PeriodicJob("config-poll", self._settings.config_poll_interval, self.poll)
 
     def latest(self, environment_id: str) -> StoredConfig | None:
         return self._latest.get(environment_id)
@@ -93,11 +91,3 @@ class ConfigHub:
                             "config version seen from another replica", environment=environment_id, version=version
                         )
                         self.publish(stored)
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.config_poll_interval.total_seconds())
-            try:
-                await self.poll()
-            except Exception:
-                log.exception("config poll failed; retrying at the next interval")

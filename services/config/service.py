@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from services.config.hub import ConfigHub
 from services.config.store import StoredConfig, content_sha256
 from services.config.validation import ConfigLimits, validate_config
 from services.errors import AbortedError, InvalidArgumentError, NotFoundError
-from services.pagination import decode_page_token, encode_page_token, page_size
+from services.pagination import Page, encode_page_token, is_count, page_position, page_size
 from services.storage.uow import UnitOfWork
 from services.validation import require_slug, require_text
 
@@ -25,7 +26,8 @@ log = structlog.get_logger("meterwire.config")
 Clock = Callable[[], datetime]
 MAX_DESCRIPTION_BYTES = 1024
 _PUT_ATTEMPTS = 5
-"""Concurrent puts to one environment collide on (environment, version); the loser re-reads and retries."""
+"""Concurrent puts to one environment through other replicas collide on (environment, version); the loser
+re-reads and retries. Puts through this process take turns per environment, so they never collide here."""
 
 
 def utc_now() -> datetime:
@@ -44,6 +46,7 @@ class ConfigService:
         self._hub = hub
         self._limits = limits
         self._clock = clock
+        self._put_locks: dict[str, asyncio.Lock] = {}
 
     async def put(
         self,
@@ -61,6 +64,28 @@ class ConfigService:
             raise InvalidArgumentError("expected_version", f"must not be negative (got {expected_version})")
         validate_config(config, self._limits)
         digest = content_sha256(config)
+        async with self._put_locks.setdefault(environment_id, asyncio.Lock()):
+            return await self._put_checked(
+                environment_id=environment_id,
+                config=config,
+                description=description,
+                expected_version=expected_version,
+                validate_only=validate_only,
+                created_by=created_by,
+                digest=digest,
+            )
+
+    async def _put_checked(
+        self,
+        *,
+        environment_id: str,
+        config: pb.EnvironmentConfig,
+        description: str,
+        expected_version: int | None,
+        validate_only: bool,
+        created_by: str,
+        digest: str,
+    ) -> PutOutcome:
         for _ in range(_PUT_ATTEMPTS):
             async with UnitOfWork(self._engine) as uow:
                 if await admin_store.get_environment(uow.connection, environment_id) is None:
@@ -121,16 +146,11 @@ class ConfigService:
 
     async def list_versions(
         self, environment_id: str, *, requested_page_size: int, page_token: str
-    ) -> tuple[list[StoredConfig], str]:
+    ) -> Page[StoredConfig]:
         limit = page_size(requested_page_size)
-        position = decode_page_token(page_token)
-        before = None
-        if position is not None:
-            before = position.get("before")
-            if not isinstance(before, int):
-                raise InvalidArgumentError("page_token", "is not a token this server issued")
+        before = page_position(page_token, "before", valid=is_count)
         async with UnitOfWork(self._engine) as uow:
             versions = await store.list_versions(uow.connection, environment_id, before=before, limit=limit + 1)
         more = len(versions) > limit
         versions = versions[:limit]
-        return versions, encode_page_token({"before": versions[-1].version}) if more else ""
+        return Page(versions, encode_page_token({"before": versions[-1].version}) if more else "")

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.config.v1 import config_service_pb2 as pb
 from meterwire.config.v1 import config_service_pb2_grpc as pb_grpc
 from services.auth import Principal, Role, current_principal, requires
+from services.config.answers import ConfigAnswers
+from services.config.hub import ConfigHub
 from services.config.service import ConfigService
 from services.config.store import StoredConfig
-from services.config.validation import ConfigLimits
 from services.errors import InvalidArgumentError
-from services.heartbeat.fleet import Fleet, fleet_for
-from services.heartbeat.records import GatewayName
-from services.settings import ServerSettings
+from services.lifecycle import cancel_and_wait
 from services.timestamps import to_timestamp
-from services.validation import require_text
+from services.validation import require_int, require_text
 
 log = structlog.get_logger("meterwire.config")
 _MAX_NACK_ERROR_BYTES = 4096
@@ -41,23 +38,10 @@ def to_config_version(stored: StoredConfig) -> pb.ConfigVersion:
 
 
 class ConfigServicer(pb_grpc.ConfigServiceServicer):
-    def __init__(self, service: ConfigService, fleet: Fleet) -> None:
+    def __init__(self, service: ConfigService, hub: ConfigHub, answers: ConfigAnswers) -> None:
         self.service = service
-        self.fleet = fleet
-
-    @classmethod
-    def for_control_plane(cls, engine: AsyncEngine, settings: ServerSettings) -> ConfigServicer:
-        fleet = fleet_for(engine, settings)
-        limits = ConfigLimits(
-            max_batch_events=settings.ingest_max_batch_events, max_batch_bytes=settings.ingest_max_batch_bytes
-        )
-        return cls(ConfigService(engine, fleet.hub, limits), fleet)
-
-    async def start(self) -> None:
-        await self.fleet.start()
-
-    async def shutdown(self) -> None:
-        await self.fleet.shutdown()
+        self.hub = hub
+        self.answers = answers
 
     @requires(Role.ADMIN)
     async def PutConfig(
@@ -86,11 +70,11 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         self, request: pb.ListConfigVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListConfigVersionsResponse:
         current_principal().require_environment(request.environment_id)
-        versions, next_token = await self.service.list_versions(
+        page = await self.service.list_versions(
             request.environment_id, requested_page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListConfigVersionsResponse(
-            config_versions=[to_config_version(stored) for stored in versions], next_page_token=next_token
+            config_versions=[to_config_version(stored) for stored in page.items], next_page_token=page.next_page_token
         )
 
     @requires(Role.GATEWAY)
@@ -105,15 +89,14 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
             raise InvalidArgumentError("subscribe", "the first message of WatchConfig must be a subscribe")
         subscribe = first.subscribe
         principal.require_environment(subscribe.environment_id, field="subscribe.environment_id")
-        if subscribe.known_version < 0:
-            raise InvalidArgumentError("subscribe.known_version", "must not be negative")
+        require_int(subscribe.known_version, field="subscribe.known_version")
         name = (subscribe.environment_id, principal.gateway_id or "")
-        self.fleet.register(*name)
+        self.answers.config_subscribed(*name)
         answers = asyncio.get_running_loop().create_task(self._read_answers(request_iterator, principal, name))
         known = subscribe.known_version
         try:
             while True:
-                newer = asyncio.ensure_future(self.fleet.hub.wait_newer(name[0], known))
+                newer = asyncio.ensure_future(self.hub.wait_newer(name[0], known))
                 await asyncio.wait({newer, answers}, return_when=asyncio.FIRST_COMPLETED)
                 if not newer.done():
                     newer.cancel()
@@ -123,22 +106,21 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
                 known = stored.version
                 yield pb.WatchConfigResponse(config_version=to_config_version(stored))
         finally:
-            answers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answers
+            await cancel_and_wait([answers])
 
     async def _read_answers(
-        self, requests: AsyncIterator[pb.WatchConfigRequest], principal: Principal, name: GatewayName
+        self, requests: AsyncIterator[pb.WatchConfigRequest], principal: Principal, name: tuple[str, str]
     ) -> None:
         """Records each ACK/NACK on the gateway's state (shown in ListGateways; a NACK makes it DEGRADED)."""
         async for request in requests:
             kind = request.WhichOneof("message")
             if kind == "subscribe":
                 raise InvalidArgumentError("subscribe", "was already sent; a stream subscribes once")
-            record = self.fleet.current(name) or self.fleet.register(*name)
             if kind == "ack":
-                self.fleet.record_config_answer(record, version=request.ack.version, error=None)
+                version = require_int(request.ack.version, field="ack.version")
+                self.answers.config_answered(*name, version=version, error=None)
             elif kind == "nack":
+                require_int(request.nack.version, field="nack.version")
                 error = request.nack.error or "no reason given"
                 require_text(error, field="nack.error", max_bytes=_MAX_NACK_ERROR_BYTES)
                 log.warning(
@@ -149,4 +131,4 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
                     error=error,
                     token_id=principal.token_id,
                 )
-                self.fleet.record_config_answer(record, version=request.nack.version, error=error)
+                self.answers.config_answered(*name, version=request.nack.version, error=error)

@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from meterwire.config.v1 import config_service_pb2 as pb
 from services.errors import InvalidArgumentError
+from services.validation import require_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,22 +150,25 @@ def _alias_problems(config: pb.EnvironmentConfig, field: str) -> Iterable[tuple[
                 yield (f"{t_at}.model", f"{target.model!r} has no price in {field}.pricing (add one to pricing.models)")
 
 
-def _duration(value: Duration) -> timedelta | None:
-    if value.seconds * value.nanos < 0 or abs(value.nanos) >= 1_000_000_000:
-        return None
-    return value.ToTimedelta()
+def _duration_problem(value: Duration, field: str, low: timedelta, high: timedelta) -> tuple[str, str] | None:
+    """The shared range check (services.validation), as one problem among those a config may have."""
+    try:
+        require_duration(value, field=field, low=low, high=high)
+    except InvalidArgumentError as error:
+        return (error.field, error.problem)
+    return None
 
 
 def _agent_problems(agent: pb.AgentSettings, limits: ConfigLimits, field: str) -> Iterable[tuple[str, str]]:
-    if agent.HasField("heartbeat_interval"):
-        interval = _duration(agent.heartbeat_interval)
-        low, high = HEARTBEAT_INTERVAL_RANGE
-        if interval is None or not low <= interval <= high:
-            yield (f"{field}.heartbeat_interval", f"must be between {low.seconds} s and {high.seconds // 60} min")
-    if agent.HasField("batch_linger"):
-        linger = _duration(agent.batch_linger)
-        if linger is None or not timedelta(0) <= linger <= BATCH_LINGER_MAX:
-            yield (f"{field}.batch_linger", f"must be between 0 and {BATCH_LINGER_MAX.seconds} s")
+    durations = (
+        ("heartbeat_interval", *HEARTBEAT_INTERVAL_RANGE),
+        ("batch_linger", timedelta(0), BATCH_LINGER_MAX),
+    )
+    for name, low, high in durations:
+        if agent.HasField(name):  # type: ignore[arg-type]
+            problem = _duration_problem(getattr(agent, name), f"{field}.{name}", low, high)
+            if problem:
+                yield problem
     if agent.max_batch_events > limits.max_batch_events:
         yield (
             f"{field}.max_batch_events",

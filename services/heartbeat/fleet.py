@@ -1,49 +1,56 @@
 """The fleet table: every gateway's latest heartbeat state in memory, its derived status, and its changes.
 
-Heartbeats only touch memory; a flusher writes the dirty gateways in one executemany per
-`heartbeat_flush_interval`, a timer re-derives statuses so silence turns into STALE/OFFLINE with no
-traffic, and a peer refresh reads back what other replicas flushed.
+Heartbeats only touch memory; a flush writes the dirty gateways in one executemany per
+`heartbeat_flush_interval`, a status check re-derives statuses so silence turns into STALE/OFFLINE with no
+traffic, and a peer refresh reads back what other replicas flushed. The three are jobs the server runs
+(`jobs()`); the server builds one fleet and hands it to the Heartbeat and Config services.
+
+A little over 400 lines on purpose: one class owns the in-memory table and every path that changes it
+(heartbeats, config answers, peers, removal, adoption), so its invariants (the dirty set, the watchers, the
+flush lock) live in one place; rows, statuses, writes and protobuf are already in modules of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from prometheus_client import Counter as MetricCounter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.config.hub import ConfigHub
 from services.errors import NotFoundError
 from services.heartbeat import store
+from services.heartbeat.flush import write_states
 from services.heartbeat.records import (
+    AgentState,
+    GatewayChange,
     GatewayName,
     GatewayRecord,
+    GatewayStatus,
+    GatewayView,
     interval_from_row,
     state_from_row,
     state_row,
-    to_gateway,
 )
-from services.heartbeat.status import Status, StatusThresholds, derive_status
+from services.heartbeat.status import StatusThresholds, derive_status
 from services.heartbeat.watch import Watchers
+from services.jobs import PeriodicJob
+from services.pagination import Page, encode_page_token, page_position, page_size
 from services.settings import ServerSettings
 from services.storage.uow import UnitOfWork
-from services.timestamps import to_timestamp
 
 log = structlog.get_logger("meterwire.heartbeat")
 Clock = Callable[[], datetime]
 
-FLUSHES = MetricCounter("meterwire_heartbeat_flushes_total", "Batched writes of heartbeat state (one statement each).")
-FLUSHED_ROWS = MetricCounter("meterwire_heartbeat_flushed_rows_total", "Gateway rows written by heartbeat flushes.")
 HEARTBEATS = MetricCounter("meterwire_heartbeats_total", "Heartbeats received.")
 
 
@@ -52,7 +59,7 @@ def utc_now() -> datetime:
 
 
 class Fleet:
-    """Shared by the Heartbeat and Config servicers of one control plane (see `fleet_for`)."""
+    """Every gateway's heartbeat state on this replica; implements config's ConfigAnswers for WatchConfig."""
 
     def __init__(self, engine: AsyncEngine, settings: ServerSettings, hub: ConfigHub, *, clock: Clock = utc_now):
         self.clock = clock
@@ -67,59 +74,22 @@ class Fleet:
         self._local_streams: Counter[GatewayName] = Counter()
         self._watchers = Watchers(settings.heartbeat_watch_queue)
         self._flush_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._users = 0
         self._last_peer_refresh: datetime | None = None
 
-    # Lifecycle: both servicers start and stop the one fleet; the first start and the last stop count.
-
-    async def start(self) -> None:
-        self._users += 1
-        if self._users > 1:
-            return
-        await self.hub.start()
-        await self._load()
+    def jobs(self) -> list[PeriodicJob]:
+        """The fleet's background work, run by the server; the last flush happens when the server drains."""
         s = self._settings
-        self._every("heartbeat-flush", s.heartbeat_flush_interval, self.flush)
-        self._every("heartbeat-status", s.heartbeat_status_check_interval, self._tick_async)
-        self._every("heartbeat-peers", s.heartbeat_peer_refresh_interval, self.refresh_from_peers)
+        return [
+            PeriodicJob("heartbeat-flush", s.heartbeat_flush_interval, self.flush, final_step=self.flush),
+            PeriodicJob("heartbeat-status", s.heartbeat_status_check_interval, self._tick_async),
+            PeriodicJob("heartbeat-peers", s.heartbeat_peer_refresh_interval, self.refresh_from_peers),
+        ]
 
-    async def shutdown(self) -> None:
-        if self._users == 0:
-            return
-        self._users -= 1
-        if self._users > 0:
-            return
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.flush()
-        await self.hub.shutdown()
-        _FLEETS.pop(id(self._engine), None)
-
-    def _every(self, name: str, period: timedelta, action: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(period.total_seconds())
-                try:
-                    await action()
-                except Exception:
-                    log.exception(f"{name} failed; retrying at the next interval")
-
-        self._tasks.append(asyncio.get_running_loop().create_task(loop(), name=name))
-
-    async def _load(self) -> None:
+    async def load(self) -> None:
         """Recovers the last flushed state, so a restarted control plane knows when each gateway was seen."""
         async with UnitOfWork(self._engine) as uow:
             rows = await store.load_gateways(uow.connection)
-        now = self.clock()
-        for row in rows:
-            record = self._record_from_row(row)
-            self._records[record.name] = record
-            self._derive(record, now, announce=False)
+        self._adopt_rows(rows)
         log.info("fleet state loaded", gateways=len(rows))
 
     def _record_from_row(self, row: Any) -> GatewayRecord:
@@ -148,7 +118,7 @@ class Fleet:
                 gateway_id=gateway_id,
                 register_time=now,
                 last_seen=None,
-                state=pb.AgentState(),
+                state=AgentState(),
                 interval=self.hub.heartbeat_interval(environment_id),
             )
             self._records[name] = record
@@ -168,7 +138,7 @@ class Fleet:
     def current(self, name: GatewayName) -> GatewayRecord | None:
         return self._records.get(name)
 
-    def record_heartbeat(self, record: GatewayRecord, state: pb.AgentState) -> datetime:
+    def record_heartbeat(self, record: GatewayRecord, state: AgentState) -> datetime:
         """Records one ping in memory (the flusher writes it later); returns the server time it was seen."""
         now = self.clock()
         HEARTBEATS.inc()
@@ -179,25 +149,44 @@ class Fleet:
         self._derive(record, now)
         return now
 
-    def record_config_answer(self, record: GatewayRecord, *, version: int, error: str | None) -> None:
-        """An agent's ACK (error None) or NACK of a config version, from WatchConfig."""
+    def config_subscribed(self, environment_id: str, gateway_id: str) -> None:
+        """A gateway opened WatchConfig: that is contact, so it is registered if new (ConfigAnswers)."""
+        if self.current((environment_id, gateway_id)) is None:
+            self.register(environment_id, gateway_id)
+
+    def config_answered(self, environment_id: str, gateway_id: str, *, version: int, error: str | None) -> None:
+        """An agent's ACK (error None) or NACK of a config version, from WatchConfig (ConfigAnswers).
+
+        An answer is contact, so it moves the gateway's last-seen time: that is what makes the change reach
+        the other replicas at their next peer refresh, not with the next heartbeat."""
+        name = (environment_id, gateway_id)
+        record = self.current(name) or self.register(*name)
+        now = self.clock()
+        if record.last_seen is None or record.last_seen < now:
+            record.last_seen = now
         state = record.state
         if error is None:
-            state.applied_config_version = max(state.applied_config_version, version)
+            applied = max(state.applied_config_version, version)
             if state.nacked_config_version <= version:
-                state.nacked_config_version = 0
-                state.config_error = ""
+                state = replace(state, applied_config_version=applied, nacked_config_version=0, config_error="")
+            else:
+                state = replace(state, applied_config_version=applied)
         else:
-            state.nacked_config_version = version
-            state.config_error = error
+            state = replace(state, nacked_config_version=version, config_error=error)
+        record.state = state
         self._dirty.add(record.name)
-        self._derive(record, self.clock(), config_changed=True)
+        self._derive(record, now, config_changed=True)
 
     def _derive(
         self, record: GatewayRecord, now: datetime, *, announce: bool = True, config_changed: bool = False
     ) -> None:
         verdict = derive_status(
-            record.last_seen, record.state, interval=record.interval, now=now, thresholds=self._thresholds
+            record.last_seen,
+            record.state,
+            interval=record.interval,
+            now=now,
+            thresholds=self._thresholds,
+            registered=record.register_time,
         )
         previous = record.status
         record.status, record.reasons, record.recheck_at = verdict.status, verdict.reasons, verdict.recheck_at
@@ -208,25 +197,23 @@ class Fleet:
                 "gateway status changed",
                 environment=record.environment_id,
                 gateway=record.gateway_id,
-                status=pb.GatewayStatus.Name(verdict.status),
-                previous=pb.GatewayStatus.Name(previous),
+                status=verdict.status.value,
+                previous=None if previous is None else previous.value,
                 reasons=list(verdict.reasons),
             )
         if self._watchers:
             self._announce(record, previous, now)
 
-    def _announce(self, record: GatewayRecord, previous: Status, now: datetime, *, deleted: bool = False) -> None:
+    def _announce(
+        self, record: GatewayRecord, previous: GatewayStatus | None, now: datetime, *, deleted: bool = False
+    ) -> None:
         self._watchers.publish(
-            pb.WatchGatewaysResponse(
-                gateway=self.to_gateway(record),
-                previous_status=previous,
-                change_time=to_timestamp(now),
-                deleted=deleted,
-            )
+            GatewayChange(gateway=self.view(record), change_time=now, previous_status=previous, deleted=deleted)
         )
 
-    def to_gateway(self, record: GatewayRecord) -> pb.Gateway:
-        return to_gateway(record, desired_config_version=self.hub.latest_version(record.environment_id))
+    def view(self, record: GatewayRecord) -> GatewayView:
+        """The gateway as operators see it now, with the config version it should be running."""
+        return GatewayView.of(record, desired_config_version=self.hub.latest_version(record.environment_id))
 
     # Background work: the timer, the flusher and the peer refresh.
 
@@ -236,7 +223,13 @@ class Fleet:
         moment = now.timestamp()
         due = [record for record in self._records.values() if record.recheck_at <= moment]
         for record in due:
-            self._derive(record, now)
+            try:
+                self._derive(record, now)
+            except Exception:  # one gateway's state must never keep the others from turning STALE/OFFLINE
+                record.recheck_at = math.inf
+                log.exception(
+                    "status check failed for one gateway", environment=record.environment_id, gateway=record.gateway_id
+                )
         return len(due)
 
     async def _tick_async(self) -> None:
@@ -253,15 +246,10 @@ class Fleet:
         names, self._dirty = self._dirty, set()
         rows = [state_row(record, self.replica) for name in names if (record := self._records.get(name)) is not None]
         try:
-            async with UnitOfWork(self._engine) as uow:
-                await store.flush_states(uow.connection, rows)
-                await uow.commit()
+            return await write_states(self._engine, rows)
         except BaseException:
             self._dirty |= {name for name in names if name in self._records}
             raise
-        FLUSHES.inc()
-        FLUSHED_ROWS.inc(len(rows))
-        return len(rows)
 
     async def refresh_from_peers(self) -> int:
         """Adopts state other replicas flushed (gateways connected there) and their removals."""
@@ -274,9 +262,14 @@ class Fleet:
         adopted = 0
         for row in rows:
             name = (row.environment_id, row.gateway_id)
-            if name in self._local_streams:
-                continue  # connected here: this replica's view is the fresher one
             record = self._records.get(name)
+            if name in self._local_streams:
+                # Heartbeating here: this replica's view is the fresher one, but for a config answer given
+                # through another replica's WatchConfig since the last heartbeat here.
+                if record is not None and row.delete_time is None and _later(row.last_seen_time, record.last_seen):
+                    self._take_config_answer(record, row, now)
+                    adopted += 1
+                continue
             if row.delete_time is not None:
                 if record is not None and (record.last_seen is None or record.last_seen <= row.delete_time):
                     self._forget(record, now)
@@ -292,12 +285,23 @@ class Fleet:
             adopted += 1
         return adopted
 
+    def _take_config_answer(self, record: GatewayRecord, row: Any, now: datetime) -> None:
+        record.last_seen = row.last_seen_time
+        record.state = replace(
+            record.state,
+            applied_config_version=max(record.state.applied_config_version, row.applied_config_version),
+            nacked_config_version=row.nacked_config_version,
+            config_error=row.config_error,
+        )
+        self._derive(record, now, config_changed=True)
+
     # Operator reads and removal.
 
     async def gateways(self, environment_ids: frozenset[str] | None) -> list[GatewayRecord]:
         """Every gateway the environments hold, never-seen ones (a token, no contact) included, by name."""
         async with UnitOfWork(self._engine) as uow:
             never_seen = await store.never_seen(uow.connection, environment_ids)
+            self._adopt_rows(await store.without_heartbeat(uow.connection, environment_ids))
         found = {
             name: record
             for name, record in self._records.items()
@@ -308,26 +312,67 @@ class Fleet:
                 found[name] = self._never_seen(name)
         return [found[name] for name in sorted(found)]
 
+    def _adopt_rows(self, rows: Sequence[Any]) -> None:
+        """Takes in flushed gateways this fleet does not hold yet: at start, and later those registered without
+        a heartbeat (usage or WatchConfig only, here or on another replica), so they are listed and judged by
+        their silence."""
+        now = self.clock()
+        for row in rows:
+            name = (row.environment_id, row.gateway_id)
+            if name not in self._records:
+                record = self._record_from_row(row)
+                self._records[name] = record
+                self._derive(record, now, announce=False)
+
     def _never_seen(self, name: GatewayName) -> GatewayRecord:
         return GatewayRecord(
             environment_id=name[0],
             gateway_id=name[1],
             register_time=None,
             last_seen=None,
-            state=pb.AgentState(),
+            state=AgentState(),
             interval=self.hub.heartbeat_interval(name[0]),
-            status=pb.GATEWAY_STATUS_NEVER_SEEN,
+            status=GatewayStatus.NEVER_SEEN,
             reasons=("a gateway token exists but the gateway never made contact",),
             recheck_at=math.inf,
         )
 
-    async def gateway(self, name: GatewayName) -> GatewayRecord:
+    async def list_gateways(
+        self,
+        environment_ids: frozenset[str] | None,
+        statuses: frozenset[GatewayStatus],
+        *,
+        requested_page_size: int,
+        page_token: str,
+    ) -> Page[GatewayView]:
+        """One page of gateways by name, only those in `statuses` when given."""
+        limit = page_size(requested_page_size)
+        after = page_position(page_token, "after", valid=_is_name)
+        page: list[GatewayView] = []
+        more = False
+        for record in await self.gateways(environment_ids):
+            if after is not None and record.name <= tuple(after):
+                continue
+            if statuses and record.status not in statuses:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(self.view(record))
+        last = page[-1] if more else None
+        return Page(page, encode_page_token({"after": [last.environment_id, last.gateway_id]}) if last else "")
+
+    async def gateway(self, name: GatewayName) -> GatewayView:
         record = self._records.get(name)
         if record is not None:
-            return record
+            return self.view(record)
         async with UnitOfWork(self._engine) as uow:
+            silent = await store.without_heartbeat(uow.connection, frozenset({name[0]}))
+            self._adopt_rows([row for row in silent if row.gateway_id == name[1]])
+            if (record := self._records.get(name)) is not None:
+                return self.view(record)
             if name in await store.never_seen(uow.connection, frozenset({name[0]})):
-                return self._never_seen(name)
+                return self.view(self._never_seen(name))
         raise NotFoundError(f"gateway_id: no gateway {name[1]!r} in environment {name[0]!r}")
 
     async def delete(self, name: GatewayName) -> None:
@@ -360,7 +405,7 @@ class Fleet:
 
     async def watch(
         self, environment_ids: frozenset[str] | None, *, send_initial: bool
-    ) -> AsyncIterator[pb.WatchGatewaysResponse]:
+    ) -> AsyncIterator[GatewayChange]:
         """Changes as they happen; a full listing first if asked, and again whenever the watcher fell behind."""
         watcher = self._watchers.add(environment_ids)
         try:
@@ -377,20 +422,16 @@ class Fleet:
         finally:
             self._watchers.remove(watcher)
 
-    async def _listing(self, environment_ids: frozenset[str] | None) -> list[pb.WatchGatewaysResponse]:
-        now = to_timestamp(self.clock())
+    async def _listing(self, environment_ids: frozenset[str] | None) -> list[GatewayChange]:
+        now = self.clock()
         return [
-            pb.WatchGatewaysResponse(gateway=self.to_gateway(record), change_time=now)
-            for record in await self.gateways(environment_ids)
+            GatewayChange(gateway=self.view(record), change_time=now) for record in await self.gateways(environment_ids)
         ]
 
 
-_FLEETS: dict[int, Fleet] = {}
+def _is_name(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(part, str) for part in value)
 
 
-def fleet_for(engine: AsyncEngine, settings: ServerSettings) -> Fleet:
-    """The one fleet of the control plane that owns `engine`, shared by its Heartbeat and Config servicers."""
-    fleet = _FLEETS.get(id(engine))
-    if fleet is None:
-        fleet = _FLEETS[id(engine)] = Fleet(engine, settings, ConfigHub(engine, settings))
-    return fleet
+def _later(moment: datetime | None, than: datetime | None) -> bool:
+    return moment is not None and (than is None or moment > than)

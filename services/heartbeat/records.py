@@ -1,19 +1,44 @@
-"""One gateway's in-memory heartbeat state, and its conversions to database rows and to protobuf."""
+"""One gateway's heartbeat state as plain values (the agent's report, the fleet's record, what operators see),
+and its conversions to and from database rows. Protobuf stays in messages.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
-
-from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
-from services.errors import InvalidArgumentError
-from services.heartbeat.status import Status
-from services.timestamps import to_timestamp
-from services.validation import require_text
 
 GatewayName = tuple[str, str]
 """(environment_id, gateway_id)."""
+
+
+class GatewayStatus(StrEnum):
+    """What derive_status makes of a gateway's last heartbeat (messages.py maps it to the proto enum)."""
+
+    HEALTHY = "healthy"
+    STALE = "stale"
+    OFFLINE = "offline"
+    DEGRADED = "degraded"
+    NEVER_SEEN = "never_seen"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """What an agent last reported about itself; every field range-checked at the edge (messages.py)."""
+
+    agent_version: str = ""
+    gateway_version: str = ""
+    applied_config_version: int = 0
+    nacked_config_version: int = 0
+    config_error: str = ""
+    spool_depth: int = 0
+    oldest_unsent_age: timedelta | None = None
+    """None: the spool is empty (unset), apart from "the oldest event is 0 s old"."""
+    dead_letter_count: int = 0
+    dropped_event_count: int = 0
+    connected_since: datetime | None = None
+    spool_bytes: int = 0
+    last_acked_sequence: int = 0
 
 
 @dataclass(slots=True)
@@ -24,9 +49,10 @@ class GatewayRecord:
     gateway_id: str
     register_time: datetime | None
     last_seen: datetime | None
-    state: pb.AgentState
+    state: AgentState
     interval: timedelta
-    status: Status = pb.GATEWAY_STATUS_UNSPECIFIED
+    status: GatewayStatus | None = None
+    """None until first derived."""
     reasons: tuple[str, ...] = ()
     recheck_at: float = 0.0
     """Epoch seconds when the status must be derived again with no traffic (see derive_status)."""
@@ -34,6 +60,45 @@ class GatewayRecord:
     @property
     def name(self) -> GatewayName:
         return (self.environment_id, self.gateway_id)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayView:
+    """A gateway as operators see it at one moment (a snapshot: the record goes on changing)."""
+
+    environment_id: str
+    gateway_id: str
+    status: GatewayStatus | None
+    reasons: tuple[str, ...]
+    last_seen: datetime | None
+    register_time: datetime | None
+    state: AgentState
+    interval: timedelta
+    desired_config_version: int
+
+    @classmethod
+    def of(cls, record: GatewayRecord, *, desired_config_version: int) -> GatewayView:
+        return cls(
+            environment_id=record.environment_id,
+            gateway_id=record.gateway_id,
+            status=record.status,
+            reasons=record.reasons,
+            last_seen=record.last_seen,
+            register_time=record.register_time,
+            state=record.state,
+            interval=record.interval,
+            desired_config_version=desired_config_version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayChange:
+    """One change WatchGateways reports: a status change, a config answer, a removal, or a listing entry."""
+
+    gateway: GatewayView
+    change_time: datetime
+    previous_status: GatewayStatus | None = None
+    deleted: bool = False
 
 
 def _ms(delta: timedelta) -> int:
@@ -49,7 +114,7 @@ def state_row(record: GatewayRecord, replica: str) -> dict[str, Any]:
         "gateway_id": record.gateway_id,
         "register_time": record.register_time,
         "last_seen_time": record.last_seen,
-        "connected_since": state.connected_since.ToDatetime(tzinfo=UTC) if state.HasField("connected_since") else None,
+        "connected_since": state.connected_since,
         "agent_version": state.agent_version,
         "gateway_version": state.gateway_version,
         "applied_config_version": state.applied_config_version,
@@ -57,73 +122,29 @@ def state_row(record: GatewayRecord, replica: str) -> dict[str, Any]:
         "config_error": state.config_error,
         "spool_depth": state.spool_depth,
         # -1 keeps "spool empty" (unset) apart from "oldest event is 0 ms old".
-        "oldest_unsent_age_ms": _ms(state.oldest_unsent_age.ToTimedelta())
-        if state.HasField("oldest_unsent_age")
-        else -1,
+        "oldest_unsent_age_ms": -1 if state.oldest_unsent_age is None else _ms(state.oldest_unsent_age),
         "dead_letter_count": state.dead_letter_count,
         "dropped_event_count": state.dropped_event_count,
         "heartbeat_interval_ms": _ms(record.interval),
     }
 
 
-def state_from_row(row: Any) -> pb.AgentState:
+def state_from_row(row: Any) -> AgentState:
     """The AgentState a flushed row holds (the inverse of state_row)."""
-    state = pb.AgentState(
+    unsent = row.oldest_unsent_age_ms >= 0 and row.last_seen_time is not None
+    return AgentState(
         agent_version=row.agent_version,
         gateway_version=row.gateway_version,
         applied_config_version=row.applied_config_version,
         nacked_config_version=row.nacked_config_version,
         config_error=row.config_error,
         spool_depth=row.spool_depth,
+        oldest_unsent_age=timedelta(milliseconds=row.oldest_unsent_age_ms) if unsent else None,
         dead_letter_count=row.dead_letter_count,
         dropped_event_count=row.dropped_event_count,
+        connected_since=row.connected_since,
     )
-    if row.oldest_unsent_age_ms >= 0 and row.last_seen_time is not None:
-        state.oldest_unsent_age.FromMilliseconds(row.oldest_unsent_age_ms)
-    if row.connected_since is not None:
-        state.connected_since.CopyFrom(to_timestamp(row.connected_since))
-    return state
 
 
 def interval_from_row(row: Any, default: timedelta) -> timedelta:
     return timedelta(milliseconds=row.heartbeat_interval_ms) if row.heartbeat_interval_ms > 0 else default
-
-
-def to_gateway(record: GatewayRecord, *, desired_config_version: int) -> pb.Gateway:
-    gateway = pb.Gateway(
-        environment_id=record.environment_id,
-        gateway_id=record.gateway_id,
-        status=record.status,
-        status_reasons=record.reasons,
-        state=record.state,
-        desired_config_version=desired_config_version,
-    )
-    gateway.heartbeat_interval.FromTimedelta(record.interval)
-    if record.last_seen is not None:
-        gateway.last_seen_time.CopyFrom(to_timestamp(record.last_seen))
-    if record.register_time is not None:
-        gateway.register_time.CopyFrom(to_timestamp(record.register_time))
-    return gateway
-
-
-_MAX_VERSION_BYTES = 256
-_MAX_CONFIG_ERROR_BYTES = 4096
-
-
-def check_agent_state(state: pb.AgentState) -> None:
-    """Bounds what an agent may report, so one bad agent cannot bloat the fleet table or the database."""
-    require_text(state.agent_version, field="state.agent_version", max_bytes=_MAX_VERSION_BYTES)
-    require_text(state.gateway_version, field="state.gateway_version", max_bytes=_MAX_VERSION_BYTES)
-    require_text(state.config_error, field="state.config_error", max_bytes=_MAX_CONFIG_ERROR_BYTES)
-    for name in (
-        "applied_config_version",
-        "nacked_config_version",
-        "spool_depth",
-        "dead_letter_count",
-        "dropped_event_count",
-        "spool_bytes",
-    ):
-        if getattr(state, name) < 0:
-            raise InvalidArgumentError(f"state.{name}", f"must not be negative (got {getattr(state, name)})")
-    if state.HasField("oldest_unsent_age") and state.oldest_unsent_age.ToNanoseconds() < 0:
-        raise InvalidArgumentError("state.oldest_unsent_age", "must not be negative")

@@ -2,48 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
 from services.auth import Role, current_principal, requires
 from services.errors import InvalidArgumentError
-from services.heartbeat.fleet import Fleet, fleet_for
-from services.heartbeat.records import GatewayRecord, check_agent_state
-from services.pagination import decode_page_token, encode_page_token, page_size
-from services.settings import ServerSettings
+from services.heartbeat.fleet import Fleet
+from services.heartbeat.messages import (
+    agent_state_from_pb,
+    change_to_pb,
+    duration_pb,
+    gateway_to_pb,
+    status_to_pb,
+    statuses_from_pb,
+)
 from services.timestamps import to_timestamp
-
-
-@functools.lru_cache(maxsize=64)
-def _duration(interval: timedelta) -> Duration:
-    """The interval as a Duration, made once per distinct interval (a handful per server); assigning it to a
-    response copies it, so the cached message is never changed."""
-    duration = Duration()
-    duration.FromTimedelta(interval)
-    return duration
 
 
 class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-
-    @classmethod
-    def for_control_plane(cls, engine: AsyncEngine, settings: ServerSettings) -> HeartbeatServicer:
-        return cls(fleet_for(engine, settings))
-
-    async def start(self) -> None:
-        await self.fleet.start()
-
-    async def shutdown(self) -> None:
-        await self.fleet.shutdown()
 
     @requires(Role.GATEWAY)
     async def Heartbeat(
@@ -52,48 +34,35 @@ class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
         principal = current_principal()
         name = (principal.environment_id or "", principal.gateway_id or "")
         fleet = self.fleet
-        self.fleet.stream_opened(name)
+        fleet.stream_opened(name)
         try:
             async for request in request_iterator:
-                check_agent_state(request.state)
+                state = agent_state_from_pb(request.state)
                 # Looked up on every ping: an operator may have removed the gateway while it streams, and
                 # then its next heartbeat registers it again.
                 record = fleet.current(name) or fleet.register(*name)
-                now = fleet.record_heartbeat(record, request.state)
+                now = fleet.record_heartbeat(record, state)
                 yield pb.HeartbeatResponse(
-                    server_time=to_timestamp(now), interval=_duration(record.interval), status=record.status
+                    server_time=to_timestamp(now),
+                    interval=duration_pb(record.interval),
+                    status=status_to_pb(record.status),
                 )
         finally:
-            self.fleet.stream_closed(name)
+            fleet.stream_closed(name)
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ListGateways(
         self, request: pb.ListGatewaysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListGatewaysResponse:
         environments = current_principal().visible_environments(request.environment_ids, field="environment_ids")
-        for index, status in enumerate(request.statuses):
-            if status not in pb.GatewayStatus.values() or status == pb.GATEWAY_STATUS_UNSPECIFIED:
-                raise InvalidArgumentError(f"statuses[{index}]", f"{status} is not a gateway status")
-        limit = page_size(request.page_size)
-        position = decode_page_token(request.page_token)
-        after = tuple(position.get("after", ())) if position else ()
-        if position is not None and len(after) != 2:
-            raise InvalidArgumentError("page_token", "is not a token this server issued; pass the last next_page_token")
-        wanted = frozenset(request.statuses)
-        page: list[GatewayRecord] = []
-        more = False
-        for record in await self.fleet.gateways(environments):
-            if after and record.name <= after:
-                continue
-            if wanted and record.status not in wanted:
-                continue
-            if len(page) == limit:
-                more = True
-                break
-            page.append(record)
+        page = await self.fleet.list_gateways(
+            environments,
+            statuses_from_pb(request.statuses),
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return pb.ListGatewaysResponse(
-            gateways=[self.fleet.to_gateway(record) for record in page],
-            next_page_token=encode_page_token({"after": list(page[-1].name)}) if more else "",
+            gateways=[gateway_to_pb(view) for view in page.items], next_page_token=page.next_page_token
         )
 
     @requires(Role.ADMIN, Role.REPORTER)
@@ -101,8 +70,8 @@ class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
         self, request: pb.GetGatewayRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetGatewayResponse:
         current_principal().require_environment(request.environment_id)
-        record = await self.fleet.gateway((request.environment_id, request.gateway_id))
-        return pb.GetGatewayResponse(gateway=self.fleet.to_gateway(record))
+        view = await self.fleet.gateway((request.environment_id, request.gateway_id))
+        return pb.GetGatewayResponse(gateway=gateway_to_pb(view))
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def WatchGateways(
@@ -110,7 +79,7 @@ class HeartbeatServicer(pb_grpc.HeartbeatServiceServicer):
     ) -> AsyncIterator[pb.WatchGatewaysResponse]:
         environments = current_principal().visible_environments(request.environment_ids, field="environment_ids")
         async for change in self.fleet.watch(environments, send_initial=request.send_initial):
-            yield change
+            yield change_to_pb(change)
 
     @requires(Role.ADMIN)
     async def DeleteGateway(

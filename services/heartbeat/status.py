@@ -5,12 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeAlias
 
-from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
+from services.heartbeat.records import AgentState, GatewayStatus
 from services.settings import ServerSettings
-
-Status: TypeAlias = pb.GatewayStatus.ValueType
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +32,7 @@ class StatusThresholds:
 
 @dataclass(frozen=True, slots=True)
 class StatusVerdict:
-    status: Status
+    status: GatewayStatus
     reasons: tuple[str, ...]
     """Why the status is not HEALTHY, for people; worded without fast-moving numbers where a status lasts."""
     recheck_at: float
@@ -56,44 +53,50 @@ def _clock_time(moment: datetime) -> str:
 
 def derive_status(
     last_seen: datetime | None,
-    state: pb.AgentState,
+    state: AgentState,
     *,
     interval: timedelta,
     now: datetime,
     thresholds: StatusThresholds,
+    registered: datetime | None = None,
 ) -> StatusVerdict:
     """The status of a gateway whose latest heartbeat arrived at `last_seen` (None: never) reporting `state`.
 
+    A gateway that made contact without a heartbeat (usage or WatchConfig only; `registered` is its first
+    contact) is judged by its silence since then: it is not NEVER_SEEN, which means no contact at all.
     Precedence: NEVER_SEEN, then OFFLINE, STALE (silence says more than the last report), then DEGRADED.
     """
-    if last_seen is None:
-        return StatusVerdict(pb.GATEWAY_STATUS_NEVER_SEEN, ("no heartbeat received yet",), math.inf)
+    contact = last_seen or registered
+    if contact is None:
+        return StatusVerdict(GatewayStatus.NEVER_SEEN, ("no heartbeat received yet",), math.inf)
+    since = (
+        f"no heartbeat since {_clock_time(contact)}"
+        if last_seen is not None
+        else f"no heartbeat ever (first contact, without one, at {_clock_time(contact)})"
+    )
     stale_after = interval * thresholds.stale_intervals
     offline_after = interval * thresholds.offline_intervals
-    silence = now - last_seen
+    silence = now - contact
     if silence > offline_after:
-        reason = f"no heartbeat since {_clock_time(last_seen)} (offline after {_span(offline_after)})"
-        return StatusVerdict(pb.GATEWAY_STATUS_OFFLINE, (reason,), math.inf)
-    offline_at = (last_seen + offline_after).timestamp()
+        return StatusVerdict(GatewayStatus.OFFLINE, (f"{since} (offline after {_span(offline_after)})",), math.inf)
+    offline_at = (contact + offline_after).timestamp()
     if silence > stale_after:
-        reason = f"no heartbeat since {_clock_time(last_seen)} (stale after {_span(stale_after)})"
-        return StatusVerdict(pb.GATEWAY_STATUS_STALE, (reason,), offline_at)
-    stale_at = (last_seen + stale_after).timestamp()
+        return StatusVerdict(GatewayStatus.STALE, (f"{since} (stale after {_span(stale_after)})",), offline_at)
+    stale_at = (contact + stale_after).timestamp()
     reasons: list[str] = []
     if state.nacked_config_version > state.applied_config_version:
         error = state.config_error or "no reason given"
         reasons.append(f"config version {state.nacked_config_version} rejected: {error}")
-    if state.HasField("oldest_unsent_age"):
-        backlog = state.oldest_unsent_age.ToTimedelta()
-        if backlog > thresholds.degraded_backlog:
-            reasons.append(
-                f"usage backlog: oldest unsent event is {_span(backlog)} old "
-                f"(limit {_span(thresholds.degraded_backlog)}, {state.spool_depth} events waiting)"
-            )
+    backlog = state.oldest_unsent_age
+    if backlog is not None and backlog > thresholds.degraded_backlog:
+        reasons.append(
+            f"usage backlog: oldest unsent event is {_span(backlog)} old "
+            f"(limit {_span(thresholds.degraded_backlog)}, {state.spool_depth} events waiting)"
+        )
     if state.dead_letter_count > 0:
         reasons.append(f"{state.dead_letter_count} usage events rejected by the control plane (dead letters)")
     if state.dropped_event_count > 0:
         reasons.append(f"{state.dropped_event_count} usage events dropped by the agent (spool or disk full)")
     if reasons:
-        return StatusVerdict(pb.GATEWAY_STATUS_DEGRADED, tuple(reasons), stale_at)
-    return StatusVerdict(pb.GATEWAY_STATUS_HEALTHY, (), stale_at)
+        return StatusVerdict(GatewayStatus.DEGRADED, tuple(reasons), stale_at)
+    return StatusVerdict(GatewayStatus.HEALTHY, (), stale_at)

@@ -81,6 +81,15 @@ async def flush_states(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
         await conn.execute(_FLUSH[conn.dialect.name], rows)
 
 
+async def without_heartbeat(conn: AsyncConnection, environment_ids: frozenset[str] | None) -> Sequence[sa.Row[Any]]:
+    """Registered gateways that never heartbeated: they made contact by usage or WatchConfig only, perhaps
+    through another replica, so the fleet's memory may not hold them."""
+    query = sa.select(*_SELECTED).where(_gw.c.delete_time.is_(None), _gw.c.last_seen_time.is_(None))
+    if environment_ids is not None:
+        query = query.where(_gw.c.environment_id.in_(sorted(environment_ids)))
+    return (await conn.execute(query)).all()
+
+
 async def never_seen(conn: AsyncConnection, environment_ids: frozenset[str] | None) -> list[tuple[str, str]]:
     """(environment, gateway) pairs with a live gateway token and no gateway row: they never made contact.
 

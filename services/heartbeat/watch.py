@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
+from services.heartbeat.records import GatewayChange
 
 
 @dataclass(eq=False)
@@ -17,11 +17,11 @@ class Watcher:
 
     environment_ids: frozenset[str] | None
     limit: int
-    pending: deque[pb.WatchGatewaysResponse] = field(default_factory=deque)
+    pending: deque[GatewayChange] = field(default_factory=deque)
     resync: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, change: pb.WatchGatewaysResponse) -> None:
+    def offer(self, change: GatewayChange) -> None:
         if self.resync:
             return
         if len(self.pending) >= self.limit:
@@ -31,7 +31,7 @@ class Watcher:
             self.pending.append(change)
         self.wakeup.set()
 
-    async def next_batch(self) -> tuple[bool, list[pb.WatchGatewaysResponse]]:
+    async def next_batch(self) -> tuple[bool, list[GatewayChange]]:
         """Waits for changes; returns (resync needed, changes). After a resync the changes list is empty:
         the listing the caller sends supersedes them."""
         while not self.pending and not self.resync:
@@ -61,7 +61,7 @@ class Watchers:
     def __bool__(self) -> bool:
         return bool(self._watchers)
 
-    def publish(self, change: pb.WatchGatewaysResponse) -> None:
+    def publish(self, change: GatewayChange) -> None:
         environment_id = change.gateway.environment_id
         for watcher in self._watchers:
             if watcher.environment_ids is None or environment_id in watcher.environment_ids:

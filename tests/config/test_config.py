@@ -101,6 +101,22 @@ async def test_put_stores_monotonic_versions_and_identical_content_creates_none(
             "config.agent.heartbeat_interval: must be between 1 s and 5 min",
         ),
         (
+            pb.EnvironmentConfig(agent=pb.AgentSettings(heartbeat_interval=Duration(seconds=10**15))),
+            "config.agent.heartbeat_interval: must be between 1 s and 5 min",
+        ),
+        (
+            pb.EnvironmentConfig(agent=pb.AgentSettings(heartbeat_interval=Duration(seconds=-(10**15)))),
+            "config.agent.heartbeat_interval: must be between 1 s and 5 min",
+        ),
+        (
+            pb.EnvironmentConfig(agent=pb.AgentSettings(batch_linger=Duration(seconds=1, nanos=-1))),
+            "config.agent.batch_linger: is not a valid Duration",
+        ),
+        (
+            pb.EnvironmentConfig(agent=pb.AgentSettings(batch_linger=Duration(seconds=10**15))),
+            "config.agent.batch_linger: must be between 0 s and 10 s",
+        ),
+        (
             pb.EnvironmentConfig(agent=pb.AgentSettings(max_batch_events=1_000_000)),
             "config.agent.max_batch_events: 1000000 is above the server's limit",
         ),
@@ -113,7 +129,20 @@ async def test_put_stores_monotonic_versions_and_identical_content_creates_none(
             "config.budget_enforcement.deny_http_status: 200 is not an HTTP error status",
         ),
     ],
-    ids=["unpriced-model", "negative-price", "no-currency", "duplicate-alias", "interval", "batch", "key-id", "http"],
+    ids=[
+        "unpriced-model",
+        "negative-price",
+        "no-currency",
+        "duplicate-alias",
+        "interval",
+        "interval-1e15s",
+        "interval-negative-1e15s",
+        "linger-malformed",
+        "linger-1e15s",
+        "batch",
+        "key-id",
+        "http",
+    ],
 )
 async def test_an_invalid_config_is_refused_naming_the_field(
     channel: grpc.aio.Channel, tokens: Tokens, config: pb.EnvironmentConfig, expected: str
@@ -270,3 +299,20 @@ async def test_versions_stored_through_another_replica_reach_this_replicas_agent
         pushed = await asyncio.wait_for(agent.pushed(), timeout=30)
     assert pushed == 1
     agent.call.cancel()
+
+
+@pytest.mark.parametrize("answer", ["ack", "nack"])
+async def test_a_negative_version_in_an_answer_is_invalid_argument_naming_the_field(
+    channel: grpc.aio.Channel, tokens: Tokens, answer: str
+) -> None:
+    await tokens.environment("prod")
+    await _put(channel, tokens.admin, priced_config("a"))
+    agent = _Agent(channel, await tokens.gateway("prod", "gw-1"))
+    assert await agent.pushed() == 1
+    bad = pb.ConfigAck(version=-1) if answer == "ack" else pb.ConfigNack(version=-1, error="no")
+    agent.outbox.put_nowait(pb.WatchConfigRequest(**{answer: bad}))  # type: ignore[arg-type]
+
+    refused = await _refused(agent.call.read())
+
+    assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.details() or "").startswith(f"{answer}.version: ")

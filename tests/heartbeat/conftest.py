@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.heartbeat.fleet import Fleet, fleet_for
+from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
 from tests.services.conftest import admin_secret, channel, control_plane, tokens  # noqa: F401
 
@@ -31,7 +31,7 @@ def clock() -> FakeClock:
 
 
 def fleet_of(plane: ControlPlane) -> Fleet:
-    return fleet_for(plane.engine, plane.settings)
+    return plane.deps.fleet
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf.duration_pb2 import Duration
 
 from meterwire.config.v1 import config_service_pb2 as config_pb
@@ -18,11 +19,16 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
 from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
+from services.storage import tables
+from services.storage.engine import create_engine
 from tests.heartbeat.conftest import FakeClock, fleet_of
 from tests.heartbeat.helpers import GatewayStream, list_gateways
 from tests.services.conftest import Tokens, bearer
 
 HEALTHY = pb.GATEWAY_STATUS_HEALTHY
+_STATE_OF_GW_1 = sa.select(tables.gateways.c.agent_version, tables.gateways.c.spool_depth).where(
+    tables.gateways.c.gateway_id == "gw-1", tables.gateways.c.last_seen_time.is_not(None)
+)
 
 
 async def _get(channel: grpc.aio.Channel, secret: str, environment_id: str, gateway_id: str) -> pb.Gateway:
@@ -302,6 +308,34 @@ async def test_a_flush_writes_every_changed_gateway_in_one_batch(
             await stream.close()
 
     assert written == [20, 0]
+
+
+async def test_draining_the_server_flushes_what_the_flush_job_has_not_written_yet(
+    control_plane: ControlPlane, tokens: Tokens, tmp_path: Path
+) -> None:
+    await tokens.environment("prod")
+    secret = await tokens.gateway("prod", "gw-1")
+    await control_plane.shutdown()
+    settings = control_plane.settings.model_copy(
+        update={"data_dir": tmp_path / "second", "heartbeat_flush_interval": timedelta(hours=1)}
+    )
+    plane = ControlPlane(settings)
+    async with plane, grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        stream = GatewayStream(channel, secret)
+        await stream.beat(pb.AgentState(agent_version="0.3.0", spool_depth=5))
+        await stream.close()
+        async with plane.engine.connect() as connection:
+            before = (await connection.execute(_STATE_OF_GW_1)).first()
+        engine = create_engine(settings.resolved_database_url)
+    try:
+        async with engine.connect() as connection:
+            after = (await connection.execute(_STATE_OF_GW_1)).first()
+    finally:
+        await engine.dispose()
+
+    assert before is None  # the hourly flush job never ran ...
+    assert after is not None  # ... its final step did, on drain
+    assert tuple(after) == ("0.3.0", 5)
 
 
 async def test_a_replica_sharing_the_database_sees_gateways_connected_to_another(

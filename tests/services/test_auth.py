@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -22,6 +23,7 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
+from services.server import ControlPlane
 from tests.services.conftest import Tokens, bearer
 
 _CONTROL_PLANE_METHODS: Final = [
@@ -200,6 +202,38 @@ async def test_revoking_a_token_closes_its_open_streams(channel: grpc.aio.Channe
     assert closed.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert f"token {created.token.token_id} was revoked; this stream is closed" == closed.value.details()
     await outbox.put(None)
+
+
+async def test_a_token_revoked_on_another_replica_cannot_reconnect_from_a_cached_copy(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, tmp_path: Path
+) -> None:
+    await tokens.environment("env-a")
+    created = await tokens.create(admin_pb.ROLE_GATEWAY, environment_id="env-a", gateway_id="gw-1")
+    heartbeat = heartbeat_grpc.HeartbeatServiceStub(channel)
+    beat = heartbeat_pb.HeartbeatRequest(state=heartbeat_pb.AgentState(agent_version="0.1.0"))
+
+    async def one_beat() -> AsyncIterator[heartbeat_pb.HeartbeatRequest]:
+        yield beat
+        await asyncio.Event().wait()  # keep the stream open: the server must end it
+
+    stream = heartbeat.Heartbeat(one_beat(), metadata=bearer(created.secret))
+    assert isinstance(await stream.read(), heartbeat_pb.HeartbeatResponse)  # the token is cached here now
+    settings = control_plane.settings.model_copy(update={"data_dir": tmp_path / "replica"})
+    async with ControlPlane(settings) as other, grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as elsewhere:
+        admin = admin_grpc.AdminServiceStub(elsewhere)
+        request = admin_pb.RevokeTokenRequest(token_id=created.token.token_id)
+        await admin.RevokeToken(request, metadata=bearer(tokens.admin))
+    await control_plane.deps.revocations.poll()  # what the revocation-poll job runs every interval
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await asyncio.wait_for(stream.read(), timeout=10)
+
+    reconnect = heartbeat.Heartbeat(one_beat(), metadata=bearer(created.secret))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(reconnect.read(), timeout=10)
+
+    assert closed.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert f"token {created.token.token_id} was revoked" in (refused.value.details() or "")
 
 
 async def test_rpcs_not_built_yet_answer_unimplemented_with_a_reason(
