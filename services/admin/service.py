@@ -18,6 +18,7 @@ from services.auth import Principal, Role, issue_token, secret_matches, token_id
 from services.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
 from services.pagination import Page, encode_page_token, is_text, page_position, page_size
 from services.revocation import Revocations
+from services.storage.engine import PRIVATE_DIRECTORY_MODE
 from services.storage.uow import UnitOfWork
 from services.validation import require_slug, require_text
 
@@ -202,7 +203,8 @@ class AdminService:
 
 
 def _write_private_file(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A data dir made here (PostgreSQL: the database does not make it) is private like the SQLite one.
+    path.parent.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(text)

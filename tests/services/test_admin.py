@@ -165,3 +165,10 @@ async def test_the_first_start_writes_a_private_admin_token_once(control_plane: 
     assert principal.role == "admin"
     assert not await admin.bootstrap_admin_token(path)
     assert path.read_text().strip() == secret
+
+
+async def test_the_data_dir_holding_admin_token_is_private_on_every_engine(control_plane: ControlPlane) -> None:
+    # On PostgreSQL nothing but the admin token makes the data dir: it must not come out 0755 either.
+    token_path = control_plane.settings.admin_token_path
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
