@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 
@@ -35,8 +35,8 @@ def _bounded_fields(_logger: Any, _method: str, event: MutableMapping[str, Any])
     return event
 
 
-def configure_logging(*, log_format: LogFormat = "console", level: str = "info") -> None:
-    """Sends structlog events to stderr; safe to call more than once."""
+def configure_logging(*, log_format: LogFormat = "console", level: str = "info", stream: TextIO | None = None) -> None:
+    """Sends structlog events to `stream` (stderr by default); safe to call more than once."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -52,6 +52,6 @@ def configure_logging(*, log_format: LogFormat = "console", level: str = "info")
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

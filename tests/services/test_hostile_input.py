@@ -15,6 +15,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from services.auth import Role
 from services.errors import MAX_STATUS_DETAILS_BYTES
 from tests.services.conftest import Tokens
+from tests.services.log_capture import rendered_logs
 from tests.services.rpc_calls import CONTROL_PLANE_METHODS, Outcome, call_raw, caller_role
 from tests.telemetry.events import usage_event
 
@@ -63,14 +64,15 @@ async def _call_with(
 
 
 async def test_every_rpc_refuses_an_undecodable_body_with_invalid_argument(
-    channel: grpc.aio.Channel, secrets_by_role: dict[Role, str], capfd: pytest.CaptureFixture[str]
+    channel: grpc.aio.Channel, secrets_by_role: dict[Role, str]
 ) -> None:
     answers: dict[str, Outcome] = {}
-    for method in CONTROL_PLANE_METHODS:
-        bad_utf8 = bad_utf8_body(method.input_type)
-        assert bad_utf8 is not None, f"{method.input_type.full_name} has no string field to spoil"
-        for kind, body in (("corrupt", CORRUPT_WIRE), ("bad-utf8", bad_utf8)):
-            answers[f"{method.full_name} {kind}"] = await _call_with(channel, method, [body], secrets_by_role)
+    with rendered_logs() as logged:
+        for method in CONTROL_PLANE_METHODS:
+            bad_utf8 = bad_utf8_body(method.input_type)
+            assert bad_utf8 is not None, f"{method.input_type.full_name} has no string field to spoil"
+            for kind, body in (("corrupt", CORRUPT_WIRE), ("bad-utf8", bad_utf8)):
+                answers[f"{method.full_name} {kind}"] = await _call_with(channel, method, [body], secrets_by_role)
     assert len(answers) > 50
     wrong = {
         name: answer
@@ -81,9 +83,10 @@ async def test_every_rpc_refuses_an_undecodable_body_with_invalid_argument(
     assert answers["meterwire.admin.v1.AdminService.RevokeToken bad-utf8"].details == (
         "request: is not a valid serialized meterwire.admin.v1.RevokeTokenRequest (String field had bad UTF-8)"
     )
-    logged = capfd.readouterr().err
-    assert "Traceback" not in logged
-    assert "rpc failed" not in logged
+    lines = logged.getvalue()
+    assert lines.count("rpc refused") == len(answers)
+    assert "Traceback" not in lines
+    assert "rpc failed" not in lines
 
 
 async def test_an_undecodable_batch_ends_a_usage_stream_after_the_acks_before_it(
@@ -149,17 +152,18 @@ def _method(module: object, service: str, name: str) -> MethodDescriptor:
 async def test_a_huge_id_comes_back_short_with_its_real_code_and_is_logged_short(
     channel: grpc.aio.Channel,
     secrets_by_role: dict[Role, str],
-    capfd: pytest.CaptureFixture[str],
     method: MethodDescriptor,
     request_message: Message,
     code: grpc.StatusCode,
     field: str,
 ) -> None:
-    capfd.readouterr()
-    answer = await _call_with(channel, method, [request_message.SerializeToString()], secrets_by_role)
+    with rendered_logs() as logged:
+        answer = await _call_with(channel, method, [request_message.SerializeToString()], secrets_by_role)
     # Whole, the message would pass the client's 8 KiB metadata limit: RESOURCE_EXHAUSTED instead of the code.
     assert answer.code is code
     assert answer.details.startswith(field)
     assert len(answer.details.encode()) <= MAX_STATUS_DETAILS_BYTES
     assert "bytes cut" in answer.details
-    assert len(capfd.readouterr().err) < 8 * 1024
+    lines = logged.getvalue()
+    assert "rpc refused" in lines
+    assert len(lines.encode()) < 4 * 1024
