@@ -45,8 +45,6 @@ _hostile_strings: Final = st.one_of(
         lambda piece: piece[0] * piece[1]
     ),
 )
-strings: Final = st.one_of(*[st.sampled_from(PLAUSIBLE_STRINGS)] * 3, _hostile_strings)
-"""Mostly values the services know, so a request gets deep; a quarter of the time something hostile."""
 
 _json_values: Final = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6)),
@@ -63,17 +61,19 @@ _token_positions: Final = st.one_of(
     _json_values,
 )
 page_tokens: Final = st.one_of(
-    strings,
+    _hostile_strings,
     # Forged: the shape of the server's own tokens with any JSON inside ({"after": 5}, {"t": 2**70}, ...).
     _token_positions.map(lambda value: base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")),
 )
 
 
 def _integers(low: int, high: int) -> st.SearchStrategy[int]:
-    edges = sorted({low, high, 0, 1, -1, 10**12, 10**15, 2**31 - 1, 2**53, 2**62, high // 2, low // 2})
-    hostile = st.one_of(st.sampled_from([edge for edge in edges if low <= edge <= high]), st.integers(low, high))
-    plausible = st.integers(max(low, 0), min(high, 1000))
-    return st.one_of(plausible, plausible, hostile)
+    """Hostile integers of a type: its edges, magnitudes no count or amount reaches, anything in range."""
+    magnitudes = (low, high, low // 2, high // 2, 10**15, 2**53, 2**62)
+    huge = st.sampled_from(sorted({v for v in magnitudes if low <= v <= high}))
+    small = st.sampled_from([v for v in (0, -1, 2**31 - 1, 10**12) if low <= v <= high])
+    # Twice as often huge: the ranges nobody checked are the ones a sum, a timedelta or a column overflows.
+    return st.one_of(huge, huge, small, st.integers(low, high))
 
 
 _INT_RANGES: Final = {
@@ -85,8 +85,6 @@ _INT_RANGES: Final = {
 
 _around_now: Final = st.integers(_NOW_S - 86_400, _NOW_S)  # inside retention and clock skew
 _seconds: Final = st.one_of(
-    _around_now,
-    _around_now,
     st.integers(_NOW_S - 4000 * 86_400, _NOW_S + 86_400),
     st.sampled_from([-62_135_596_800, 253_402_300_799, 253_402_300_800, -(2**63), 2**63 - 1]),  # years 1, 9999..
     st.integers(-(2**63), 2**63 - 1),
@@ -99,6 +97,17 @@ _WELL_KNOWN: Final = {
 
 
 _plausible_strings: Final = st.sampled_from(PLAUSIBLE_STRINGS)
+_PLAUSIBLE_BY_NAME: Final = {
+    "environment_id": ["env-a"],
+    "environment_ids": ["env-a"],
+    "gateway_id": ["gw-1"],
+    "gateway_ids": ["gw-1"],
+    "event_id": _EVENT_IDS,
+    "currency": ["USD"],
+    "time_zone": ["UTC", "America/New_York"],
+}
+"""Fields whose plausible value is one the fuzzed server knows: a config for another environment would stop
+at NOT_FOUND before any of its fields is read."""
 _plausible_ints: Final = st.integers(0, 1000)
 _PLAUSIBLE_WELL_KNOWN: Final = {
     "google.protobuf.Timestamp": st.fixed_dictionaries({"seconds": _around_now, "nanos": st.integers(0, 999_999_999)}),
@@ -114,16 +123,19 @@ def _scalar(field: FieldDescriptor, *, hostile: bool) -> st.SearchStrategy[Any]:
         return st.booleans()
     if cpp == FieldDescriptor.CPPTYPE_ENUM:
         assert field.enum_type is not None
-        known = st.sampled_from([value.number for value in field.enum_type.values])
-        return _integers(-(2**31), 2**31 - 1) if hostile else known  # proto3 enums are open: any int32 decodes
+        known_values = st.sampled_from([value.number for value in field.enum_type.values])
+        return _integers(-(2**31), 2**31 - 1) if hostile else known_values  # proto3 enums are open: any int32 decodes
     if not hostile:
         if field.name == "page_token":
             return st.just("")
-        return _plausible_strings if cpp == FieldDescriptor.CPPTYPE_STRING else _plausible_ints
+        if cpp != FieldDescriptor.CPPTYPE_STRING:
+            return _plausible_ints
+        names = _PLAUSIBLE_BY_NAME.get(field.name)
+        return _plausible_strings if names is None else st.sampled_from(names)
     if field.name == "page_token":
         return page_tokens
     if cpp == FieldDescriptor.CPPTYPE_STRING:
-        return strings if field.type == FieldDescriptor.TYPE_STRING else st.binary(max_size=64)
+        return _hostile_strings if field.type == FieldDescriptor.TYPE_STRING else st.binary(max_size=64)
     if cpp in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
         return st.floats(allow_nan=True, allow_infinity=True, width=32 if cpp == FieldDescriptor.CPPTYPE_FLOAT else 64)
     low, high = _INT_RANGES[cpp]
@@ -137,16 +149,31 @@ def _entries(element: st.SearchStrategy[Any], *, hostile: bool, large: int) -> s
 
 
 HOSTILITY: Final = (0, 10, 3)
-"""One field in N is hostile (0: none). Mostly plausible requests get past the first check to the code
-behind it; a request with a single extreme field is the one that finds an unchecked range there."""
+"""About one field in N hostile (0: none). Mostly plausible requests get past the first check to the code
+behind it; with many hostile fields, the first check is what is tested."""
+MOST_DECISIONS: Final = 24
+"""A request with exactly one hostile field picks it among its first this many value decisions."""
 
 
 @st.composite
-def messages(draw: st.DrawFn, descriptor: Descriptor, *, one_in: int, depth: int = 0) -> Message:
+def messages(
+    draw: st.DrawFn,
+    descriptor: Descriptor,
+    *,
+    one_in: int,
+    exactly: int | None = None,
+    decisions: list[int] | None = None,
+    depth: int = 0,
+) -> Message:
     """A message of `descriptor`'s type with any subset of its fields set, about one field in `one_in`
-    hostile (an extreme number, odd or huge text, a forged page token, a list over its limit)."""
+    hostile (an extreme number, odd or huge text, a forged page token, a list over its limit), or, with
+    `exactly`, only the value decided at that position (counted in `decisions`, shared with nested messages)."""
+    counted = decisions if decisions is not None else [0]
 
     def hostile() -> bool:
+        if exactly is not None:
+            counted[0] += 1
+            return counted[0] - 1 == exactly
         return one_in > 0 and draw(st.integers(1, one_in)) == 1
 
     message = GetMessageClass(descriptor)()
@@ -167,7 +194,7 @@ def messages(draw: st.DrawFn, descriptor: Descriptor, *, one_in: int, depth: int
         elif entry_type is not None:
             if depth >= 4:
                 continue
-            inner = messages(entry_type, one_in=one_in, depth=depth + 1)
+            inner = messages(entry_type, one_in=one_in, exactly=exactly, decisions=counted, depth=depth + 1)
             if field.is_repeated:
                 for entry in draw(_entries(inner, hostile=hostile(), large=12)):
                     target.append(entry)
@@ -180,9 +207,19 @@ def messages(draw: st.DrawFn, descriptor: Descriptor, *, one_in: int, depth: int
     return message
 
 
+@st.composite
+def _one_hostile_field(draw: st.DrawFn, descriptor: Descriptor) -> Message:
+    exactly = draw(st.integers(0, MOST_DECISIONS - 1))
+    return draw(messages(descriptor, one_in=0, exactly=exactly))
+
+
 def bodies(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
-    """A serialized message of the type at some level of hostility, or (less often) any bytes at all."""
-    serialized = [
-        messages(descriptor, one_in=one_in).map(lambda message: message.SerializeToString()) for one_in in HOSTILITY
+    """A serialized message of the type: exactly one hostile field (most often: it gets deepest), about
+    one in N, none; or (less often) any bytes at all."""
+    variants = [
+        _one_hostile_field(descriptor),
+        _one_hostile_field(descriptor),
+        *(messages(descriptor, one_in=one_in) for one_in in HOSTILITY),
     ]
+    serialized = [variant.map(lambda message: message.SerializeToString()) for variant in variants]
     return st.one_of(*serialized, st.binary(max_size=256))
