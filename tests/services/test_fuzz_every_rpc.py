@@ -3,7 +3,7 @@ server keeps answering health checks while they run and after.
 
 The control plane runs in-process on SQLite, in a thread with its own event loop; the test drives it through
 a blocking channel, so hypothesis runs plain functions. Examples come from a fixed seed (the same inputs every
-run) and are bounded, so a known failure stays reproducible and the whole file takes well under a minute.
+run) and are bounded, so a known failure stays reproducible and the whole file takes under a minute.
 """
 
 from __future__ import annotations
