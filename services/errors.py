@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import grpc
+
+MAX_STATUS_DETAILS_BYTES: Final = 1024
+"""The most of an error message sent back as a status's details. Clients refuse trailing metadata over 8 KiB
+by default, and gRPC percent-encodes every non-ASCII byte (x3), so 1 KiB of any text always fits; the caller
+sees the real code instead of RESOURCE_EXHAUSTED."""
+
+
+def bounded(text: str, max_bytes: int) -> str:
+    """`text` cut in the middle to at most about `max_bytes` UTF-8 bytes, saying how much went.
+
+    Messages start with the field and end with the fix, and an oversized value echoed from a request sits
+    between them: keeping both ends keeps what the reader needs.
+    """
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text
+    keep = max(max_bytes - 40, 2)  # room for the marker
+    head = raw[: keep * 2 // 3].decode(errors="ignore")
+    tail = raw[len(raw) - keep // 3 :].decode(errors="ignore")
+    return f"{head}...[{len(raw) - len(head.encode()) - len(tail.encode())} bytes cut]...{tail}"
 
 
 class MeterwireError(Exception):

@@ -1,4 +1,5 @@
-"""The server interceptor: authenticates every call, enforces its roles, maps errors to codes, counts calls."""
+"""The server interceptor: authenticates every call, enforces its roles, admits its request (decodable, within
+the request limits), maps errors to codes, counts calls."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from services.auth import Principal, Role, bearer_secret, bind_principal, unbind_principal
-from services.errors import MeterwireError, PermissionDeniedError, UnauthenticatedError
+from services.errors import (
+    MAX_STATUS_DETAILS_BYTES,
+    InvalidArgumentError,
+    MeterwireError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    bounded,
+)
+from services.request_limits import check_entry_limits
 from services.revocation import Revocations
 
 log = structlog.get_logger("meterwire.rpc")
@@ -26,6 +35,53 @@ RPCS_HANDLED = Counter(
 RPC_SECONDS = Histogram("meterwire_grpc_server_handling_seconds", "Unary RPC latency, by method.", ["grpc_method"])
 
 Authenticate = Callable[[str], Awaitable[Principal]]
+Deserializer = Callable[[bytes], Any]
+
+
+class _Undecodable:
+    """Stands for a request body that did not parse, in place of the message gRPC would have passed on.
+
+    Raising inside the deserializer would end the call in gRPC core as UNKNOWN ("Unexpected DecodeError") or,
+    for a message of a stream, as an exception inside the servicer (INTERNAL, a logged traceback). The marker
+    lets the call reach the interceptor, which refuses it with INVALID_ARGUMENT like any other bad field.
+    """
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _guarded(deserializer: Deserializer | None) -> Deserializer | None:
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    type_name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "message")
+
+    def deserialize(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except Exception as error:  # whatever the parser says, these bytes are not a request
+            # upb says "Error parsing message with type 'X': <why>"; the why is what the caller needs.
+            why = str(error).rpartition("': ")[2] or type(error).__name__
+            return _Undecodable(f"is not a valid serialized {type_name} ({why})")
+
+    return deserialize
+
+
+def _admitted(request: Any, *, field: str) -> Any:
+    """The request if it decoded and every repeated field is within its limit, else INVALID_ARGUMENT."""
+    if isinstance(request, _Undecodable):
+        raise InvalidArgumentError(field, request.problem)
+    check_entry_limits(request, prefix="" if field == "request" else f"{field}.")
+    return request
+
+
+async def _admitted_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    index = 0
+    async for request in requests:
+        yield _admitted(request, field=f"requests[{index}]")
+        index += 1
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -76,12 +132,20 @@ class _Call:
         self.metadata = metadata
 
     async def unary(
-        self, behavior: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        behavior: Callable[..., Any],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        request_streamed: bool,
     ) -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             principal = await self.interceptor.authorize(self.method, self.metadata)
+            # Admitted after authentication: a caller without a token learns nothing about request shapes,
+            # and gets UNAUTHENTICATED whatever it sent, as it would with a stream read later.
+            request = _admitted_stream(request) if request_streamed else _admitted(request, field="request")
             token = bind_principal(principal)
             try:
                 return await behavior(request, context)
@@ -99,11 +163,17 @@ class _Call:
             RPC_SECONDS.labels(self.method).observe(time.perf_counter() - started)
 
     async def streaming(
-        self, behavior: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        behavior: Callable[..., Any],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        request_streamed: bool,
     ) -> AsyncIterator[Any]:
         code = grpc.StatusCode.OK
         try:
             principal = await self.interceptor.authorize(self.method, self.metadata)
+            request = _admitted_stream(request) if request_streamed else _admitted(request, field="request")
             revocations = self.interceptor.revocations
             # Bound without a reset: grpc.aio serves each RPC in its own task, so the binding ends with the call,
             # and a generator may be closed from another context, where a ContextVar token cannot be reset.
@@ -144,38 +214,43 @@ def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCod
 async def _abort(
     method: str, context: grpc.aio.ServicerContext[Any, Any], error: Exception, code: grpc.StatusCode
 ) -> None:
-    """Ends the call with `code`: a domain error's own message, or a generic one for a bug (logged)."""
+    """Ends the call with `code`: a domain error's own message, or a generic one for a bug (logged).
+
+    The one place a message goes back to a caller, so the one place it is bounded: a message may echo a value
+    from the request, and a 1 MB id must neither come back whole nor be logged whole.
+    """
     if isinstance(error, MeterwireError):
-        log.info("rpc refused", method=method, code=code.name, reason=str(error))
-        await context.abort(code, str(error))
+        details = bounded(str(error), MAX_STATUS_DETAILS_BYTES)
+        log.info("rpc refused", method=method, code=code.name, reason=details)
+        await context.abort(code, details)
     log.error("rpc failed", method=method, exc_info=error)
     await context.abort(code, "internal error; the server log has the details")
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], call: _Call) -> grpc.RpcMethodHandler[Any, Any]:
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _guarded(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await call.unary(inner_uu, request, context)
+            return await call.unary(inner_uu, request, context, request_streamed=False)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await call.unary(inner_su, requests, context)
+            return await call.unary(inner_su, requests, context, request_streamed=True)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async for response in call.streaming(inner_us, request, context):
+            async for response in call.streaming(inner_us, request, context, request_streamed=False):
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
@@ -183,7 +258,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], call: _Call) -> grpc.RpcMeth
     assert inner_ss is not None, "a handler has exactly one behaviour"
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async for response in call.streaming(inner_ss, requests, context):
+        async for response in call.streaming(inner_ss, requests, context, request_streamed=True):
             yield response
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
