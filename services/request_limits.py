@@ -16,6 +16,7 @@ from typing import Final
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from budgeting.scope import MAX_TAG_SELECTORS
 from meterwire.common.v1 import filter_pb2, usage_pb2
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
@@ -46,8 +47,11 @@ ENTRY_LIMITS: Final[Mapping[str, int]] = {
     "meterwire.budget.v1.Budget.alert_threshold_percents": MAX_ALERT_THRESHOLDS,
     "google.protobuf.FieldMask.paths": MAX_UPDATE_MASK_PATHS,
     "meterwire.budget.v1.ListBudgetsRequest.environment_ids": MAX_ENVIRONMENT_IDS,
-    "meterwire.budget.v1.CheckBudgetRequest.tags": MAX_TAGS,
+    "meterwire.budget.v1.RequestAttributes.tags": MAX_TAGS,
+    "meterwire.budget.v1.Scope.tags": MAX_TAG_SELECTORS,
     "meterwire.budget.v1.ListBudgetAlertsRequest.environment_ids": MAX_ENVIRONMENT_IDS,
+    "meterwire.budget.v1.WatchBudgetAlertsRequest.environment_ids": MAX_ENVIRONMENT_IDS,
+    "meterwire.budget.v1.ListWebhooksRequest.environment_ids": MAX_ENVIRONMENT_IDS,
     # The config service checks these too, among all of a config's problems; checking the counts here first
     # keeps the walk below bounded.
     "meterwire.config.v1.EnvironmentConfig.aliases": MAX_ALIASES,

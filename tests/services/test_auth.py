@@ -236,14 +236,17 @@ async def test_a_token_revoked_on_another_replica_cannot_reconnect_from_a_cached
     assert f"token {created.token.token_id} was revoked" in (refused.value.details() or "")
 
 
-async def test_rpcs_not_built_yet_answer_unimplemented_with_a_reason(
-    channel: grpc.aio.Channel, admin_secret: str
-) -> None:
+async def test_rpcs_not_built_yet_answer_unimplemented_with_a_reason(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+    await tokens.environment("prod")
+    gateway = await tokens.gateway("prod", "gw-1")
     budget = budget_grpc.BudgetServiceStub(channel)
-    code, details = await _code_of(
-        budget.GetBudget(budget_pb.GetBudgetRequest(budget_id="b1"), metadata=bearer(admin_secret))
+    stream = budget.WatchBudgetStates(
+        budget_pb.WatchBudgetStatesRequest(environment_id="prod"), metadata=bearer(gateway)
     )
-    assert code is grpc.StatusCode.UNIMPLEMENTED
-    assert details == (
-        "BudgetService.GetBudget is not available in this version of meterwire: budget enforcement is not built yet"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stream.read()
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert refused.value.details() == (
+        "BudgetService.WatchBudgetStates is not available in this version of meterwire: "
+        "budget snapshots for agents is not built yet"
     )
