@@ -123,8 +123,10 @@ class Fleet:
             )
             self._records[name] = record
             self._dirty.add(name)
-            self._derive(record, now, announce=False)
             log.info("gateway registered", environment=environment_id, gateway=gateway_id)
+            # Announced: watchers listed it as never seen (a token, no contact) or not at all, and its first
+            # contact already counts (silence is judged from it), so its first heartbeat may change nothing.
+            self._derive(record, now, previous=GatewayStatus.NEVER_SEEN)
         return record
 
     def stream_opened(self, name: GatewayName) -> None:
@@ -178,8 +180,17 @@ class Fleet:
         self._derive(record, now, config_changed=True)
 
     def _derive(
-        self, record: GatewayRecord, now: datetime, *, announce: bool = True, config_changed: bool = False
+        self,
+        record: GatewayRecord,
+        now: datetime,
+        *,
+        announce: bool = True,
+        config_changed: bool = False,
+        previous: GatewayStatus | None = None,
     ) -> None:
+        """Derives the record's status; announces a change to watchers unless `announce` is False.
+
+        `previous`: the status watchers knew, when the record does not hold it (a gateway just registered)."""
         verdict = derive_status(
             record.last_seen,
             record.state,
@@ -188,7 +199,7 @@ class Fleet:
             thresholds=self._thresholds,
             registered=record.register_time,
         )
-        previous = record.status
+        previous = record.status if previous is None else previous
         record.status, record.reasons, record.recheck_at = verdict.status, verdict.reasons, verdict.recheck_at
         if not announce or (previous == verdict.status and not config_changed):
             return
