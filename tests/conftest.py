@@ -5,18 +5,25 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from services.heartbeat.fleet import Fleet
 from services.logs import configure_logging
+from services.server import ControlPlane
+from services.settings import ServerSettings
 from services.storage.engine import CONNECT_TIMEOUT_S, redact, sqlite_url
 from services.storage.engine import create_engine as create_storage_engine
 from services.storage.migrate import upgrade
+from tests.clients import Tokens
+from tests.clock import FakeClock
 
 # In-process servers log as `meterwire serve` does. structlog's own default renders a logged exception as a rich
 # traceback with every frame's locals: 3 s for one failed usage batch, whose frames hold its rows.
@@ -98,3 +105,50 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         yield storage_engine
     finally:
         await storage_engine.dispose()
+
+
+# --- a real control plane on a loopback port, and clients for it (every folder's tests share these; a folder
+# whose tests need other settings overrides `control_plane` in its own conftest) -------------------------------
+
+
+@pytest.fixture
+async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    settings = ServerSettings(
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        drain_delay=timedelta(0),
+        ingest_workers=0,  # tests/telemetry prepares batches both ways
+        shutdown_grace=timedelta(seconds=1),
+    )
+    async with ControlPlane(settings) as plane:
+        yield plane
+
+
+@pytest.fixture
+async def channel(control_plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}") as client_channel:
+        yield client_channel
+
+
+@pytest.fixture
+def admin_secret(control_plane: ControlPlane) -> str:
+    return control_plane.settings.admin_token_path.read_text().strip()
+
+
+@pytest.fixture
+async def tokens(channel: grpc.aio.Channel, admin_secret: str) -> Tokens:
+    return Tokens(channel, admin_secret)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fleet(control_plane: ControlPlane, clock: FakeClock) -> Fleet:
+    """The live control plane's fleet (heartbeat and config tests), on the hand-moved clock."""
+    fleet = control_plane.deps.fleet
+    fleet.clock = clock
+    return fleet

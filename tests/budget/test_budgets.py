@@ -21,7 +21,7 @@ from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
 from services.budget.usage import event_amount, stored_usage
 from services.server import ControlPlane
 from services.storage import tables
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 from tests.telemetry.events import report, usage_event, varied_events
 
 

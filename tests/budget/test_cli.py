@@ -24,9 +24,9 @@ from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from services.cli.budgets.figures import limit_value, time_left
 from services.server import ControlPlane
 from tests.budget.test_webhooks import Receiver
+from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import Cli
 from tests.reporting.test_cli import table_rows
-from tests.services.conftest import Tokens, bearer
 from tests.system.serve import MW_COMMAND
 from tests.telemetry.events import report, usage_event, wait_until
 

@@ -23,8 +23,8 @@ from services.budget.records import budget_from_row
 from services.budget.usage import stored_usage
 from services.server import ControlPlane
 from services.storage import tables
-from tests.budget.conftest import budget_settings
-from tests.services.conftest import Tokens, bearer
+from tests.budget.settings import budget_settings
+from tests.clients import Tokens, bearer
 from tests.telemetry.events import report, stamp
 
 _MODELS = ("gpt-4o", "claude", "llama")

@@ -26,8 +26,8 @@ from services.server import ControlPlane
 from services.storage import tables
 from services.storage.engine import create_engine
 from services.storage.uow import UnitOfWork
-from tests.budget.conftest import budget_settings
-from tests.services.conftest import Tokens, bearer
+from tests.budget.settings import budget_settings
+from tests.clients import Tokens, bearer
 from tests.telemetry.events import report, usage_event, wait_until
 
 

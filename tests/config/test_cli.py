@@ -10,8 +10,8 @@ from google.protobuf.json_format import ParseDict
 
 from meterwire.config.v1 import config_service_pb2 as pb
 from services.server import ControlPlane
+from tests.clients import Tokens
 from tests.heartbeat.helpers import Cli
-from tests.services.conftest import Tokens
 
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "examples" / "config.yaml"
 

@@ -15,8 +15,8 @@ from meterwire.config.v1 import config_service_pb2 as pb
 from meterwire.config.v1 import config_service_pb2_grpc as pb_grpc
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as hb_pb
 from services.server import ControlPlane
+from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import GatewayStream
-from tests.services.conftest import Tokens, bearer
 
 
 def priced_config(*aliases: str, interval_s: int = 0) -> pb.EnvironmentConfig:

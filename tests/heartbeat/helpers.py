@@ -12,8 +12,9 @@ from typer.testing import CliRunner, Result
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as pb_grpc
 from services.cli.main import app
+from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
-from tests.services.conftest import bearer
+from tests.clients import bearer
 
 
 class GatewayStream:
@@ -59,3 +60,7 @@ class Cli:
     async def __call__(self, *args: str, stdin: str | None = None) -> Result:
         command = list(args)
         return await asyncio.to_thread(CliRunner().invoke, app, [*command, *self.connection], input=stdin)
+
+
+def fleet_of(plane: ControlPlane) -> Fleet:
+    return plane.deps.fleet

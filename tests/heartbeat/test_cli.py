@@ -11,8 +11,8 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.cli.gateways import ago
 from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
+from tests.clients import Tokens
 from tests.heartbeat.helpers import Cli, GatewayStream
-from tests.services.conftest import Tokens
 
 
 async def test_gateways_list_show_and_remove(

@@ -13,9 +13,9 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
-from tests.heartbeat.conftest import FakeClock, fleet_of
-from tests.heartbeat.helpers import list_gateways
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
+from tests.clock import FakeClock
+from tests.heartbeat.helpers import fleet_of, list_gateways
 from tests.telemetry.events import usage_event
 
 

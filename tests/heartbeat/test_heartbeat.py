@@ -21,9 +21,9 @@ from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
 from services.storage import tables
 from services.storage.engine import create_engine
-from tests.heartbeat.conftest import FakeClock, fleet_of
-from tests.heartbeat.helpers import GatewayStream, list_gateways
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
+from tests.clock import FakeClock
+from tests.heartbeat.helpers import GatewayStream, fleet_of, list_gateways
 
 HEALTHY = pb.GATEWAY_STATUS_HEALTHY
 _STATE_OF_GW_1 = sa.select(tables.gateways.c.agent_version, tables.gateways.c.spool_depth).where(

@@ -17,9 +17,9 @@ from services.heartbeat.fleet import Fleet
 from services.heartbeat.records import AgentState, GatewayStatus
 from services.server import ControlPlane
 from services.storage import tables
-from tests.heartbeat.conftest import FakeClock
+from tests.clients import Tokens, bearer
+from tests.clock import FakeClock
 from tests.heartbeat.helpers import GatewayStream
-from tests.services.conftest import Tokens, bearer
 
 _YEAR_10000 = 253402300800  # 10000-01-01T00:00:00Z in seconds since 1970
 

@@ -16,9 +16,9 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.heartbeat.fleet import Fleet
 from services.heartbeat.records import GatewayStatus
 from services.server import ControlPlane
-from tests.heartbeat.conftest import FakeClock, fleet_of
-from tests.heartbeat.helpers import GatewayStream
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
+from tests.clock import FakeClock
+from tests.heartbeat.helpers import GatewayStream, fleet_of
 
 _NAME = ("prod", "gw-1")
 

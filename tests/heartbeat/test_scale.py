@@ -12,8 +12,8 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.heartbeat.fleet import Fleet
 from services.server import ControlPlane
 from services.storage import tables
+from tests.clients import Tokens
 from tests.heartbeat.helpers import GatewayStream, list_gateways
-from tests.services.conftest import Tokens
 
 GATEWAYS = 1000
 CHANNELS = 8

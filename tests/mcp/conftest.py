@@ -1,49 +1,31 @@
-"""MCP tests: a real control plane with seeded usage in two environments, and real `meterwire mcp` processes
-(stdio and streamable HTTP) driven by the MCP SDK's own client."""
+"""MCP tests: a real control plane (the budget tests' settings) with seeded usage in two environments, and a real
+`meterwire mcp --http` process for the HTTP tests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
-import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from services.server import ControlPlane
-from tests.budget.conftest import control_plane
+from tests.budget.settings import budget_settings
+from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import GatewayStream
-from tests.services.conftest import Tokens, admin_secret, bearer, channel, tokens
+from tests.mcp.harness import MCP_COMMAND, HttpServer, Seed, free_port
 from tests.telemetry.events import report, varied_events
 
-__all__ = ["admin_secret", "channel", "control_plane", "tokens"]
 
-MCP_COMMAND = str(Path(sys.executable).with_name("meterwire"))
-
-
-@dataclass(frozen=True)
-class Seed:
-    """What the seeded control plane holds: where it is, who may read it, and one request of each environment."""
-
-    address: str
-    admin: str
-    prod_reporter: str
-    budget_id: str
-    prod_request_id: str
-    dev_request_id: str
+@pytest.fixture
+async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(budget_settings(database_url, tmp_path / "var")) as plane:
+        yield plane
 
 
 @pytest.fixture
@@ -89,36 +71,10 @@ async def seeded(control_plane: ControlPlane, channel: grpc.aio.Channel, tokens:
     )
 
 
-def stdio_client(seed: Seed, token: str) -> Client:
-    """A real `meterwire mcp` subprocess on stdio, acting with `token`."""
-    environment = {**os.environ, "MW_TOKEN": token}
-    environment.pop("MW_TOKEN_FILE", None)
-    return Client(StdioServerParameters(command=MCP_COMMAND, args=["mcp", "--address", seed.address], env=environment))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class HttpServer:
-    url: str
-
-    @asynccontextmanager
-    async def client(self, token: str) -> AsyncIterator[Client]:
-        async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
-            Client(streamable_http_client(self.url, http_client=http)) as client,
-        ):
-            yield client
-
-
 @pytest.fixture
 def http_server(seeded: Seed) -> Iterator[HttpServer]:
     """A real `meterwire mcp --http` subprocess with no token of its own; callers bring theirs."""
-    port = _free_port()
+    port = free_port()
     environment = {key: value for key, value in os.environ.items() if key not in ("MW_TOKEN", "MW_TOKEN_FILE")}
     process = subprocess.Popen(
         [MCP_COMMAND, "mcp", "--http", f"127.0.0.1:{port}", "--address", seeded.address],
@@ -133,26 +89,3 @@ def http_server(seeded: Seed) -> Iterator[HttpServer]:
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
-
-
-async def wait_for_http(server: HttpServer) -> None:
-    """Polls until the HTTP server answers (it is a fresh process); the test timeout bounds it."""
-    async with httpx2.AsyncClient() as http:
-        while True:
-            try:
-                await http.get(server.url)
-                return
-            except httpx2.TransportError:
-                await asyncio.sleep(0.05)
-
-
-def structured(result: Any) -> dict[str, Any]:
-    """A successful tool result's structured content; a tool error fails the test with its message."""
-    assert not result.is_error, result.content
-    content: dict[str, Any] = result.structured_content
-    return content
-
-
-def error_text(result: Any) -> str:
-    assert result.is_error, result.structured_content
-    return " ".join(getattr(block, "text", "") for block in result.content)

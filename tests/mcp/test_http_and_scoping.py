@@ -14,8 +14,8 @@ import pytest
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from tests.mcp.conftest import HttpServer, Seed, error_text, stdio_client, structured, wait_for_http
-from tests.services.conftest import bearer
+from tests.clients import bearer
+from tests.mcp.harness import HttpServer, Seed, error_text, stdio_client, structured, wait_for_http
 
 pytestmark = pytest.mark.system
 

@@ -24,9 +24,9 @@ from services.cli.charts import bar, sparkline
 from services.cli.usage.filters import DIMENSION_NAMES, METRIC_NAMES, time_range
 from services.server import ControlPlane
 from services.settings import ServiceName
+from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import Cli
-from tests.reporting.conftest import reporting_settings
-from tests.services.conftest import Tokens, bearer
+from tests.reporting.settings import reporting_settings
 
 NOW = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
 

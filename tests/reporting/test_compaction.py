@@ -19,10 +19,10 @@ from services.accounting.compaction import compact, dirty_hour_starts, prune
 from services.server import ControlPlane
 from services.settings import ServerSettings, ServiceName
 from services.storage import tables
-from tests.reporting.conftest import reporting_settings
+from tests.clients import Tokens, bearer
 from tests.reporting.dataset import GATEWAYS, make_dataset
+from tests.reporting.settings import reporting_settings
 from tests.reporting.test_oracle import ingest, usage_filter
-from tests.services.conftest import Tokens, bearer
 from tests.telemetry.events import wait_until
 
 COARSE_ROLLUPS = tuple(table for pair in tables.COARSE_ROLLUPS for table in pair)

@@ -15,9 +15,9 @@ from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.server import ControlPlane
 from services.settings import ServiceName
-from tests.reporting.conftest import reporting_settings
+from tests.clients import Tokens, bearer
+from tests.reporting.settings import reporting_settings
 from tests.reporting.test_oracle import usage_filter
-from tests.services.conftest import Tokens, bearer
 from tests.telemetry.events import report, usage_event
 
 

@@ -9,7 +9,7 @@ import grpc
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 from tests.telemetry.events import report, stamp, usage_event
 
 

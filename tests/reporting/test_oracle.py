@@ -17,6 +17,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.reporting.compaction import compact, dirty_hour_starts
 from services.server import ControlPlane
+from tests.clients import Tokens, bearer
 from tests.reporting.dataset import (
     ENVIRONMENTS,
     GATEWAYS,
@@ -28,7 +29,6 @@ from tests.reporting.dataset import (
     make_dataset,
     within_bucket_error,
 )
-from tests.services.conftest import Tokens, bearer
 
 EVENTS = 50_000
 DUPLICATES = 2_000

@@ -12,9 +12,9 @@ from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.server import ControlPlane
+from tests.clients import Tokens, bearer
 from tests.reporting.dataset import GATEWAYS, Figures, make_dataset
 from tests.reporting.test_oracle import ingest, usage_filter
-from tests.services.conftest import Tokens, bearer
 
 
 async def test_a_reporter_for_alpha_sees_nothing_of_beta(

@@ -13,7 +13,7 @@ from meterwire.admin.v1 import admin_service_pb2_grpc as pb_grpc
 from services.admin.service import AdminService
 from services.server import ControlPlane
 from services.storage import tables
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 
 
 async def _failure(call: object) -> grpc.aio.AioRpcError:

@@ -24,7 +24,7 @@ from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from services.server import ControlPlane
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 
 _CONTROL_PLANE_METHODS: Final = [
     method

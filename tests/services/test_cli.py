@@ -10,8 +10,8 @@ from typer.testing import CliRunner, Result
 
 from services.cli.main import app
 from services.server import ControlPlane
+from tests.clients import Tokens
 from tests.heartbeat.helpers import Cli
-from tests.services.conftest import Tokens
 
 
 async def with_token_file(control_plane: ControlPlane, token_file: Path, *args: str) -> Result:

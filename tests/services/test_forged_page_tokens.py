@@ -14,7 +14,7 @@ from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as hb_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as hb_grpc
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 
 
 def _token(position: object) -> str:

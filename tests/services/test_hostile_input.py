@@ -14,7 +14,7 @@ from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from services.auth import Role
 from services.errors import MAX_STATUS_DETAILS_BYTES
-from tests.services.conftest import Tokens
+from tests.clients import Tokens
 from tests.services.log_capture import rendered_logs
 from tests.services.rpc_calls import CONTROL_PLANE_METHODS, Outcome, call_raw, caller_role
 from tests.telemetry.events import usage_event

@@ -17,7 +17,7 @@ from meterwire.admin.v1 import admin_service_pb2 as admin_pb
 from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from services.auth import Role
-from tests.services.conftest import Tokens
+from tests.clients import Tokens
 from tests.services.rpc_calls import call_raw, caller_role
 
 

@@ -15,7 +15,7 @@ from meterwire.reporting.v1 import reporting_service_pb2 as reporting_pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
 from services.auth import Role
 from services.request_limits import ENTRY_LIMITS, LIMITS_CHECKED_BY_SERVICE, MAX_FILTER_TAGS, plan_for
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 from tests.services.rpc_calls import CONTROL_PLANE_METHODS, call_raw, caller_role
 from tests.telemetry.events import stamp
 

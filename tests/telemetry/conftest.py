@@ -10,7 +10,6 @@ import pytest
 
 from services.server import ControlPlane
 from services.settings import ServerSettings, ServiceName
-from tests.services.conftest import admin_secret, channel, tokens  # noqa: F401
 
 
 @pytest.fixture(params=[0, 1], ids=["in-loop", "worker"])

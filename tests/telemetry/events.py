@@ -20,7 +20,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
 from services.histogram import bucket_index
 from services.storage import tables
-from tests.services.conftest import bearer
+from tests.clients import bearer
 
 MODELS = (("gpt-4o", "openai"), ("claude-3-5-sonnet", "anthropic"), ("llama-3-70b", "bedrock"))
 

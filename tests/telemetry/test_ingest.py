@@ -27,7 +27,7 @@ from services.telemetry.sql import MAX_BIND_PARAMETERS
 from services.telemetry.transaction import StoredCounts
 from services.telemetry.validation import BatchLimits
 from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 
 from .events import (
     batches,

@@ -19,7 +19,7 @@ from services.pricing import EventCost, PriceBook, PriceBooks, price_tokens
 from services.server import ControlPlane
 from services.settings import ServerSettings, ServiceName
 from services.storage import tables
-from tests.services.conftest import Tokens, bearer
+from tests.clients import Tokens, bearer
 
 from .events import report, rollup_sums, usage_event
 

@@ -23,7 +23,7 @@ from meterwire.admin.v1 import admin_service_pb2 as admin_pb
 from meterwire.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as pb_grpc
 from services.storage.engine import create_engine, sqlite_url
-from tests.services.conftest import bearer
+from tests.clients import bearer
 
 from .events import batches, stored_event_count, stream, varied_events, wait_until
 from .processes import children, running

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from services.server import ControlPlane
-from tests.services.conftest import Tokens
+from tests.clients import Tokens
 
 from .events import expected_rollup, report, rollup_sums, stored_event_count, varied_events, wait_until
 from .processes import children, command_line, running
