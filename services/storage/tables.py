@@ -1,5 +1,8 @@
 """The database schema as SQLAlchemy Core tables; the Alembic migrations must always match it.
 
+Longer than the house's ~400 lines on purpose: the schema is read and checked as a whole (the migrations test
+compares it to the migrated database), and splitting it by table would scatter one picture over many files.
+
 Time conventions: admin tables store aware UTC datetimes (UtcDateTime). Hot-path tables store integer
 epoch values, which index and compare cheaply on both dialects: ``*_time_us`` are epoch microseconds and
 rollup ``bucket_start`` / budget ``window_*`` are epoch seconds.

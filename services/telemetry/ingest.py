@@ -50,9 +50,9 @@ from services.pricing import PriceBooks
 from services.settings import ServerSettings
 from services.telemetry import metrics
 from services.telemetry.prepare import PreparedEvents, prepare_events, prepare_serialized, start_worker
-from services.telemetry.transaction import StoredCounts
+from services.telemetry.transaction import PreparedBatch, StoredCounts
 from services.telemetry.validation import BatchLimits, check_batch
-from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
+from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter
 
 log = structlog.get_logger("meterwire.telemetry")
 

@@ -3,11 +3,12 @@ acked sequences, compiled once per engine, and how a group is written with them 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -16,11 +17,9 @@ from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add
 from services.budget.counting import BudgetCounter
 from services.storage import dialect as storage_dialect
 from services.storage import tables
+from services.telemetry.prepare import PreparedEvents
 from services.telemetry.rows import EVENT_COLUMNS, TAG_COLUMNS, TagRow, UsageEventRow, event_values
 from services.telemetry.sql import MAX_BIND_PARAMETERS, CompiledStatement, DriverStatement
-
-if TYPE_CHECKING:
-    from services.telemetry.writer import PreparedBatch
 
 TaggedEvent = tuple[UsageEventRow, dict[str, str]]
 """A new event that carries tags, with its tags (what tag-scoped budgets count)."""
@@ -40,6 +39,18 @@ class StoredCounts:
 
 
 NOTHING_STORED: Final = StoredCounts(accepted=0, duplicate=0)
+
+
+@dataclass(slots=True, eq=False)
+class PreparedBatch:
+    """One validated, priced batch as rows, waiting for the writer."""
+
+    environment_id: str
+    gateway_id: str
+    gateway_key: int
+    batch_sequence: int
+    events: PreparedEvents
+    future: asyncio.Future[StoredCounts] = field(init=False)
 
 
 class UsageTransaction:

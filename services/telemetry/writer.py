@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Final
 
 import grpc
@@ -23,8 +22,7 @@ from services.storage.checkpoint import WalCheckpointer
 from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
-from services.telemetry.prepare import PreparedEvents
-from services.telemetry.transaction import NOTHING_STORED, StoredCounts, UsageTransaction
+from services.telemetry.transaction import NOTHING_STORED, PreparedBatch, StoredCounts, UsageTransaction
 
 log = structlog.get_logger("meterwire.telemetry.writer")
 
@@ -36,18 +34,6 @@ class BatchNotStoredError(MeterwireError):
 
     def __init__(self, batch_sequence: int, reason: str) -> None:
         super().__init__(f"usage batch {batch_sequence} was not stored ({reason}); nothing of it was kept: resend it")
-
-
-@dataclass(slots=True, eq=False)
-class PreparedBatch:
-    """One validated, priced batch as rows, waiting for the writer."""
-
-    environment_id: str
-    gateway_id: str
-    gateway_key: int
-    batch_sequence: int
-    events: PreparedEvents
-    future: asyncio.Future[StoredCounts] = field(init=False)
 
 
 def _retrieve_exception(future: asyncio.Future[StoredCounts]) -> None:

@@ -24,9 +24,9 @@ from services.storage import tables
 from services.telemetry.prepare import prepare_events
 from services.telemetry.rows import EVENT_COLUMNS
 from services.telemetry.sql import MAX_BIND_PARAMETERS
-from services.telemetry.transaction import StoredCounts
+from services.telemetry.transaction import PreparedBatch, StoredCounts
 from services.telemetry.validation import BatchLimits
-from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter, PreparedBatch
+from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter
 from tests.clients import Tokens, bearer
 
 from .events import (
