@@ -6,6 +6,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final, Self
 
 import structlog
@@ -13,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.jobs import JobRunner, PeriodicJob
 from services.storage.engine import create_sqlite_autocommit_engine
 
 log = structlog.get_logger("meterwire.storage.checkpoint")
@@ -66,12 +68,11 @@ class WalCheckpointer:
     """
 
     def __init__(self, engine: AsyncEngine, *, interval_s: float, truncate_bytes: int) -> None:
-        self._interval_s = interval_s
         self._truncate_bytes = truncate_bytes
         self._engine = create_sqlite_autocommit_engine(engine, f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
         self._page_size = 0
-        self._task: asyncio.Task[None] | None = None
+        self._jobs = JobRunner([PeriodicJob("sqlite-wal-checkpoint", timedelta(seconds=interval_s), self._pass)])
         self._stopped = False
         self._disposed = False
 
@@ -83,19 +84,17 @@ class WalCheckpointer:
         await self.shutdown()
 
     async def start(self) -> None:
-        if self._task is None and not self._stopped:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="sqlite-wal-checkpoint")
+        """Checkpoints every interval until shut down (a periodic job of its own: it belongs to the writer)."""
+        if not self._stopped:
+            await self._jobs.start()
 
-    async def run(self) -> None:
-        """Checkpoints every interval until shut down; a failed checkpoint is logged and tried again."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await loop.run_in_executor(self._thread, self.checkpoint)
-            except SQLAlchemyError as error:
-                CHECKPOINT_FAILURES.inc()
-                log.warning("sqlite checkpoint failed; retrying", error=f"{type(error).__name__}: {error}")
+    async def _pass(self) -> None:
+        """One pass in the checkpointer's thread; a failed one is counted and logged, and the next retries."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self.checkpoint)
+        except SQLAlchemyError as error:
+            CHECKPOINT_FAILURES.inc()
+            log.warning("sqlite checkpoint failed; retrying", error=f"{type(error).__name__}: {error}")
 
     def checkpoint(self) -> CheckpointPass:
         """One pass (blocking; runs in the checkpointer's thread): PASSIVE, then TRUNCATE if the log is too big."""
@@ -119,10 +118,7 @@ class WalCheckpointer:
     async def shutdown(self) -> None:
         """Stops checkpointing (a pass in progress finishes first); safe to call twice."""
         self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._jobs.shutdown()
         if not self._disposed:
             self._disposed = True
             # Queued behind a pass still running in the thread, so the connection is closed after it.
