@@ -86,8 +86,11 @@ class ServiceDeps:
         return cls(settings, engine, admin, revocations, hub, fleet, PriceBooks(hub))
 
 
-_READS_CONFIG = frozenset({ServiceName.CONFIG, ServiceName.HEARTBEAT, ServiceName.TELEMETRY, ServiceName.REPORTING})
-"""Services that read the ConfigHub: config itself, heartbeat intervals, pricing, report currency."""
+_READS_CONFIG = frozenset(
+    {ServiceName.CONFIG, ServiceName.HEARTBEAT, ServiceName.TELEMETRY, ServiceName.REPORTING, ServiceName.BUDGET}
+)
+"""Services that read the ConfigHub: config itself, heartbeat intervals, pricing, report currency, how denied
+requests are answered."""
 _TRACKS_FLEET = frozenset({ServiceName.HEARTBEAT, ServiceName.CONFIG})
 """Services that read or change the fleet: heartbeats, and WatchConfig's ACK/NACKs."""
 _KEEPS_ROLLUPS = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING})
@@ -155,6 +158,7 @@ _SERVICES: dict[ServiceName, _Hosted] = {
             BudgetService(deps.engine),
             Webhooks(deps.engine),
             alert_poll_interval=deps.settings.budget_alert_poll_interval,
+            configs=deps.config_hub,
         ),
     ),
     ServiceName.REPORTING: _Hosted(

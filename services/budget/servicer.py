@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +16,12 @@ from budgeting.decision import Decision, State, Verdict
 from budgeting.scope import EVENT_SELECTORS, RequestAttributes, Scope
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
+from meterwire.config.v1 import config_service_pb2 as config_pb
 from services.auth import Principal, Role, current_principal, requires
 from services.budget.records import AlertRecord, BudgetRecord, BudgetStatus, Visibility
 from services.budget.service import BudgetDraft, BudgetService
 from services.budget.webhooks import WebhookRecord, Webhooks
+from services.config.hub import ConfigHub
 from services.errors import InvalidArgumentError, NotBuiltError, PermissionDeniedError
 from services.timestamps import to_timestamp
 
@@ -112,7 +115,24 @@ def attributes_from_proto(request: pb.RequestAttributes, principal: Principal) -
     )
 
 
-def decision_to_proto(decision: Decision, budgets: dict[str, BudgetStatus], now_s: float) -> pb.CheckBudgetResponse:
+@dataclass(frozen=True, slots=True)
+class DenyAnswer:
+    """How an environment's gateways answer a denied request (its config's budget_enforcement)."""
+
+    http_status: int = DEFAULT_DENY_HTTP_STATUS
+    message: str = ""
+    """Put before the explanation when set."""
+
+    @classmethod
+    def of(cls, enforcement: config_pb.BudgetEnforcement | None) -> DenyAnswer:
+        if enforcement is None:
+            return cls()
+        return cls(enforcement.deny_http_status or DEFAULT_DENY_HTTP_STATUS, enforcement.deny_message)
+
+
+def decision_to_proto(
+    decision: Decision, budgets: dict[str, BudgetStatus], now_s: float, deny: DenyAnswer = DenyAnswer()
+) -> pb.CheckBudgetResponse:
     response = pb.CheckBudgetResponse(
         decision=int(decision.verdict),  # type: ignore[arg-type]
         verdicts=[
@@ -126,12 +146,13 @@ def decision_to_proto(decision: Decision, budgets: dict[str, BudgetStatus], now_
     denied = decision.denied_by
     if decision.verdict is Verdict.DENY and denied is not None:
         rule = denied.rule
-        response.http_status = DEFAULT_DENY_HTTP_STATUS
+        response.http_status = deny.http_status
         response.denied_by_budget_id = rule.budget_id
-        response.message = (
+        explanation = (
             f"budget {rule.display_name!r} ({rule.budget_id}, {rule.scope.describe()}) is exhausted: "
             f"used {denied.used} of {rule.limit} {rule.metric.name.lower()} this {rule.period.name.lower()}"
         )
+        response.message = f"{deny.message}: {explanation}" if deny.message else explanation
         retry = denied.retry_after_s(now_s)
         if retry is not None:
             response.retry_after.seconds = retry
@@ -193,8 +214,16 @@ def alert_id_floor(moment_us: int) -> str:
 class BudgetServicer(pb_grpc.BudgetServiceServicer):
     """Budgets for admin tokens, their status for reporters (only their environments), checks for gateways."""
 
-    def __init__(self, budgets: BudgetService, webhooks: Webhooks, *, alert_poll_interval: timedelta) -> None:
+    def __init__(
+        self,
+        budgets: BudgetService,
+        webhooks: Webhooks,
+        *,
+        alert_poll_interval: timedelta,
+        configs: ConfigHub | None = None,
+    ) -> None:
         self._budgets = budgets
+        self._configs = configs
         self._webhooks = webhooks
         self._alert_poll_s = alert_poll_interval.total_seconds()
 
@@ -279,7 +308,13 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
                 f"{principal.gateway_id!r}"
             )
         decision, statuses = await self._budgets.check(attributes)
-        return decision_to_proto(decision, statuses, datetime.now(UTC).timestamp())
+        return decision_to_proto(decision, statuses, datetime.now(UTC).timestamp(), self._deny_answer(attributes))
+
+    def _deny_answer(self, request: RequestAttributes) -> DenyAnswer:
+        stored = None if self._configs is None else self._configs.latest(request.environment_id)
+        if stored is None or not stored.config.HasField("budget_enforcement"):
+            return DenyAnswer()
+        return DenyAnswer.of(stored.config.budget_enforcement)
 
     @requires(Role.GATEWAY)
     async def WatchBudgetStates(

@@ -18,6 +18,8 @@ from budgeting.scope import Scope
 from budgeting.windows import Window
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
+from meterwire.config.v1 import config_service_pb2 as config_pb
+from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from services.budget.usage import event_amount, stored_usage
 from services.server import ControlPlane
 from services.storage import tables
@@ -317,3 +319,24 @@ async def test_the_sql_backfill_and_the_python_rules_agree_on_every_scope(
                 checked += 1
     assert checked > 200
     assert any(event.tags for event in events)
+
+
+async def test_a_denial_is_answered_as_the_environments_config_says(
+    channel: grpc.aio.Channel, tokens: Tokens, admin_secret: str, control_plane: ControlPlane
+) -> None:
+    await tokens.environment("prod")
+    secret = await tokens.gateway("prod", "gw-1")
+    await report(channel, secret, [usage_event(cost_micros=2_000_000, sequence=1)])
+    admin = bearer(admin_secret)
+    config = config_pb.EnvironmentConfig()
+    config.budget_enforcement.deny_http_status = 402
+    config.budget_enforcement.deny_message = "Spend limit reached"
+    await config_grpc.ConfigServiceStub(channel).PutConfig(
+        config_pb.PutConfigRequest(environment_id="prod", config=config), metadata=admin
+    )
+    stub = pb_grpc.BudgetServiceStub(channel)
+    await stub.CreateBudget(pb.CreateBudgetRequest(budget=_spend_budget()), metadata=admin)
+    denied = await stub.CheckBudget(pb.CheckBudgetRequest(request=pb.RequestAttributes()), metadata=bearer(secret))
+    assert denied.decision == pb.DECISION_DENY
+    assert denied.http_status == 402
+    assert denied.message.startswith("Spend limit reached: budget 'prod spend'")

@@ -18,7 +18,7 @@ _ROLLUP_JOB = "rollup-maintenance"
     ("services", "jobs"),
     [
         ("admin", ["revocation-poll"]),
-        ("budget", ["revocation-poll", "webhook-delivery"]),
+        ("budget", ["revocation-poll", "config-poll", "webhook-delivery"]),
         ("telemetry", ["revocation-poll", "config-poll", _ROLLUP_JOB]),
         ("reporting", ["revocation-poll", "config-poll", _ROLLUP_JOB]),
         ("heartbeat", ["revocation-poll", "config-poll", *_FLEET_JOBS]),
