@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -18,14 +19,14 @@ class Lifecycle(Protocol):
     async def shutdown(self) -> None: ...
 
 
-class Managed:
+class Managed(ABC):
     """`async with thing:` starts it and shuts it down, for any class with `start()` and `shutdown()`."""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self) -> None: ...
 
-    async def shutdown(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def shutdown(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -170,24 +170,21 @@ class WebhookDeliverer:
         )
         async with UnitOfWork(self._engine) as uow:
             connection = uow.connection
-            candidates = (await connection.execute(due)).all()
-            claimed: list[tuple[str, str, int]] = []
-            for webhook_id, alert_id in candidates:
-                # Conditional on still being due: of two replicas claiming at once, one wins the row.
-                result = await connection.execute(
-                    _d.update()
-                    .where(
-                        _d.c.webhook_id == webhook_id,
-                        _d.c.alert_id == alert_id,
-                        _d.c.delivered_time_us.is_(None),
-                        _d.c.next_attempt_time_us <= now_us,
-                    )
-                    .values(next_attempt_time_us=now_us + lease_us, attempts=_d.c.attempts + 1)
-                    .returning(_d.c.attempts)
+            candidates = [tuple(row) for row in await connection.execute(due)]
+            if not candidates:
+                return []
+            # Conditional on still being due: of two replicas claiming at once, one wins each row.
+            result = await connection.execute(
+                _d.update()
+                .where(
+                    sa.tuple_(_d.c.webhook_id, _d.c.alert_id).in_(candidates),
+                    _d.c.delivered_time_us.is_(None),
+                    _d.c.next_attempt_time_us <= now_us,
                 )
-                attempts = result.scalar_one_or_none()
-                if attempts is not None:
-                    claimed.append((str(webhook_id), str(alert_id), int(attempts)))
+                .values(next_attempt_time_us=now_us + lease_us, attempts=_d.c.attempts + 1)
+                .returning(_d.c.webhook_id, _d.c.alert_id, _d.c.attempts)
+            )
+            claimed = [(str(webhook_id), str(alert_id), int(attempts)) for webhook_id, alert_id, attempts in result]
             if not claimed:
                 return []
             details = await connection.execute(

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from budgeting.decision import BudgetRule, Metric, Mode, WindowFigures
 from budgeting.scope import EVENT_SELECTORS, Scope
 from budgeting.windows import Period, Window, time_zone, window_at
@@ -52,17 +50,6 @@ class Visibility:
         if not environment_id:
             return self.organization
         return self.environment_ids is None or environment_id in self.environment_ids
-
-    def condition(self, column: sa.ColumnElement[str | None]) -> list[sa.ColumnElement[bool]]:
-        """The SQL form of `allows` over an environment_id column (NULL for organization-wide)."""
-        if self.environment_ids is None and self.organization:
-            return []
-        clauses = [] if self.environment_ids is None else [column.in_(sorted(self.environment_ids))]
-        if self.environment_ids is None:
-            clauses.append(column.is_not(None))
-        if self.organization:
-            clauses.append(column.is_(None))
-        return [sa.or_(*clauses)]
 
 
 EVERYTHING: Final = Visibility(None, organization=True)

@@ -50,6 +50,18 @@ def read_generation(connection: sa.Connection) -> int:
     return int((connection.execute(query)).scalar_one())
 
 
+def visible(visibility: Visibility, column: sa.ColumnElement[str | None]) -> list[sa.ColumnElement[bool]]:
+    """Visibility.allows as SQL over an environment_id column (NULL for organization-wide)."""
+    if visibility.environment_ids is None and visibility.organization:
+        return []
+    clauses = [] if visibility.environment_ids is None else [column.in_(sorted(visibility.environment_ids))]
+    if visibility.environment_ids is None:
+        clauses.append(column.is_not(None))
+    if visibility.organization:
+        clauses.append(column.is_(None))
+    return [sa.or_(*clauses)]
+
+
 def new_budget_id() -> str:
     return f"bud_{secrets.token_hex(10)}"
 
@@ -80,7 +92,7 @@ async def list_budgets(
 ) -> list[BudgetRecord]:
     query = (
         sa.select(_b)
-        .where(_b.c.delete_time.is_(None), _b.c.budget_id > after_budget_id, *visibility.condition(_b.c.environment_id))
+        .where(_b.c.delete_time.is_(None), _b.c.budget_id > after_budget_id, *visible(visibility, _b.c.environment_id))
         .order_by(_b.c.budget_id)
         .limit(limit)
     )

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from budgeting.decision import Mode
 from services.budget.records import AlertRecord, Visibility
+from services.budget.store import visible
 from services.errors import InvalidArgumentError, NotFoundError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.storage import tables
@@ -167,7 +168,7 @@ class Webhooks:
                 raise InvalidArgumentError("page_token", "is not a token this server issued")
             after = value
         query = _with_pending().where(_hooks.c.webhook_id > after).order_by(_hooks.c.webhook_id).limit(limit + 1)
-        query = query.where(*visibility.condition(_hooks.c.environment_id))
+        query = query.where(*visible(visibility, _hooks.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             records = [_record(row) for row in await uow.connection.execute(query)]
         more = len(records) > limit
@@ -210,7 +211,7 @@ class Webhooks:
             query = query.where(_alerts.c.alert_id < before)
         if budget_id:
             query = query.where(_alerts.c.budget_id == budget_id)
-        query = query.where(*visibility.condition(_budgets.c.environment_id))
+        query = query.where(*visible(visibility, _budgets.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             rows = await uow.connection.execute(query.order_by(_alerts.c.alert_id.desc()).limit(limit + 1))
             alerts = [_alert(row) for row in rows]
@@ -220,7 +221,7 @@ class Webhooks:
 
     async def alerts_after(self, alert_id: str, *, visibility: Visibility) -> list[AlertRecord]:
         """Alerts stored after `alert_id` (ids sort by time), oldest first: what a watcher has not seen."""
-        query = alerts_query().where(_alerts.c.alert_id > alert_id, *visibility.condition(_budgets.c.environment_id))
+        query = alerts_query().where(_alerts.c.alert_id > alert_id, *visible(visibility, _budgets.c.environment_id))
         async with UnitOfWork(self._engine) as uow:
             rows = await uow.connection.execute(query.order_by(_alerts.c.alert_id).limit(1000))
             return [_alert(row) for row in rows]

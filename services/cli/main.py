@@ -16,12 +16,12 @@ from services.cli.budgets import budgets_app
 from services.cli.client import fail
 from services.cli.config import config_app
 from services.cli.gateways import gateways_app
+from services.cli.mcp import mcp_command
 from services.cli.simulate import simulate_command
 from services.cli.usage import usage_app
 from services.cli.webhooks import webhooks_app
 from services.gc_tuning import tune_garbage_collector
 from services.logs import configure_logging
-from services.mcp.command import mcp_command
 from services.settings import ServerSettings, SettingsError
 
 app = typer.Typer(

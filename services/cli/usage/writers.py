@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -103,7 +104,7 @@ class JsonLinesWriter:
         self._file.close()
 
 
-class _TableWriter:
+class _TableWriter(ABC):
     """A header of every column, then one row per record (a field the record does not have: an empty cell)."""
 
     def __init__(self, columns: Sequence[str]) -> None:
@@ -116,8 +117,9 @@ class _TableWriter:
             self._row(self._columns)
         self._row([_cell(record.get(column)) for column in self._columns])
 
+    @abstractmethod
     def _row(self, cells: list[Any]) -> None:
-        raise NotImplementedError
+        """Writes one row of cells (the header is the first)."""
 
 
 class CsvWriter(_TableWriter):

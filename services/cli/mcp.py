@@ -1,4 +1,4 @@
-"""`meterwire mcp`: starts the MCP server; the SDK is imported only here, so `meterwire --help` stays fast."""
+"""`meterwire mcp`: starts the MCP server (services/mcp), importing the SDK only when it runs (`--help` stays fast)."""
 
 from __future__ import annotations
 
