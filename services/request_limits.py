@@ -35,6 +35,8 @@ MAX_ALERT_THRESHOLDS: Final = 10
 """Alert thresholds of one budget."""
 MAX_UPDATE_MASK_PATHS: Final = 20
 """Paths of one update_mask (a budget has fewer fields than this)."""
+MAX_BUDGET_ENFORCEMENT: Final = 100
+"""Budgets whose enforcement counters one heartbeat reports."""
 
 
 def _enum_size(values: Sequence[int]) -> int:
@@ -59,6 +61,7 @@ ENTRY_LIMITS: Final[Mapping[str, int]] = {
     "meterwire.config.v1.PricingTable.models": MAX_PRICES,
     "meterwire.config.v1.ModelPrice.category_micros_per_million": MAX_CATEGORIES,
     "meterwire.config.v1.EnvironmentConfig.disabled_api_key_ids": MAX_DISABLED_KEYS,
+    "meterwire.heartbeat.v1.AgentState.budget_enforcement": MAX_BUDGET_ENFORCEMENT,
     "meterwire.heartbeat.v1.ListGatewaysRequest.environment_ids": MAX_ENVIRONMENT_IDS,
     "meterwire.heartbeat.v1.ListGatewaysRequest.statuses": _enum_size(heartbeat_pb.GatewayStatus.values()),
     "meterwire.heartbeat.v1.WatchGatewaysRequest.environment_ids": MAX_ENVIRONMENT_IDS,

@@ -107,9 +107,10 @@ async def test_a_request_over_any_limit_is_invalid_argument_naming_the_field(
             channel, method, [request.SerializeToString()], secret=secrets_by_role[caller_role(method)]
         )
         answers[target] = (answer.code, answer.details)
+        in_stream = "requests[0]." if method.client_streaming else ""
         expected[target] = (
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{path}: has {limit + 1} entries; at most {limit} are allowed",
+            f"{in_stream}{path}: has {limit + 1} entries; at most {limit} are allowed",
         )
     assert answers == expected
 
