@@ -11,7 +11,8 @@ a minute of one busy server). The rules are therefore:
    rejected alone (RejectedEvent naming the field), never retried. They are generous for real traffic in any
    currency and keep realistic sums about a million times below int64.
 2. Every addition into a stored aggregate SATURATES at the int64 limits instead of overflowing
-   (storage.dialect.upsert_adding and saturating_sum; `saturated` for values bound from Python): a figure
+   (storage.dialect.upsert_adding for ingest's rollups and budget windows, saturating_sum for compaction;
+   `saturated` for values bound from Python): a figure
    that would pass 2^63-1 reads as 2^63-1 ("at least"), and nothing fails. Counts (requests, attempts,
    histogram buckets, ...) grow by one per event and cannot get there: 2^63 events at a million per second
    take 292,000 years, so they are added plainly.
@@ -25,9 +26,10 @@ The arithmetic behind the bounds, with T = MAX_TOKENS and P = MAX_PRICE_MICROS_P
 
 - a priced event has at most 5 token kinds of at most T tokens (categories are part of a kind), so its
   derived cost is at most 5 * T * P / 10^6 = 5 * 10^10 * 10^14 / 10^6 = 5 * 10^18 < 2^63 - 1 (9.22 * 10^18),
-  and its cache savings at most T * P / 10^6 = 10^18: pricing never leaves int64, whatever PutConfig
-  accepted; a derived cost or saving beyond MAX_ABS_MICROS rejects that event (field cost_micros or
-  cache_savings_micros), as a reported one does;
+  and its cache savings at most T * P / 10^6 = 10^18: at any price PutConfig accepts, pricing stays in
+  int64 (a larger price stored by an older version only makes a larger Python integer); a derived cost or
+  saving beyond MAX_ABS_MICROS rejects that event (field cost_micros or cache_savings_micros), as a reported
+  one does;
 - one usage transaction holds at most ingest_commit_max_events or one batch (ingest_max_batch_events), both
   at most 100,000 events (settings), so the Python sums it binds are at most 10^5 * MAX_ABS_MICROS = 10^18
   (cost, savings), 10^5 * 5 * T = 5 * 10^15 (a budget's total tokens) and 10^5 * MAX_LATENCY_US =

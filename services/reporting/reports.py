@@ -32,6 +32,11 @@ from services.storage import tables
 
 OTHER_KEY: Final = "(other)"
 DEFAULT_SERIES_TOP_N: Final = 10
+MAX_SERIES_TOP_N: Final = 100
+"""Most keys with a series of their own in one time series answer."""
+MAX_SERIES_POINTS: Final = 250_000
+"""Most points (metrics x series x buckets) one time series answer may hold: about 6 MB, within the default
+max_message_bytes, and a bounded amount of work."""
 
 
 async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:
@@ -141,9 +146,23 @@ class UsageReports:
             metric_columns(metric, field=f"metrics[{index}]")
         if question.top_n < 0:
             raise InvalidArgumentError("top_n", "must not be negative; 0 means the default, 10")
+        if question.top_n > MAX_SERIES_TOP_N:
+            raise InvalidArgumentError(
+                "top_n", f"at most {MAX_SERIES_TOP_N} keys get a series of their own (the rest fold into {OTHER_KEY})"
+            )
         selection = question.selection
         zone = time_zone(question.zone_name)
-        checked_step(selection.start_us, selection.end_us, question.granularity, max_points=self._max_points)
+        step = checked_step(selection.start_us, selection.end_us, question.granularity, max_points=self._max_points)
+        # Bounded before any work: every point is built, and they must fit one response message.
+        split = question.split_by is not None
+        series = len(question.metrics) * ((question.top_n or DEFAULT_SERIES_TOP_N) + 1 if split else 1)
+        points = series * ((selection.end_us - selection.start_us) // step + 2)
+        if points > MAX_SERIES_POINTS:
+            raise InvalidArgumentError(
+                "granularity",
+                f"the answer could hold {points} points (metrics x series x buckets), more than {MAX_SERIES_POINTS}; "
+                "use a coarser granularity, a shorter range, fewer metrics or a smaller top_n",
+            )
         # Up to max_points boundaries in the zone, then the series: built in a thread, off the event loop.
         grid = await asyncio.to_thread(
             functools.partial(

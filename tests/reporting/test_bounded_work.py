@@ -115,3 +115,27 @@ async def test_a_summary_from_year_1_to_9999_answers_while_health_keeps_answerin
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.value.details() or "").startswith("granularity:")
+
+
+@pytest.mark.parametrize(
+    ("top_n", "days", "field"),
+    [
+        (1_000_000, 1, "top_n"),  # a series for each of a million keys
+        (100, 6, "granularity"),  # 101 series x 8,640 minutes: 872,640 points
+    ],
+)
+async def test_a_time_series_too_big_to_answer_is_refused_naming_the_field(
+    channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...], top_n: int, days: int, field: str
+) -> None:
+    end = datetime.now(UTC)
+    request = pb.GetUsageTimeSeriesRequest(
+        filter=_filter(end - timedelta(days=days), end),
+        granularity=pb.GRANULARITY_MINUTE,
+        metrics=[pb.METRIC_COST],
+        split_by=pb.GroupBy(dimension=pb.DIMENSION_USER),
+        top_n=top_n,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pb_grpc.ReportingServiceStub(channel).GetUsageTimeSeries(request, metadata=admin)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(f"{field}:")
