@@ -12,7 +12,7 @@ a minute of one busy server). The rules are therefore:
    currency and keep realistic sums about a million times below int64.
 2. Every addition into a stored aggregate SATURATES at the int64 limits instead of overflowing
    (storage.dialect.upsert_adding for ingest's rollups and budget windows, saturating_sum for compaction;
-   `saturated` for values bound from Python): a figure
+   what Python binds fits by the arithmetic below): a figure
    that would pass 2^63-1 reads as 2^63-1 ("at least"), and nothing fails. Counts (requests, attempts,
    histogram buckets, ...) grow by one per event and cannot get there: 2^63 events at a million per second
    take 292,000 years, so they are added plainly.
