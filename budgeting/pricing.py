@@ -122,7 +122,7 @@ def price_tokens(
 class PriceBook:
     """An environment's pricing table indexed for lookups by (resolved model, provider)."""
 
-    __slots__ = ("_prices", "currency")
+    __slots__ = ("_dearest", "_prices", "currency")
 
     def __init__(self, table: config_pb.PricingTable | None = None) -> None:
         self.currency: str = table.currency if table is not None else ""
@@ -130,6 +130,11 @@ class PriceBook:
         for model_price in table.models if table is not None else ():
             # The first entry for a (model, provider) wins, as a reader of the table would expect.
             self._prices.setdefault((model_price.model, model_price.provider), model_price)
+        self._dearest: dict[str, config_pb.ModelPrice] = {}
+        for (model, _), model_price in self._prices.items():
+            known = self._dearest.get(model)
+            if known is None or _dearness(model_price) > _dearness(known):
+                self._dearest[model] = model_price
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -140,3 +145,14 @@ class PriceBook:
             return None
         prices = self._prices
         return prices.get((model, provider)) or prices.get((model, ""))
+
+    def lookup_any_provider(self, model: str) -> config_pb.ModelPrice | None:
+        """For an estimate made before routing (the provider unknown): the model's any-provider price, else its
+        dearest provider's (by output, then input price), else None (unpriced)."""
+        if not model:
+            return None
+        return self._prices.get((model, "")) or self._dearest.get(model)
+
+
+def _dearness(price: config_pb.ModelPrice) -> tuple[int, int]:
+    return (price.output_micros_per_million, price.input_micros_per_million)
