@@ -139,12 +139,12 @@ class WindowFigures:
 def refuses(*, committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
     """The one admission rule: whether a request expected to add `expected` would take a window over its limit.
 
-    `committed` is used + reserved. A window at its limit refuses whatever the estimate; a lease (agents) also
-    refuses once this gateway's own usage and reservations (`own_committed`) plus the request would pass it.
+    `committed` is used + reserved. A window at its limit refuses whatever the estimate; a lease (agents) is a
+    second limit on this gateway's own usage and reservations (`own_committed`), applied the same way.
     """
     if committed >= limit or committed + expected > limit:
         return True
-    return allowance is not None and own_committed + expected > allowance
+    return allowance is not None and (own_committed >= allowance or own_committed + expected > allowance)
 
 
 @dataclass(frozen=True, slots=True)
