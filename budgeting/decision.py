@@ -78,6 +78,13 @@ def newly_crossed(before: int, after: int, limit: int, thresholds: Sequence[int]
     return tuple(percent for percent in thresholds if before * 100 < limit * percent <= after * 100)
 
 
+def warning_from(limit: int, thresholds: Sequence[int]) -> int:
+    """The least `used` whose state is not OK (state_of's rule solved once, for checks made many times)."""
+    if not thresholds:
+        return limit
+    return min(limit, -(-limit * thresholds[0] // 100))
+
+
 def state_of(used: int, limit: int, thresholds: Sequence[int]) -> State:
     if used >= limit:
         return State.EXCEEDED

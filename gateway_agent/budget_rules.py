@@ -7,7 +7,7 @@ from typing import Final
 
 import structlog
 
-from budgeting.decision import BudgetRule, Metric, Mode, check_thresholds
+from budgeting.decision import BudgetRule, Metric, Mode, check_thresholds, warning_from
 from budgeting.scope import Scope
 from budgeting.windows import Period, UnknownTimeZoneError, Window, time_zone, window_at
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
@@ -17,6 +17,7 @@ log = structlog.get_logger("meterwire.agent.budgets")
 _METRICS: Final = {int(m): m for m in Metric}
 _PERIODS: Final = {int(p): p for p in Period}
 _MODES: Final = {int(m): m for m in Mode}
+_METRIC_INDEX: Final = {Metric.SPEND: 0, Metric.TOKENS: 1, Metric.REQUESTS: 2}
 
 
 class BudgetEntry:
@@ -28,11 +29,14 @@ class BudgetEntry:
         "budget",
         "budget_id",
         "hard",
+        "limit",
+        "metric_index",
         "pending",
         "reserved",
         "rule",
         "server_used",
         "sharing_gateways",
+        "warn_from",
         "window",
     )
 
@@ -50,6 +54,11 @@ class BudgetEntry:
         self.budget_id = rule.budget_id
         self.rule = rule
         self.hard = rule.mode is Mode.HARD_STOP
+        self.limit = rule.limit
+        self.metric_index = _METRIC_INDEX[rule.metric]
+        """Where the budget's metric is in a (spend, tokens, requests) triple."""
+        self.warn_from = warning_from(rule.limit, rule.thresholds)
+        """used + reserved from which the budget is past an alert threshold (WARN)."""
         self.window = window
         self.server_used = server_used
         self.allowance = allowance

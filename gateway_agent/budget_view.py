@@ -7,12 +7,14 @@ gateway threads call check() at once; nothing here waits for I/O.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Final, NamedTuple
 
 import structlog
@@ -32,6 +34,8 @@ DISABLED_KEY_HTTP_STATUS: Final = 403
 DEFAULT_DENY_MESSAGE: Final = "budget exceeded"
 _MATCH_CACHE_SIZE: Final = 4096
 _NO_TAGS: Final[tuple[tuple[str, str], ...]] = ()
+_NOTHING: Final = (0, 0, 0)
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,47 @@ class BudgetFigures(NamedTuple):
         return self.budget.budget_id
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Whether to serve a request; when denied, what to answer the caller (ready to send)."""
+_FIGURES_OF: Final = operator.attrgetter("server_used", "pending", "reserved")
+
+
+class _Taken(NamedTuple):
+    """The matched budgets' figures at decision time: (server_used, pending, reserved) per entry."""
+
+    entries: tuple[BudgetEntry, ...]
+    values: tuple[tuple[int, int, int], ...]
+    counts: Callable[[str], tuple[int, int]]
+
+    def figures(self) -> tuple[BudgetFigures, ...]:
+        return tuple(_figures(e, *v, self.counts(e.budget_id)) for e, v in zip(self.entries, self.values, strict=True))
+
+
+def _figures(
+    entry: BudgetEntry, server_used: int, pending: int, reserved: int, counts: tuple[int, int]
+) -> BudgetFigures:
+    rule = entry.rule
+    used = server_used + pending
+    committed = used + reserved
+    return BudgetFigures(
+        budget=entry.budget,
+        window_start_s=entry.window.start_s,
+        window_end_s=entry.window.end_s,
+        used=used,
+        server_used=server_used,
+        pending_used=pending,
+        reserved=reserved,
+        remaining=max(0, rule.limit - committed),
+        state=state_of(committed, rule.limit, rule.thresholds),
+        lease_allowance=entry.allowance,
+        lease_sharing_gateways=entry.sharing_gateways,
+        denied_requests=counts[0],
+        shadow_denied_requests=counts[1],
+    )
+
+
+class Decision(NamedTuple):
+    """Whether to serve a request; when denied, what to answer the caller (ready to send).
+
+    Immutable (a named tuple: the cheapest immutable record to make, and one is made per request)."""
 
     allowed: bool
     reason: str
@@ -98,8 +140,6 @@ class Decision:
     config_version: int = 0
     """The config version the decision was made with; 0: none applied yet."""
     verdict: Verdict = Verdict.ALLOW
-    budgets: tuple[BudgetFigures, ...] = ()
-    """Every budget the request matched, in budget id order, with the figures the decision used."""
     denied_by_budget_id: str = ""
     retry_after_s: int | None = None
     """DENY by a budget: seconds until the caller may try again (None: its window never resets)."""
@@ -109,8 +149,16 @@ class Decision:
     """When the reservation expires (Unix seconds)."""
     response_body: str = ""
     """DENY: the JSON body to answer the caller with."""
-    response_headers: Mapping[str, str] = field(default_factory=dict)
+    response_headers: Mapping[str, str] = _NO_HEADERS
     """DENY: the headers to answer with (content-type, Retry-After, x-should-retry)."""
+    matched: _Taken | None = None
+    """The figures the decision used, as taken under the lock (`budgets` presents them)."""
+
+    @property
+    def budgets(self) -> tuple[BudgetFigures, ...]:
+        """Every budget the request matched, in budget id order, with the figures the decision used (built when
+        read: a check nobody inspects stays cheap)."""
+        return () if self.matched is None else self.matched.figures()
 
 
 @dataclass(frozen=True)
@@ -122,11 +170,12 @@ class ReservationLimits:
     max_tokens: int = 1_000_000
 
 
-@dataclass
-class _Reservation:
+class _Reservation(NamedTuple):
     expire_s: float
-    amounts: tuple[tuple[str, int], ...]
-    """(budget id, amount held) per matched budget."""
+    entries: tuple[BudgetEntry, ...]
+    """The budgets it holds against (as entries of the snapshot it was made under; found again by id)."""
+    amounts: list[int]
+    """What it holds against each."""
 
 
 def _new_reservation_id() -> str:
@@ -204,8 +253,8 @@ class BudgetView:
         for entry in entries:
             entry.pending = self._own_usage(entry)
         for reservation in self._reservations.values():
-            for budget_id, amount in reservation.amounts:
-                held = self._by_id.get(budget_id)
+            for entry, amount in zip(reservation.entries, reservation.amounts, strict=True):
+                held = self._by_id.get(entry.budget_id)
                 if held is not None:
                     held.reserved += amount
         self._rollover_at = min((e.window.end_s for e in entries if e.window.end_s is not None), default=float("inf"))
@@ -282,8 +331,9 @@ class BudgetView:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is None:
             return False
-        for budget_id, amount in reservation.amounts:
-            entry = self._by_id.get(budget_id)
+        by_id = self._by_id
+        for held, amount in zip(reservation.entries, reservation.amounts, strict=True):
+            entry = by_id.get(held.budget_id)
             if entry is not None:
                 entry.reserved -= amount
         return True
@@ -358,8 +408,9 @@ class BudgetView:
         self._match_cache[key] = matched
         return matched
 
-    def _expected(self, request: CheckRequest) -> tuple[int | None, int, int] | None:
-        """(spend or None when it cannot be priced, tokens, requests) the request is expected to add."""
+    def _expected(self, request: CheckRequest) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+        """What the request is expected to add, by metric (spend, tokens, requests): for hard-stop budgets and for
+        warn-only ones (they differ only for an estimate that cannot be priced: the cap, and nothing)."""
         estimate = request.estimate
         if estimate is None:
             return None
@@ -379,40 +430,32 @@ class BudgetView:
                     price=price,
                 )
                 spend = None if cost is None else cost.cost_micros
-        if spend is not None:
-            spend = min(max(0, spend), limits.max_micros)
-        return spend, min(tokens, limits.max_tokens), 1
+        tokens = min(tokens, limits.max_tokens)
+        if spend is None:
+            return (limits.max_micros, tokens, 1), (0, tokens, 1)
+        spend = min(max(0, spend), limits.max_micros)
+        return (spend, tokens, 1), (spend, tokens, 1)
 
     def _decide(self, request: CheckRequest, matched: tuple[BudgetEntry, ...], now: float) -> Decision:
         expected = self._expected(request)
-        max_micros = self._limits.max_micros
+        # An estimate that cannot be priced: a hard stop holds the cap (unpriced traffic must not pass it), a
+        # warn-only budget nothing.
+        hard_amounts, soft_amounts = expected if expected is not None else (_NOTHING, _NOTHING)
         amounts: list[int] = []
         shadows: list[BudgetEntry] = []
         warned = False
         for entry in matched:
-            rule = entry.rule
-            if expected is None:
-                amount = 0
-            elif rule.metric is Metric.SPEND:
-                spend = expected[0]
-                # Unpriced: a hard stop holds the cap (it must not be passed by traffic it cannot price); a
-                # warn-only budget holds nothing.
-                amount = spend if spend is not None else (max_micros if entry.hard else 0)
-            else:
-                amount = expected[1] if rule.metric is Metric.TOKENS else expected[2]
+            amount = (hard_amounts if entry.hard else soft_amounts)[entry.metric_index]
             amounts.append(amount)
-            committed = entry.server_used + entry.pending + entry.reserved
+            own = entry.pending + entry.reserved
+            committed = entry.server_used + own
             if refuses(
-                committed=committed,
-                limit=rule.limit,
-                expected=amount,
-                own_committed=entry.pending + entry.reserved,
-                allowance=entry.allowance,
+                committed=committed, limit=entry.limit, expected=amount, own_committed=own, allowance=entry.allowance
             ):
                 if entry.hard:
                     return self._denial(entry, matched, amount, now)
                 shadows.append(entry)
-            elif not warned and state_of(committed, rule.limit, rule.thresholds) is not State.OK:
+            elif committed >= entry.warn_from:
                 warned = True
         for entry in shadows:
             self._shadow_denied[entry.budget_id] = self._shadow_denied.get(entry.budget_id, 0) + 1
@@ -421,8 +464,7 @@ class BudgetView:
         if expected is not None:
             reservation_id = _new_reservation_id()
             expire_s = now + self._limits.ttl.total_seconds()
-            held = tuple((entry.budget_id, amount) for entry, amount in zip(matched, amounts, strict=True))
-            self._reservations[reservation_id] = _Reservation(expire_s, held)
+            self._reservations[reservation_id] = _Reservation(expire_s, matched, amounts)
             for entry, amount in zip(matched, amounts, strict=True):
                 entry.reserved += amount
         verdict = Verdict.WARN if warned or shadows else Verdict.ALLOW
@@ -437,7 +479,7 @@ class BudgetView:
             reason=reason,
             config_version=self._config_version,
             verdict=verdict,
-            budgets=tuple(self._figures(entry) for entry in matched),
+            matched=self._take(matched),
             reservation_id=reservation_id,
             reservation_expire_s=expire_s,
         )
@@ -467,7 +509,7 @@ class BudgetView:
             message=response.message,
             config_version=self._config_version,
             verdict=Verdict.DENY,
-            budgets=tuple(self._figures(e) for e in matched),
+            matched=self._take(matched),
             denied_by_budget_id=entry.budget_id,
             retry_after_s=retry_after,
             response_body=response.body,
@@ -489,25 +531,12 @@ class BudgetView:
 
     # --- status ------------------------------------------------------------------------------------------
 
-    def _figures(self, entry: BudgetEntry) -> BudgetFigures:
-        rule = entry.rule
-        used = entry.server_used + entry.pending
-        committed = used + entry.reserved
-        return BudgetFigures(
-            budget=entry.budget,
-            window_start_s=entry.window.start_s,
-            window_end_s=entry.window.end_s,
-            used=used,
-            server_used=entry.server_used,
-            pending_used=entry.pending,
-            reserved=entry.reserved,
-            remaining=max(0, rule.limit - committed),
-            state=state_of(committed, rule.limit, rule.thresholds),
-            lease_allowance=entry.allowance,
-            lease_sharing_gateways=entry.sharing_gateways,
-            denied_requests=self._denied.get(entry.budget_id, 0),
-            shadow_denied_requests=self._shadow_denied.get(entry.budget_id, 0),
-        )
+    def _take(self, entries: tuple[BudgetEntry, ...]) -> _Taken:
+        """Under the lock: the entries' figures now (BudgetFigures are built from them only when read)."""
+        return _Taken(entries, tuple(map(_FIGURES_OF, entries)), self._counts)
+
+    def _counts(self, budget_id: str) -> tuple[int, int]:
+        return self._denied.get(budget_id, 0), self._shadow_denied.get(budget_id, 0)
 
     def budgets(self) -> tuple[BudgetFigures, ...]:
         """Every budget that applies to this gateway, as seen now, in budget id order."""
@@ -515,7 +544,8 @@ class BudgetView:
         with self._lock:
             if now >= self._rollover_at:
                 self._roll_windows(now)
-            return tuple(self._figures(entry) for entry in self._budgets)
+            taken = self._take(self._budgets)
+        return taken.figures()
 
     def enforcement_counts(self) -> dict[str, tuple[int, int]]:
         """Per budget id: (denied, shadow denied) since the agent started."""
