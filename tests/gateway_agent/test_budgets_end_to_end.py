@@ -4,6 +4,7 @@ partition, and the daemon's answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from tests.clients import bearer
 from tests.gateway_agent.budget_plane import BudgetPlane, budget_plane, local_figures, settings_for, spend_event
 from tests.gateway_agent.harness import GATEWAY, eventually
+from tests.system.serve import run_cli
 
 HARD, WARN = "m-hard", "m-warn"
 
@@ -286,6 +288,16 @@ async def test_an_agent_killed_and_restarted_mid_outage_keeps_its_count(database
                 timeout=5,
             )
             assert (denied.allowed, denied.denied_by_budget_id) == (False, hard)
+            shown = await asyncio.to_thread(run_cli, "agent", "status", "--agent", restarted.address)
+            assert shown.returncode == 0, shown.stderr
+            table = shown.stdout
+            assert "budgets (as this agent enforces them)" in table
+            assert f"hard ({hard})" in table
+            assert "9000" in table
+            assert "6000" in table
+            as_json = await asyncio.to_thread(run_cli, "agent", "status", "--agent", restarted.address, "--json")
+            (local,) = json.loads(as_json.stdout)["budgets"]
+            assert (local["used"], local["pending_used"], local["denied_requests"]) == ("9000", "6000", "1")
         finally:
             restarted.stop()
 
