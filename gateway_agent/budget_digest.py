@@ -12,20 +12,16 @@ import json
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
-from budgeting.amounts import event_amount
-from budgeting.decision import Metric
+from budgeting.amounts import requests_of, spend_of, tokens_of
 from budgeting.pricing import PriceBook, price_tokens
 from meterwire.common.v1 import usage_pb2
 
-_TOKEN_FIELDS: Final = (
-    ("input_tokens", "input"),
-    ("output_tokens", "output"),
-    ("cache_read_tokens", "cache_read"),
-    ("cache_write_tokens", "cache_write"),
-    ("reasoning_tokens", "reasoning"),
-)
+_TOKEN_KINDS: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
+"""TokenCounts' fields for budgeting.amounts.TOKEN_KINDS (the categories are part of these)."""
+_NO_TAGS: Final[Mapping[str, str]] = MappingProxyType({})
 
 DigestRow = tuple[int, int, str, str, str, str, str, str, str, int, int, int]
 """A digest as the spool's budget_digests table stores it (column order of that table)."""
@@ -46,16 +42,6 @@ class UsageDigest(NamedTuple):
     spend_micros: int
     tokens: int
     requests: int
-
-    def __getitem__(self, key: Any, /) -> Any:  # Scope.matches_event reads selectors by name
-        if isinstance(key, str):
-            return getattr(self, key)
-        return tuple.__getitem__(self, key)
-
-    def amount(self, metric: Metric) -> int:
-        if metric is Metric.SPEND:
-            return self.spend_micros
-        return self.tokens if metric is Metric.TOKENS else self.requests
 
     def to_row(self) -> DigestRow:
         return (
@@ -95,38 +81,35 @@ def digest_of(event: usage_pb2.UsageEvent, prices: PriceBook) -> UsageDigest:
     """The digest of a recorded event (its sequence and event time filled in), priced as the control plane prices
     it at ingest: the reported cost, else the pricing table's price of its tokens (else unpriced: 0 spend)."""
     tokens = event.tokens
-    present = {descriptor.name for descriptor, _ in tokens.ListFields()}
-    row: dict[str, Any] = {column: getattr(tokens, name) if name in present else None for column, name in _TOKEN_FIELDS}
-    row["attempt"] = event.attempt
+    reported = {descriptor.name: value for descriptor, value in tokens.ListFields()}
     cost: int | None = event.cost_micros if event.HasField("cost_micros") else None
-    if cost is None:
+    if cost is None and reported:
         price = prices.lookup(event.resolved_model, event.provider)
         if price is not None:
             derived = price_tokens(
-                input_tokens=row["input_tokens"],
-                output_tokens=row["output_tokens"],
-                cache_read_tokens=row["cache_read_tokens"],
-                cache_write_tokens=row["cache_write_tokens"],
-                reasoning_tokens=row["reasoning_tokens"],
+                input_tokens=reported.get("input"),
+                output_tokens=reported.get("output"),
+                cache_read_tokens=reported.get("cache_read"),
+                cache_write_tokens=reported.get("cache_write"),
+                reasoning_tokens=reported.get("reasoning"),
                 categories=tokens.categories,
                 price=price,
             )
             cost = None if derived is None else derived.cost_micros
-    row["cost_micros"] = cost
     moment = event.event_time
     return UsageDigest(
-        sequence=event.sequence,
-        event_time_s=moment.seconds + moment.nanos / 1e9,
-        api_key_id=event.api_key_id,
-        user_id=event.user_id,
-        requested_model=event.requested_model,
-        resolved_model=event.resolved_model,
-        provider=event.provider,
-        route=event.route,
-        tags=dict(event.tags),
-        spend_micros=event_amount(Metric.SPEND, row),
-        tokens=event_amount(Metric.TOKENS, row),
-        requests=event_amount(Metric.REQUESTS, row),
+        event.sequence,
+        moment.seconds + moment.nanos / 1e9,
+        event.api_key_id,
+        event.user_id,
+        event.requested_model,
+        event.resolved_model,
+        event.provider,
+        event.route,
+        dict(event.tags) if event.tags else _NO_TAGS,
+        spend_of(cost),
+        tokens_of(reported.get(kind) for kind in _TOKEN_KINDS),
+        requests_of(event.attempt),
     )
 
 

@@ -23,6 +23,7 @@ from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Mode, State, Ve
 from budgeting.pricing import PriceBook, price_tokens
 from gateway_agent.budget_digest import DigestRow, IncludedSet, UsageDigest, digest_of
 from gateway_agent.budget_rules import BudgetEntry, entries_of_snapshot
+from gateway_agent.own_usage import OwnEvent, OwnUsage
 from gateway_agent.responses import DenialResponse, budget_denial, disabled_key_denial, state_unknown_denial
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.common.v1 import usage_pb2
@@ -207,7 +208,7 @@ class BudgetView:
         self._by_id: dict[str, BudgetEntry] = {}
         self._rollover_at = float("inf")
         self._match_cache: dict[tuple[object, ...], tuple[BudgetEntry, ...]] = {}
-        self._digests: dict[int, UsageDigest] = {}
+        self._own = OwnUsage()
         self._reservations: dict[str, _Reservation] = {}
         self._denied: dict[str, int] = {}
         self._shadow_denied: dict[str, int] = {}
@@ -233,25 +234,31 @@ class BudgetView:
         with self._lock:
             self._snapshot = snapshot
             self._included = included
-            for sequence in [s for s in self._digests if s in included]:
-                del self._digests[sequence]
+            for event in self._own.drop_included(included):
+                self._count(event, -1)
             self._install(entries)
 
     def restore(self, snapshot: budget_pb.BudgetSnapshot | None, digests: Iterable[UsageDigest]) -> None:
         """At start: the persisted snapshot and the digests of own events it does not include (spooled or acked)."""
         with self._lock:
-            for digest in digests:
-                self._digests[digest.sequence] = digest
+            for digest in sorted(digests, key=lambda d: d.sequence):
+                self._own.add(digest)
         if snapshot is not None:
             self.apply_snapshot(snapshot)
 
     def _install(self, entries: tuple[BudgetEntry, ...]) -> None:
-        """Under the lock: new budget entries with their own usage, reservations and counters recounted."""
+        """Under the lock: new budget entries; own usage carried over where the budget and window are the same
+        (the common case: a fresh snapshot), else recounted; reservations recounted."""
+        previous = self._by_id
         self._budgets = entries
         self._by_id = {entry.budget_id: entry for entry in entries}
         self._match_cache = {}
         for entry in entries:
-            entry.pending = self._own_usage(entry)
+            known = previous.get(entry.budget_id)
+            if known is not None and known.window == entry.window and known.rule == entry.rule:
+                entry.pending = known.pending
+            else:
+                entry.pending = self._own_usage(entry)
         for reservation in self._reservations.values():
             for entry, amount in zip(reservation.entries, reservation.amounts, strict=True):
                 held = self._by_id.get(entry.budget_id)
@@ -260,11 +267,11 @@ class BudgetView:
         self._rollover_at = min((e.window.end_s for e in entries if e.window.end_s is not None), default=float("inf"))
 
     def _own_usage(self, entry: BudgetEntry) -> int:
-        window, scope, metric = entry.window, entry.rule.scope, entry.rule.metric
+        window, scope, index = entry.window, entry.rule.scope, entry.metric_index
         return sum(
-            digest.amount(metric)
-            for digest in self._digests.values()
-            if window.contains(digest.event_time_s) and scope.matches_event(digest, digest.tags)
+            event.amounts[index]
+            for event in self._own
+            if window.contains(event.event_time_s) and scope.matches_event(event.attributes, event.attributes.tags)
         )
 
     def _roll_windows(self, now: float) -> None:
@@ -290,14 +297,15 @@ class BudgetView:
                 self._release(reservation_id)
             if digest.sequence in self._included:
                 return
-            self._digests[digest.sequence] = digest
-            self._count(digest, 1)
+            event = self._own.add(digest)
+            if event is not None:
+                self._count(event, 1)
 
-    def _count(self, digest: UsageDigest, sign: int) -> None:
-        moment = digest.event_time_s
+    def _count(self, event: OwnEvent, sign: int) -> None:
+        moment, attributes, amounts = event.event_time_s, event.attributes, event.amounts
         for entry in self._budgets:
-            if entry.window.contains(moment) and entry.rule.scope.matches_event(digest, digest.tags):
-                entry.pending += sign * digest.amount(entry.rule.metric)
+            if entry.window.contains(moment) and entry.rule.scope.matches_event(attributes, attributes.tags):
+                entry.pending += sign * amounts[entry.metric_index]
 
     def acknowledged(self, sequences: Iterable[int], rejected: Iterable[int]) -> list[DigestRow]:
         """An ack: rejected events stop counting; the digests of the accepted ones not included yet, to persist.
@@ -306,24 +314,25 @@ class BudgetView:
         read after they were stored, so it includes them (and an agent whose control plane has no budgets does
         not pile up digests forever)."""
         with self._lock:
+            own = self._own
             for sequence in rejected:
-                digest = self._digests.pop(sequence, None)
-                if digest is not None:
-                    self._count(digest, -1)
-            digests = self._digests
+                event = own.remove(sequence)
+                if event is not None:
+                    self._count(event, -1)
             if self._snapshot is None:
                 for sequence in sequences:
-                    digests.pop(sequence, None)
+                    own.remove(sequence)
                 return []
-            return [digests[s].to_row() for s in sequences if s in digests]
+            digests = (own.digest(sequence) for sequence in sequences)
+            return [digest.to_row() for digest in digests if digest is not None]
 
     def forget_usage(self, sequences: Iterable[int]) -> None:
         """Events the spool could not store (never delivered, so never counted by the server either)."""
         with self._lock:
             for sequence in sequences:
-                digest = self._digests.pop(sequence, None)
-                if digest is not None:
-                    self._count(digest, -1)
+                event = self._own.remove(sequence)
+                if event is not None:
+                    self._count(event, -1)
 
     @property
     def included(self) -> IncludedSet:
@@ -570,7 +579,8 @@ class BudgetView:
 
     @property
     def pending_digests(self) -> int:
-        return len(self._digests)
+        """Own events counted locally (not included in the snapshot)."""
+        return self._own.count
 
 
 def rule_currency(entry: BudgetEntry, config_currency: str) -> str:
