@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -205,18 +206,18 @@ class GatewayAgent:
         )
 
     def _restore_budget_state(self) -> None:
-        """Blocking: the persisted snapshot and every own event it does not include (spooled, or acked)."""
-        stored, digest_rows, payloads = self._spool.load_budget_state()
-        snapshot = None if stored is None else budget_pb.BudgetSnapshot.FromString(stored)
-        digests = [UsageDigest.from_row(row) for row in digest_rows]
-        digests += self._budget_view.digest_payloads(payloads)
-        self._budget_view.restore(snapshot, digests)
-        if snapshot is not None or digests:
-            log.info(
-                "budget state restored",
-                budgets=len(snapshot.budgets) if snapshot is not None else 0,
-                own_events_not_included=self._budget_view.pending_digests,
-            )
+        """Blocking: the persisted snapshot and every own event it does not include (acked, then spooled)."""
+        stored, digest_rows = self._spool.load_budget_state()
+        if stored is None:
+            return
+        snapshot = budget_pb.BudgetSnapshot.FromString(stored)
+        view = self._budget_view
+        digests = itertools.chain(
+            (UsageDigest.from_row(row) for row in digest_rows),
+            itertools.chain.from_iterable(map(view.digest_payloads, self._spool.spooled_payloads())),
+        )
+        view.restore(snapshot, digests)
+        log.info("budget state restored", budgets=len(snapshot.budgets), own_events_not_included=view.pending_digests)
 
     def _apply_budget_snapshot(self, snapshot: budget_pb.BudgetSnapshot) -> None:
         self._budget_view.apply_snapshot(snapshot)

@@ -43,6 +43,11 @@ class UsageDigest(NamedTuple):
     tokens: int
     requests: int
 
+    def __getitem__(self, key: Any, /) -> Any:  # budgeting.scope.Scope.matches_event reads selectors by name
+        if isinstance(key, str):
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
     def to_row(self) -> DigestRow:
         return (
             self.sequence,

@@ -238,13 +238,12 @@ class BudgetView:
                 self._count(event, -1)
             self._install(entries)
 
-    def restore(self, snapshot: budget_pb.BudgetSnapshot | None, digests: Iterable[UsageDigest]) -> None:
-        """At start: the persisted snapshot and the digests of own events it does not include (spooled or acked)."""
-        with self._lock:
-            for digest in sorted(digests, key=lambda d: d.sequence):
-                self._own.add(digest)
-        if snapshot is not None:
-            self.apply_snapshot(snapshot)
+    def restore(self, snapshot: budget_pb.BudgetSnapshot, digests: Iterable[UsageDigest]) -> None:
+        """At start: the persisted snapshot, then the digests of own events (acked ones, then spooled ones, each in
+        sequence order) that it does not include."""
+        self.apply_snapshot(snapshot)
+        for digest in digests:
+            self.add_usage(digest)
 
     def _install(self, entries: tuple[BudgetEntry, ...]) -> None:
         """Under the lock: new budget entries; own usage carried over where the budget and window are the same
@@ -283,7 +282,15 @@ class BudgetView:
     # --- own usage ---------------------------------------------------------------------------------------
 
     def count_event(self, event: usage_pb2.UsageEvent) -> None:
-        """A recorded (spooled) own event: its digest, priced with the applied pricing table, counts from now on."""
+        """A recorded (spooled) own event: its digest, priced with the applied pricing table, counts from now on.
+
+        Own usage is held only while budgets apply, and only for events some budget's scope matches: with no
+        budgets the hot path pays nothing. (An event no budget matched when it was recorded counts for a budget
+        made later once the control plane's figure includes it.)"""
+        if not self._budgets:
+            if event.reservation_id:
+                self.release_reservation(event.reservation_id)
+            return
         self.add_usage(digest_of(event, self._prices), event.reservation_id)
 
     def digest_payloads(self, payloads: Iterable[bytes]) -> list[UsageDigest]:
@@ -296,6 +303,9 @@ class BudgetView:
             if reservation_id:
                 self._release(reservation_id)
             if digest.sequence in self._included:
+                return
+            moment, tags = digest.event_time_s, digest.tags
+            if not any(e.window.contains(moment) and e.rule.scope.matches_event(digest, tags) for e in self._budgets):
                 return
             event = self._own.add(digest)
             if event is not None:
@@ -310,16 +320,15 @@ class BudgetView:
     def acknowledged(self, sequences: Iterable[int], rejected: Iterable[int]) -> list[DigestRow]:
         """An ack: rejected events stop counting; the digests of the accepted ones not included yet, to persist.
 
-        Before any budget state was received, acked events are left to the control plane: the first snapshot is
-        read after they were stored, so it includes them (and an agent whose control plane has no budgets does
-        not pile up digests forever)."""
+        With no budget in force (none received yet, or none applies), acked events are left to the control plane:
+        the next snapshot is read after they were stored, so it includes them."""
         with self._lock:
             own = self._own
             for sequence in rejected:
                 event = own.remove(sequence)
                 if event is not None:
                     self._count(event, -1)
-            if self._snapshot is None:
+            if not self._budgets:
                 for sequence in sequences:
                     own.remove(sequence)
                 return []

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -275,13 +275,19 @@ class Spool:
         self._commands.append(write)
         self._wake.set()
 
-    def load_budget_state(self) -> tuple[bytes | None, list[tuple[Any, ...]], list[bytes]]:
-        """Blocking, after open(): the stored snapshot, the acked digests and the payloads of spooled events."""
+    def load_budget_state(self) -> tuple[bytes | None, list[tuple[Any, ...]]]:
+        """Blocking, after open(): the stored snapshot and the acked digests, in sequence order."""
         assert self._reader is not None
         row = self._reader.execute("SELECT value FROM budget_state WHERE key = 'snapshot'").fetchone()
         digests = self._reader.execute("SELECT * FROM budget_digests ORDER BY seq").fetchall()
-        payloads = [r[0] for r in self._reader.execute("SELECT payload FROM events ORDER BY seq")]
-        return (None if row is None else bytes(row[0])), digests, payloads
+        return (None if row is None else bytes(row[0])), digests
+
+    def spooled_payloads(self, chunk: int = 10_000) -> Iterator[list[bytes]]:
+        """Blocking, after open(): the payloads of the spooled events in sequence order, a chunk at a time."""
+        assert self._reader is not None
+        cursor = self._reader.execute("SELECT payload FROM events ORDER BY seq")
+        while rows := cursor.fetchmany(chunk):
+            yield [row[0] for row in rows]
 
     # --- reads (a reader thread; WAL lets it run beside the writer) ---------------------------------------
 

@@ -48,7 +48,8 @@ async def test_acked_digests_and_the_snapshot_survive_a_restart_and_count_exactl
     await asyncio.to_thread(spool.close)
 
     reopened = await open_spool(tmp_path / "spool.db")
-    stored, digest_rows, payloads = await asyncio.to_thread(reopened.load_budget_state)
+    stored, digest_rows = await asyncio.to_thread(reopened.load_budget_state)
+    payloads = [p for chunk in await asyncio.to_thread(list, reopened.spooled_payloads(chunk=1)) for p in chunk]
     assert [row[0] for row in digest_rows] == [4]  # acked, not rejected, not included (1-2 went with the snapshot)
     assert len(payloads) == 2  # 5 and 6 were never acked
     assert reopened.acked_floor == 4
@@ -79,6 +80,7 @@ async def test_a_saved_snapshot_deletes_the_digests_it_includes(tmp_path: Path) 
     spool.save_budget_snapshot(b"", 1, [(3, 3)])
     await asyncio.to_thread(spool.close)
     reopened = await open_spool(tmp_path / "spool.db")
-    _, digest_rows, payloads = await asyncio.to_thread(reopened.load_budget_state)
+    _, digest_rows = await asyncio.to_thread(reopened.load_budget_state)
+    payloads = [p for chunk in await asyncio.to_thread(list, reopened.spooled_payloads()) for p in chunk]
     assert ([row[0] for row in digest_rows], payloads, reopened.acked_floor) == ([2], [], 3)
     await asyncio.to_thread(reopened.close)

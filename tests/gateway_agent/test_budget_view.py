@@ -235,10 +235,19 @@ def test_without_any_budget_state_the_config_decides_between_fail_open_and_deny(
     assert "not known" in json.loads(denied.response_body)["error"]["message"]
 
 
-def test_before_any_budget_state_acked_events_are_left_to_the_control_plane() -> None:
+def test_own_usage_is_held_only_while_a_budget_matches_it() -> None:
+    """No budget in force (none received, or none applies): nothing is held and acks keep nothing; with budgets,
+    only events some budget's scope matches."""
     view = BudgetView()
     view.apply_config(priced_config())
     for sequence in (1, 2, 3):
         view.count_event(usage_event(sequence, cost_micros=10, now_s=time.time()))
-    assert view.acknowledged([1, 2], rejected=[]) == []
+    assert (view.pending_digests, view.acknowledged([1, 2], rejected=[])) == (0, [])
+    scoped = budget("b", limit=10**9, scope=budget_pb.Scope(environment_id="agent-test", user_id="alice"))
+    view.apply_snapshot(snapshot([(scoped, 0)], now_s=time.time()))
+    alice, bob = usage_event(4, cost_micros=10, now_s=time.time()), usage_event(5, cost_micros=10, now_s=time.time())
+    alice.user_id, bob.user_id = "alice", "bob"
+    view.count_event(alice)
+    view.count_event(bob)
     assert view.pending_digests == 1
+    assert [row[0] for row in view.acknowledged([4, 5], rejected=[])] == [4]
