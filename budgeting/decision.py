@@ -143,7 +143,7 @@ class WindowFigures:
         return max(1, int(self.window.end_s - now_s + 0.999))
 
 
-def refuses(*, committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
+def refuses(committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
     """The one admission rule: whether a request expected to add `expected` would take a window over its limit.
 
     `committed` is used + reserved. A window at its limit refuses whatever the estimate; a lease (agents) is a

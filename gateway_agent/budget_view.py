@@ -475,9 +475,7 @@ class BudgetView:
             amounts.append(amount)
             own = entry.pending + entry.reserved
             committed = entry.server_used + own
-            if refuses(
-                committed=committed, limit=entry.limit, expected=amount, own_committed=own, allowance=entry.allowance
-            ):
+            if refuses(committed, entry.limit, amount, own, entry.allowance):  # positional: the hot loop
                 if entry.hard:
                     return self._denial(entry, matched, amount, now)
                 shadows.append(entry)
