@@ -324,6 +324,8 @@ class BudgetView:
         the next snapshot is read after they were stored, so it includes them."""
         with self._lock:
             own = self._own
+            if not own.count:
+                return []
             for sequence in rejected:
                 event = own.remove(sequence)
                 if event is not None:
