@@ -324,3 +324,25 @@ async def test_streams_of_other_replicas_see_changes_through_the_poll(database_u
             await report(one, secret, [spool_event(1, 77)])
             pushed = await asyncio.wait_for(snapshots.next(lambda s: used_of(s, budget.budget_id) == 77), 30)
             assert pushed.included_through_sequence == 1
+
+
+async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str, tmp_path: Path) -> None:
+    # An hour apart at least: usage committed right after the first snapshot is held back (coalesced into the
+    # next one), and the stream still ends at once when the server drains.
+    settings = snapshot_settings(database_url, tmp_path / "var", budget_snapshot_min_interval=timedelta(hours=1))
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+            tokens = Tokens(channel, settings.admin_token_path.read_text().strip())
+            secret = await _gateway(tokens, "prod")
+            async with SnapshotStream(channel, secret, "prod") as snapshots:
+                await snapshots.next()
+                for sequence in range(1, 6):
+                    await report(channel, secret, [spool_event(sequence, 10)])
+                await plane.shutdown()
+                assert await snapshots.received.get() is None
+                assert await snapshots.call.code() is grpc.StatusCode.OK
+        assert len(snapshots.all) == 1
+    finally:
+        await plane.shutdown()
