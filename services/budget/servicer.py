@@ -23,7 +23,7 @@ from services.budget.service import BudgetDraft, BudgetService
 from services.budget.snapshots import BudgetSnapshot, BudgetSnapshots
 from services.budget.webhooks import WebhookRecord, Webhooks
 from services.config.hub import ConfigHub
-from services.errors import InvalidArgumentError, NotBuiltError, PermissionDeniedError
+from services.errors import InvalidArgumentError, PermissionDeniedError
 from services.timestamps import to_timestamp
 
 ALERT_LOOKBACK_US = 30_000_000
@@ -242,8 +242,8 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         webhooks: Webhooks,
         *,
         alert_poll_interval: timedelta,
+        snapshots: BudgetSnapshots,
         configs: ConfigHub | None = None,
-        snapshots: BudgetSnapshots | None = None,
         heartbeat_interval: timedelta = timedelta(seconds=10),
     ) -> None:
         self._budgets = budgets
@@ -349,8 +349,8 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     ) -> AsyncIterator[pb.WatchBudgetStatesResponse]:
         principal = current_principal()
         principal.require_environment(request.environment_id)
-        if self._snapshots is None or principal.gateway_id is None:
-            raise NotBuiltError("BudgetService.WatchBudgetStates", "budget snapshots without a snapshot builder")
+        if principal.gateway_id is None:  # @requires(Role.GATEWAY) admits only tokens bound to a gateway
+            raise PermissionDeniedError("WatchBudgetStates needs a gateway token")
         environment_id, gateway_id = request.environment_id, principal.gateway_id
         configs = self._configs
 
