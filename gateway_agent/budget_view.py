@@ -162,6 +162,21 @@ class Decision(NamedTuple):
         return () if self.matched is None else self.matched.figures()
 
 
+def _allowed(
+    reason: str,
+    config_version: int,
+    verdict: Verdict = Verdict.ALLOW,
+    matched: _Taken | None = None,
+    reservation_id: str = "",
+    reservation_expire_s: float | None = None,
+) -> Decision:
+    """An admitting Decision, made positionally (half the cost of keywords, on the path every request takes)."""
+    return Decision(
+        True, reason, 0, "", config_version, verdict, "", None, reservation_id, reservation_expire_s, "", _NO_HEADERS,
+        matched,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ReservationLimits:
     """How reservations behave (AgentSettings)."""
@@ -402,12 +417,12 @@ class BudgetView:
             if self._snapshot is None:
                 if self._enforcement.deny_when_state_unknown:
                     return self._unknown_state_denial()
-                return Decision(True, "no budget state received yet (fail open)", config_version=config_version)
+                return _allowed("no budget state received yet (fail open)", config_version)
             if now >= self._rollover_at:
                 self._roll_windows(now)
             matched = self._matching(request)
             if not matched:
-                return Decision(True, "no budget applies", config_version=config_version)
+                return _allowed("no budget applies", config_version)
             return self._decide(request, matched, now)
 
     def _matching(self, request: CheckRequest) -> tuple[BudgetEntry, ...]:
@@ -500,15 +515,7 @@ class BudgetView:
             reason = f"warn-only budget {names} is over its limit (a hard stop would deny)"
         elif warned:
             reason = "a warn-only or hard-stop budget is past an alert threshold"
-        return Decision(
-            allowed=True,
-            reason=reason,
-            config_version=self._config_version,
-            verdict=verdict,
-            matched=self._take(matched),
-            reservation_id=reservation_id,
-            reservation_expire_s=expire_s,
-        )
+        return _allowed(reason, self._config_version, verdict, self._take(matched), reservation_id, expire_s)
 
     def _denial(self, entry: BudgetEntry, matched: tuple[BudgetEntry, ...], amount: int, now: float) -> Decision:
         self._denied[entry.budget_id] = self._denied.get(entry.budget_id, 0) + 1
