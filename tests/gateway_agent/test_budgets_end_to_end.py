@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from prometheus_client import generate_latest
 
 from budgeting.decision import Verdict
 from gateway_agent import CheckRequest, Decision, GatewayAgent, UsageEstimate
+from gateway_agent.metrics import agent_registry
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
@@ -103,6 +105,11 @@ async def test_cut_off_the_agent_keeps_denying_once_over_and_warn_only_keeps_all
             state = agent.agent_state()
             assert state.HasField("budget_snapshot_time")
             assert {b.budget_id: b.shadow_denied_requests for b in state.budget_enforcement}[warn] == 4
+            registry = agent_registry(agent, asyncio.get_running_loop())
+            metrics = (await asyncio.to_thread(generate_latest, registry)).decode()
+            assert f'meterwire_agent_budget_shadow_denied_requests_total{{budget_id="{warn}"}} 4.0' in metrics
+            assert f'meterwire_agent_budget_denied_requests_total{{budget_id="{hard}"}} 3.0' in metrics
+            assert f'meterwire_agent_budget_used{{budget_id="{hard}"}} 1200.0' in metrics
 
 
 async def test_after_reconnecting_spooled_usage_is_delivered_and_a_fresh_snapshot_replaces_the_estimate(
