@@ -320,11 +320,14 @@ class BudgetView:
             if digest.sequence in self._included:
                 return
             moment, tags = digest.event_time_s, digest.tags
-            if not any(e.window.contains(moment) and e.rule.scope.matches_event(digest, tags) for e in self._budgets):
+            matching = [
+                e for e in self._budgets if e.window.contains(moment) and e.rule.scope.matches_event(digest, tags)
+            ]
+            if not matching or self._own.add(digest) is None:
                 return
-            event = self._own.add(digest)
-            if event is not None:
-                self._count(event, 1)
+            amounts = (digest.spend_micros, digest.tokens, digest.requests)
+            for entry in matching:
+                entry.pending += amounts[entry.metric_index]
 
     def _count(self, event: OwnEvent, sign: int) -> None:
         moment, attributes, amounts = event.event_time_s, event.attributes, event.amounts
