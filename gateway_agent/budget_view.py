@@ -23,7 +23,7 @@ from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Mode, State, Ve
 from budgeting.pricing import PriceBook, price_tokens
 from gateway_agent.budget_digest import DigestRow, IncludedSet, UsageDigest, digest_of
 from gateway_agent.budget_rules import BudgetEntry, entries_of_snapshot
-from gateway_agent.own_usage import OwnEvent, OwnUsage
+from gateway_agent.own_usage import AttributeKey, OwnEvent, OwnUsage, attribute_key
 from gateway_agent.responses import DenialResponse, budget_denial, disabled_key_denial, state_unknown_denial
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.common.v1 import usage_pb2
@@ -223,6 +223,9 @@ class BudgetView:
         self._by_id: dict[str, BudgetEntry] = {}
         self._rollover_at = float("inf")
         self._match_cache: dict[tuple[object, ...], tuple[BudgetEntry, ...]] = {}
+        """Request attributes -> the budgets they match (checks)."""
+        self._scope_cache: dict[AttributeKey, tuple[BudgetEntry, ...]] = {}
+        """Event attributes -> the budgets whose scope they match (record)."""
         self._own = OwnUsage()
         self._reservations: dict[str, _Reservation] = {}
         self._denied: dict[str, int] = {}
@@ -267,6 +270,7 @@ class BudgetView:
         self._budgets = entries
         self._by_id = {entry.budget_id: entry for entry in entries}
         self._match_cache = {}
+        self._scope_cache = {}
         for entry in entries:
             known = previous.get(entry.budget_id)
             if known is not None and known.window == entry.window and known.rule == entry.rule:
@@ -319,11 +323,16 @@ class BudgetView:
                 self._release(reservation_id)
             if digest.sequence in self._included:
                 return
-            moment, tags = digest.event_time_s, digest.tags
-            matching = [
-                e for e in self._budgets if e.window.contains(moment) and e.rule.scope.matches_event(digest, tags)
-            ]
-            if not matching or self._own.add(digest) is None:
+            key = attribute_key(digest)
+            in_scope = self._scope_cache.get(key)
+            if in_scope is None:
+                in_scope = tuple(e for e in self._budgets if e.rule.scope.matches_event(digest, digest.tags))
+                if len(self._scope_cache) >= _MATCH_CACHE_SIZE:
+                    self._scope_cache.clear()
+                self._scope_cache[key] = in_scope
+            moment = digest.event_time_s
+            matching = [entry for entry in in_scope if entry.window.contains(moment)]
+            if not matching or self._own.add(digest, key) is None:
                 return
             amounts = (digest.spend_micros, digest.tokens, digest.requests)
             for entry in matching:

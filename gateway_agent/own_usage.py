@@ -19,6 +19,22 @@ _MAX_ATTRIBUTE_SETS: Final = 1_000_000
 """Distinct attribute combinations kept interned (beyond it, each event keeps its own)."""
 
 
+AttributeKey = tuple[str, str, str, str, str, str, tuple[tuple[str, str], ...]]
+
+
+def attribute_key(digest: UsageDigest) -> AttributeKey:
+    """What tells apart events for scope matching: the selectors and the sorted tags."""
+    return (
+        digest.api_key_id,
+        digest.user_id,
+        digest.requested_model,
+        digest.resolved_model,
+        digest.provider,
+        digest.route,
+        tuple(sorted(digest.tags.items())) if digest.tags else (),
+    )
+
+
 class Attributes:
     """One distinct combination of scope attributes, shared by every event that carries it."""
 
@@ -58,23 +74,14 @@ class OwnUsage:
         self._attribute_ids = array("I")
         self._alive = bytearray()
         self._attributes: list[Attributes] = []
-        self._attribute_index: dict[tuple[object, ...], int] = {}
+        self._attribute_index: dict[AttributeKey, int] = {}
         self.count = 0
         """Events held (alive)."""
 
     def __len__(self) -> int:
         return self.count
 
-    def _attribute_id(self, digest: UsageDigest) -> int:
-        key = (
-            digest.api_key_id,
-            digest.user_id,
-            digest.requested_model,
-            digest.resolved_model,
-            digest.provider,
-            digest.route,
-            tuple(sorted(digest.tags.items())) if digest.tags else (),
-        )
+    def _attribute_id(self, digest: UsageDigest, key: AttributeKey) -> int:
         known = self._attribute_index.get(key)
         if known is not None:
             return known
@@ -84,8 +91,8 @@ class OwnUsage:
             self._attribute_index[key] = attribute_id
         return attribute_id
 
-    def add(self, digest: UsageDigest) -> OwnEvent | None:
-        """Holds an event; None when its sequence is held already."""
+    def add(self, digest: UsageDigest, key: AttributeKey | None = None) -> OwnEvent | None:
+        """Holds an event (`key`: its attribute_key, when known already); None when its sequence is held already."""
         sequence = digest.sequence
         sequences = self._sequences
         at = len(sequences)
@@ -93,7 +100,7 @@ class OwnUsage:
             at = bisect_left(sequences, sequence)
             if at < len(sequences) and sequences[at] == sequence:
                 return None
-        attribute_id = self._attribute_id(digest)
+        attribute_id = self._attribute_id(digest, key or attribute_key(digest))
         row = (digest.spend_micros, digest.tokens, digest.requests)
         if at == len(sequences):
             sequences.append(sequence)
