@@ -167,6 +167,7 @@ def test_a_lease_bounds_this_gateways_own_usage_although_the_limit_is_not_reache
     assert lease_denied.allowed is False
     assert lease_denied.denied_by_budget_id == "s"
     assert "share" in lease_denied.message
+    assert lease_denied.retry_after_s == 10  # the heartbeat interval: the next snapshot renews the lease
     (figures,) = view.budgets()
     assert (figures.lease_allowance, figures.lease_sharing_gateways, figures.remaining) == (2_000, 3, 4_500)
 
