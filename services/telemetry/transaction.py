@@ -117,7 +117,9 @@ class UsageTransaction:
             gateways.c.included_through_sequence,
             gateways.c.included_ranges,
         ).where(gateways.c.gateway_key.in_(sa.bindparam("keys", expanding=True)))
-        self._read_sequences = sequences if sqlite else sequences.with_for_update()
+        # FOR NO KEY UPDATE, not FOR UPDATE: the events' foreign key already holds FOR KEY SHARE on the row, which
+        # FOR UPDATE would wait for (two transactions of one gateway would deadlock); this still serializes them.
+        self._read_sequences = sequences if sqlite else sequences.with_for_update(key_share=True)
         self._write_sequences = DriverStatement(
             gateways.update()
             .where(gateways.c.gateway_key == sa.bindparam("key", type_=sa.Integer))

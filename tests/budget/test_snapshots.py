@@ -346,3 +346,27 @@ async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str
         assert len(snapshots.all) == 1
     finally:
         await plane.shutdown()
+
+
+async def test_two_replicas_storing_one_gateways_batches_at_once_lose_no_range(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The batches go to the two replicas at once, each to one, in shuffled order, with events in minutes of their
+    # own (so their transactions share no rollup row): the included set is read, merged and written back under
+    # the gateway row's lock, so no replica's range is lost to the other's write.
+    first_settings = snapshot_settings(database_url, tmp_path / "a")
+    async with (
+        ControlPlane(first_settings) as first,
+        ControlPlane(snapshot_settings(database_url, tmp_path / "b")) as second,
+        grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
+        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
+    ):
+        admin_secret = first_settings.admin_token_path.read_text().strip()
+        tokens = Tokens(one, admin_secret)
+        secret = await _gateway(tokens, "prod")
+        batches = [[spool_event(10 * b + i, 3, age=timedelta(minutes=b + 1)) for i in range(1, 11)] for b in range(24)]
+        random.Random(5).shuffle(batches)
+        await asyncio.gather(*(report(two if index % 2 else one, secret, batch) for index, batch in enumerate(batches)))
+        async with SnapshotStream(two, secret, "prod") as snapshots:
+            snapshot = await snapshots.next()
+    assert (snapshot.included_through_sequence, ranges(snapshot)) == (240, [])
