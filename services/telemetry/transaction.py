@@ -1,5 +1,6 @@
-"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups and
-acked sequences, compiled once per engine, and how a group is written with them (exactly once per event)."""
+"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups, budget
+windows, acked sequences and included sets, compiled once per engine, and how a group is written with them
+(exactly once per event)."""
 
 from __future__ import annotations
 
