@@ -4,10 +4,9 @@ a poll.
 In process, the usage writer reports every committed transaction (its gateways and the budgets whose windows
 it moved) and the budget service every budget created, updated or deleted; each WatchBudgetStates stream is
 woken only for its own gateway and its own budgets. Replicas sharing one database store usage and budgets this
-process never sees, so a cheap poll (`poll_job`: the budget generation and the newest window update, one
-statement each, every `budget_snapshot_poll_interval`) wakes every stream when either moved. Streams also
-refresh at least once per heartbeat interval (snapshots.py), which bounds what a poll could miss (a window
-update stamped older than one already seen, from a replica's slow commit).
+process never sees, so a cheap poll (`poll_job`: the budget generation and the windows' figures, every
+`budget_snapshot_poll_interval`) wakes every stream when either moved. Streams also refresh at least once per
+heartbeat interval (snapshots.py), whatever the poll sees.
 
 Built once by the server and handed to the writer, the budget service and the snapshot streams.
 """
@@ -18,7 +17,7 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -60,7 +59,7 @@ class BudgetChanges:
         self._by_gateway: dict[GatewayName, set[Subscription]] = {}
         self._by_budget: dict[str, set[Subscription]] = {}
         self._closed = asyncio.Event()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[object, ...] | None = None
 
     @property
     def closed(self) -> asyncio.Event:
@@ -118,12 +117,20 @@ class BudgetChanges:
     async def poll(self) -> None:
         """Wakes every stream when another replica changed a budget or counted usage since the last poll.
 
-        It polls with no stream open too, so a stream that opens later is woken for what changed after the
-        poll before it (the first poll wakes every stream: nothing is known before it)."""
+        What moves with every change: the budget generation (every budget change bumps it) and the windows'
+        figures. On PostgreSQL the sum of `used` (exact numeric; every count adds a positive amount), because
+        concurrent replicas stamp `update_time_us` when their transactions start, not in commit order. On
+        SQLite the newest `update_time_us` suffices: one writer lock orders the transactions and each stamps its
+        time after taking it. It polls with no stream open too, so a stream that opens later is woken for what
+        changed after the poll before it; the first poll wakes every stream (nothing is known before it)."""
+        windows = tables.budget_windows.c
+        figures: list[sa.ColumnElement[Any]] = [sa.func.max(windows.update_time_us)]
+        if self._engine.dialect.name == "postgresql":
+            figures.append(sa.func.sum(windows.used))
         async with UnitOfWork(self._engine) as uow:
             generation = await uow.connection.scalar(sa.select(tables.budget_generation.c.generation))
-            newest = await uow.connection.scalar(sa.select(sa.func.max(tables.budget_windows.c.update_time_us)))
-        seen = (int(generation or 0), int(newest or 0))
+            moved = (await uow.connection.execute(sa.select(*figures))).one()
+        seen = (generation, *moved)
         if seen != self._seen:
             self.budgets_changed()
         self._seen = seen

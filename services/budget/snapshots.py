@@ -19,7 +19,7 @@ rolls over, until the server closes the streams.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -139,7 +139,7 @@ class BudgetSnapshots:
 
     async def watch(
         self, environment_id: str, gateway_id: str, *, refresh_interval: Callable[[], timedelta]
-    ) -> AsyncIterator[BudgetSnapshot]:
+    ) -> AsyncGenerator[BudgetSnapshot, None]:
         """Snapshots of the gateway: at once, on change (coalesced), periodically, until the streams close."""
         changes = self._changes
         closed = changes.closed

@@ -15,8 +15,9 @@ loop, or with ``ingest_workers`` in worker processes (IngestWorkers), so one ser
 while the event loop keeps gRPC and the writer; handing batches over costs CPU and latency of its own.
 
 Commit-then-ack. Batches go to one group-commit writer per process (writer.py), which stores the raw events,
-their tags, the per-minute rollups and the gateway's acked spool sequence in ONE transaction and only then
-resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
+their tags, the per-minute rollups, the budget windows they count toward, the gateway's acked spool sequence and
+its included set (which of its sequence numbers are stored: services/budget/included.py) in ONE transaction and
+only then resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
 UNAVAILABLE; the agent resends them.
 
 What an event counts toward. Each NEW event is added into ``usage_rollup_1m`` (keyed by minute and

@@ -1,5 +1,6 @@
-"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups and
-acked sequences, compiled once per engine, and how a group is written with them (exactly once per event)."""
+"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups, budget
+windows, acked sequences and included sets, compiled once per engine, and how a group is written with them
+(exactly once per event)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ class UsageTransaction:
             gateways.c.included_through_sequence,
             gateways.c.included_ranges,
         ).where(gateways.c.gateway_key.in_(sa.bindparam("keys", expanding=True)))
-        self._read_sequences = sequences if sqlite else sequences.with_for_update()
+        # FOR NO KEY UPDATE, not FOR UPDATE: the events' foreign key already holds FOR KEY SHARE on the row, which
+        # FOR UPDATE would wait for (two transactions of one gateway would deadlock); this still serializes them.
+        self._read_sequences = sequences if sqlite else sequences.with_for_update(key_share=True)
         self._write_sequences = DriverStatement(
             gateways.update()
             .where(gateways.c.gateway_key == sa.bindparam("key", type_=sa.Integer))

@@ -38,14 +38,14 @@ def snapshot_settings(database_url: str, data_dir: Path, **overrides: Any) -> Se
 
 
 def spool_event(
-    sequence: int, cost_micros: int, *, gateway: str = "gw", event_id: str | None = None
+    sequence: int, cost_micros: int, *, gateway: str = "gw", age: timedelta = timedelta(seconds=5)
 ) -> usage_pb2.UsageEvent:
-    """An event the agent spooled as `sequence`, costing `cost_micros` (INVALID_COST: rejected)."""
+    """An event the agent spooled as `sequence`, costing `cost_micros` (INVALID_COST: rejected), `age` ago."""
     return usage_pb2.UsageEvent(
-        event_id=event_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{gateway}/{sequence}")),
+        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{gateway}/{sequence}")),
         request_id=f"req-{sequence}",
         attempt=1,
-        event_time=stamp(datetime.now(UTC) - timedelta(seconds=5)),
+        event_time=stamp(datetime.now(UTC) - age),
         requested_model="gpt-4o",
         status_code=200,
         cost_micros=cost_micros,

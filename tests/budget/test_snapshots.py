@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,20 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from budgeting.decision import Metric, Mode
+from budgeting.scope import Scope
+from budgeting.windows import Period
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as pb_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
+from services.budget.changes import BudgetChanges
+from services.budget.service import BudgetDraft, BudgetService
+from services.budget.snapshots import BudgetSnapshots
 from services.server import ControlPlane
+from services.storage import tables
 from tests.budget.snapshots import (
     INVALID_COST,
     SnapshotStream,
@@ -346,3 +354,65 @@ async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str
         assert len(snapshots.all) == 1
     finally:
         await plane.shutdown()
+
+
+async def test_two_replicas_storing_one_gateways_batches_at_once_lose_no_range(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The batches go to the two replicas at once, each to one, in shuffled order, with events in minutes of their
+    # own (so their transactions share no rollup row): the included set is read, merged and written back under
+    # the gateway row's lock, so no replica's range is lost to the other's write.
+    first_settings = snapshot_settings(database_url, tmp_path / "a")
+    async with (
+        ControlPlane(first_settings) as first,
+        ControlPlane(snapshot_settings(database_url, tmp_path / "b")) as second,
+        grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
+        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
+    ):
+        admin_secret = first_settings.admin_token_path.read_text().strip()
+        tokens = Tokens(one, admin_secret)
+        secret = await _gateway(tokens, "prod")
+        batches = [[spool_event(10 * b + i, 3, age=timedelta(minutes=b + 1)) for i in range(1, 11)] for b in range(24)]
+        random.Random(5).shuffle(batches)
+        await asyncio.gather(*(report(two if index % 2 else one, secret, batch) for index, batch in enumerate(batches)))
+        async with SnapshotStream(two, secret, "prod") as snapshots:
+            snapshot = await snapshots.next()
+    assert (snapshot.included_through_sequence, ranges(snapshot)) == (240, [])
+
+
+async def test_a_window_rolling_over_pushes_a_snapshot_of_the_new_window(engine: AsyncEngine) -> None:
+    # The stream's clock is two seconds before a UTC midnight: the day budget's window ends then, and a
+    # snapshot of the next day's window follows without any change or refresh (the refresh is an hour away).
+    real_now = datetime.now(UTC)
+    midnight = datetime.combine(real_now.date() + timedelta(days=1), time(), tzinfo=UTC)
+    offset = midnight - real_now - timedelta(seconds=2)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    async with engine.begin() as connection:
+        await connection.execute(
+            tables.environments.insert().values(environment_id="prod", display_name="prod", create_time=real_now)
+        )
+    draft = BudgetDraft(
+        display_name="daily",
+        scope=Scope(environment_id="prod"),
+        metric=int(Metric.SPEND),
+        limit=1_000,
+        period=int(Period.DAY),
+        time_zone="UTC",
+        mode=int(Mode.HARD_STOP),
+        thresholds=[100],
+    )
+    await BudgetService(engine, clock=clock).create(draft)
+    changes = BudgetChanges(engine, poll_interval=timedelta(0))
+    snapshots = BudgetSnapshots(engine, changes, min_interval=timedelta(0), clock=clock)
+    stream = snapshots.watch("prod", "gw", refresh_interval=lambda: timedelta(hours=1))
+    try:
+        first = await anext(stream)
+        second = await anext(stream)
+    finally:
+        await stream.aclose()
+    assert first.statuses[0].figures.window.end_s == int(midnight.timestamp())
+    assert second.statuses[0].figures.window.start_s == int(midnight.timestamp())
+    assert second.leases[0].window_start == int(midnight.timestamp())
