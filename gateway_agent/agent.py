@@ -17,8 +17,9 @@ import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 
+from gateway_agent.budget_decision import BudgetFigures, CheckRequest, Decision
 from gateway_agent.budget_digest import UsageDigest
-from gateway_agent.budget_view import BudgetFigures, BudgetView, CheckRequest, Decision, ReservationLimits
+from gateway_agent.budget_view import BudgetView, ReservationLimits
 from gateway_agent.channel import Backoff, LinkState, bearer_metadata, open_channel
 from gateway_agent.config_cache import ConfigCache
 from gateway_agent.control import ConfigKeeper, ControlStreams

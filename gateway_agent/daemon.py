@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from prometheus_client import start_http_server
 
 from gateway_agent.agent import GatewayAgent, RecordResult
-from gateway_agent.budget_view import BudgetFigures, CheckRequest, Decision, UsageEstimate
+from gateway_agent.budget_decision import BudgetFigures, CheckRequest, Decision, UsageEstimate
 from gateway_agent.metrics import agent_registry
 from meterwire.agent.v1 import agent_service_pb2 as agent_pb
 from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
