@@ -4,7 +4,7 @@ database) with budgets, gateway tokens and a short heartbeat interval, for the a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from budgeting.windows import Period, time_zone, window_at
 from gateway_agent import AgentSettings, GatewayAgent
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
@@ -166,10 +165,3 @@ def local_figures(agent: GatewayAgent, budget_id: str) -> tuple[int, int, int, i
         if figures.budget_id == budget_id:
             return figures.used, figures.server_used, figures.pending_used, figures.reserved
     return None
-
-
-def day_start_s(now_s: float) -> int:
-    return window_at(Period.DAY, time_zone(""), now_s).start_s
-
-
-Predicate = Callable[[], bool]

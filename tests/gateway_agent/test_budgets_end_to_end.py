@@ -21,7 +21,7 @@ from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from tests.clients import bearer
-from tests.gateway_agent.budget_plane import BudgetPlane, budget_plane, local_figures, settings_for, spend_event
+from tests.gateway_agent.budget_plane import budget_plane, local_figures, settings_for, spend_event
 from tests.gateway_agent.harness import GATEWAY, eventually
 from tests.system.serve import run_cli
 
@@ -328,6 +328,3 @@ async def test_the_budget_stream_of_a_control_plane_without_budgets_is_retried_q
             assert agent.check(checking(HARD, 10)).allowed
     finally:
         await server.stop(None)
-
-
-__all__ = ["BudgetPlane"]
