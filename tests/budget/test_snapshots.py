@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -283,21 +284,34 @@ async def test_a_gateway_token_watches_only_its_own_environment(channel: grpc.ai
         assert "may not access environment 'dev'" in (await snapshots.call.details() or "")
 
 
-async def test_snapshot_streams_end_cleanly_when_the_server_shuts_down(database_url: str, tmp_path: Path) -> None:
-    settings = snapshot_settings(database_url, tmp_path / "var", shutdown_grace=timedelta(seconds=30))
+@asynccontextmanager
+async def _stream_of_a_plane_to_stop(
+    database_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[ControlPlane, grpc.aio.Channel, str, SnapshotStream]]:
+    """A control plane of the test's own (it shuts it down), a gateway's secret and its open snapshot stream."""
+    settings = snapshot_settings(database_url, tmp_path / "var", **overrides)
     plane = ControlPlane(settings)
     await plane.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-            tokens = Tokens(channel, settings.admin_token_path.read_text().strip())
-            secret = await _gateway(tokens, "prod")
+            secret = await _gateway(Tokens(channel, settings.admin_token_path.read_text().strip()), "prod")
             async with SnapshotStream(channel, secret, "prod") as snapshots:
                 await snapshots.next()
-                await plane.shutdown()
-                assert await snapshots.received.get() is None
-                assert await snapshots.call.code() is grpc.StatusCode.OK
+                yield plane, channel, secret, snapshots
     finally:
         await plane.shutdown()
+
+
+async def test_snapshot_streams_end_cleanly_when_the_server_shuts_down(database_url: str, tmp_path: Path) -> None:
+    async with _stream_of_a_plane_to_stop(database_url, tmp_path, shutdown_grace=timedelta(seconds=30)) as (
+        plane,
+        _,
+        _,
+        snapshots,
+    ):
+        await plane.shutdown()
+        assert await snapshots.received.get() is None
+        assert await snapshots.call.code() is grpc.StatusCode.OK
 
 
 async def test_a_committed_through_beyond_what_storage_holds_is_refused(
@@ -316,9 +330,7 @@ async def test_streams_of_other_replicas_see_changes_through_the_poll(database_u
     first_settings = snapshot_settings(database_url, tmp_path / "a", heartbeat_interval=slow)
     async with (
         ControlPlane(first_settings) as first,
-        ControlPlane(
-            snapshot_settings(database_url, tmp_path / "b", heartbeat_interval=timedelta(minutes=5))
-        ) as second,
+        ControlPlane(snapshot_settings(database_url, tmp_path / "b", heartbeat_interval=slow)) as second,
         grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
         grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
     ):
@@ -337,23 +349,19 @@ async def test_streams_of_other_replicas_see_changes_through_the_poll(database_u
 async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str, tmp_path: Path) -> None:
     # An hour apart at least: usage committed right after the first snapshot is held back (coalesced into the
     # next one), and the stream still ends at once when the server drains.
-    settings = snapshot_settings(database_url, tmp_path / "var", budget_snapshot_min_interval=timedelta(hours=1))
-    plane = ControlPlane(settings)
-    await plane.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-            tokens = Tokens(channel, settings.admin_token_path.read_text().strip())
-            secret = await _gateway(tokens, "prod")
-            async with SnapshotStream(channel, secret, "prod") as snapshots:
-                await snapshots.next()
-                for sequence in range(1, 6):
-                    await report(channel, secret, [spool_event(sequence, 10)])
-                await plane.shutdown()
-                assert await snapshots.received.get() is None
-                assert await snapshots.call.code() is grpc.StatusCode.OK
-        assert len(snapshots.all) == 1
-    finally:
+    hour = timedelta(hours=1)
+    async with _stream_of_a_plane_to_stop(database_url, tmp_path, budget_snapshot_min_interval=hour) as (
+        plane,
+        channel,
+        secret,
+        snapshots,
+    ):
+        for sequence in range(1, 6):
+            await report(channel, secret, [spool_event(sequence, 10)])
         await plane.shutdown()
+        assert await snapshots.received.get() is None
+        assert await snapshots.call.code() is grpc.StatusCode.OK
+    assert len(snapshots.all) == 1
 
 
 async def test_two_replicas_storing_one_gateways_batches_at_once_lose_no_range(
