@@ -18,6 +18,7 @@ from budgeting.amounts import event_amount
 from budgeting.decision import Metric
 from budgeting.scope import EVENT_SELECTORS, Scope
 from budgeting.windows import Window
+from services.accounting.bounds import saturated, stored_integer
 from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures
 from services.accounting.sql import RAW_SUMS
 from services.storage import tables
@@ -32,12 +33,10 @@ def amount(metric: Metric, measures: BudgetMeasures) -> int:
     return int(getattr(measures, MEASURE_OF_METRIC[metric]))
 
 
-def _amount_sql(metric: Metric) -> ColumnElement[Any]:
-    columns = BUDGET_MEASURES[MEASURE_OF_METRIC[metric]]
-    total: ColumnElement[Any] = sa.func.coalesce(RAW_SUMS[columns[0]], 0)
-    for column in columns[1:]:
-        total = total + sa.func.coalesce(RAW_SUMS[column], 0)
-    return total
+def _sums_sql(metric: Metric) -> list[ColumnElement[Any]]:
+    """One saturating SQL sum per measure the metric adds up; they are added in Python (saturated), since
+    adding near-limit sums in SQL would overflow (PostgreSQL: "bigint out of range")."""
+    return [sa.func.coalesce(RAW_SUMS[column], 0) for column in BUDGET_MEASURES[MEASURE_OF_METRIC[metric]]]
 
 
 def scope_conditions(scope: Scope) -> list[ColumnElement[bool]]:
@@ -76,4 +75,5 @@ async def stored_usage(connection: AsyncConnection, scope: Scope, metric: Metric
     conditions.append(e.event_time_us >= window.start_s * 1_000_000)
     if window.end_s is not None:
         conditions.append(e.event_time_us < window.end_s * 1_000_000)
-    return int(await connection.scalar(sa.select(_amount_sql(metric)).where(*conditions)) or 0)
+    sums = (await connection.execute(sa.select(*_sums_sql(metric)).where(*conditions))).one()
+    return saturated(sum(stored_integer(value) for value in sums))
