@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -357,8 +358,11 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         def refresh_interval() -> timedelta:
             return self._heartbeat_interval if configs is None else configs.heartbeat_interval(environment_id)
 
-        async for snapshot in self._snapshots.watch(environment_id, gateway_id, refresh_interval=refresh_interval):
-            yield pb.WatchBudgetStatesResponse(snapshot=snapshot_to_proto(snapshot))
+        # aclosing: a call cancelled while sending still ends the watch (and its subscription) at once.
+        watch = self._snapshots.watch(environment_id, gateway_id, refresh_interval=refresh_interval)
+        async with aclosing(watch) as snapshots:
+            async for snapshot in snapshots:
+                yield pb.WatchBudgetStatesResponse(snapshot=snapshot_to_proto(snapshot))
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ListBudgetAlerts(

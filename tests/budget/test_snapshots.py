@@ -42,7 +42,7 @@ from tests.budget.snapshots import (
     used_of,
 )
 from tests.clients import Tokens, bearer
-from tests.telemetry.events import report
+from tests.telemetry.events import report, wait_until
 
 REFRESH = timedelta(milliseconds=400)
 """The heartbeat interval these servers tell agents, so the periodic refresh is seen within a test."""
@@ -268,11 +268,19 @@ async def test_a_change_wakes_only_the_streams_it_concerns(
         await dev_stream.next()
         (prod_subscription,) = changes._by_gateway[("prod", "gw")]
         (dev_subscription,) = changes._by_gateway[("dev", "gw")]
+        for subscription in (prod_subscription, dev_subscription):
+            subscription.wakeup.clear()  # (the replica poll may have woken both); no await until the asserts
         changes.usage_committed([("prod", "other")], frozenset(prod_subscription.budget_ids))
         assert prod_subscription.wakeup.is_set()
         assert not dev_subscription.wakeup.is_set()
         changes.usage_committed([("dev", "gw")], frozenset())
         assert dev_subscription.wakeup.is_set()
+
+    # The clients cancelled their calls: both streams end and leave nothing behind to wake.
+    async def unsubscribed() -> bool:
+        return not changes._by_gateway and not changes._by_budget
+
+    await wait_until(unsubscribed)
 
 
 async def test_a_gateway_token_watches_only_its_own_environment(channel: grpc.aio.Channel, tokens: Tokens) -> None:
