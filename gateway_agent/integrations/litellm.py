@@ -1,0 +1,190 @@
+"""The LiteLLM proxy callback that makes the proxy a meterwire-managed gateway, with one line of its config.yaml:
+
+    litellm_settings:
+      callbacks: gateway_agent.integrations.litellm.meterwire
+
+It runs a GatewayAgent in the proxy's own process and event loop (spool, sender, heartbeats, config cache),
+configured by MW_* environment variables (litellm_settings.LiteLLMSettings). The pre-call hook asks the agent
+whether to serve each request (answered from local state, never the network); the success and failure
+callbacks hand each attempt's usage to the agent's spool and return (LiteLLM runs them after the response).
+
+Only the proxy imports this module: it imports litellm, which meterwire itself never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy._types import ProxyException
+
+from gateway_agent.agent import AgentClosedError, GatewayAgent
+from gateway_agent.budget_view import CheckRequest, Decision
+from gateway_agent.integrations.litellm_settings import LiteLLMSettings, SettingsError
+from gateway_agent.integrations.litellm_usage import (
+    RESERVATION_METADATA_KEY,
+    admission_question,
+    usage_event,
+)
+
+log = structlog.get_logger("meterwire.litellm")
+
+DENIAL_DETAILS_KEY = "meterwire"
+"""A denial's details reach the caller at error.provider_specific_fields.meterwire (LiteLLM's error envelope)."""
+_DENIAL_TYPES = {403: "api_key_disabled", 429: "budget_exceeded"}
+
+
+class AdmissionDenied(ProxyException):
+    """The pre-call hook's answer to a request the agent denied. LiteLLM passes a ProxyException through to the
+    caller as it is (status, headers, message, type, provider_specific_fields), and logs it as a failure, which
+    the failure callback recognizes by this class: a denied request is not usage."""
+
+
+class MeterwireCallback(CustomLogger):
+    """The callback instance LiteLLM loads from config.yaml (`meterwire` below)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+        self._settings: LiteLLMSettings | None = None
+        self._agent: GatewayAgent | None = None
+        self._ready: asyncio.Future[GatewayAgent | None] | None = None
+        self._lifetime: asyncio.Task[None] | None = None
+        # The proxy loads its config inside its running event loop: start the agent with it, not on a request.
+        with contextlib.suppress(RuntimeError):
+            self._begin(asyncio.get_running_loop())
+
+    # --- the embedded agent's lifetime ------------------------------------------------------------------------
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._ready is None:
+            self._ready = loop.create_future()
+            self._lifetime = loop.create_task(self._run(self._ready), name="meterwire-agent")
+
+    async def _run(self, ready: asyncio.Future[GatewayAgent | None]) -> None:
+        """Starts the agent and keeps it until the proxy's loop ends: asyncio cancels this task at exit, and the
+        agent then commits its queue and delivers what it can (shutdown_flush_timeout)."""
+        try:
+            settings = LiteLLMSettings.from_env(self._environ)
+            agent = GatewayAgent(settings.agent)
+            await agent.start()
+        except (SettingsError, OSError) as error:
+            log.error("METERWIRE IS OFF: the proxy serves without usage reporting or admission", error=str(error))
+            ready.set_result(None)
+            return
+        self._settings, self._agent = settings, agent
+        ready.set_result(agent)
+        log.info(
+            "meterwire agent running in the LiteLLM proxy",
+            environment=settings.agent.environment_id,
+            gateway=settings.agent.gateway_id,
+            data_dir=str(settings.agent.data_dir),
+            admission=settings.admission,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await agent.shutdown()
+
+    async def agent(self) -> GatewayAgent | None:
+        """The running agent (waiting for its start the first time); None when it could not start."""
+        if self._agent is not None:
+            return self._agent
+        self._begin(asyncio.get_running_loop())
+        assert self._ready is not None
+        return await asyncio.shield(self._ready)
+
+    async def shutdown(self) -> None:
+        """Stops the agent (commits its queue, delivers what it can); safe twice. The proxy's exit does it too."""
+        if self._lifetime is not None and not self._lifetime.done():
+            self._lifetime.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lifetime
+
+    # --- LiteLLM's hooks --------------------------------------------------------------------------------------
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
+        agent = await self.agent()
+        settings = self._settings
+        if agent is None or settings is None or not settings.admission:
+            return data
+        question = admission_question(user_api_key_dict, data, key_identity=settings.key_identity)
+        decision = agent.check(
+            CheckRequest(
+                api_key_id=question.api_key_id,
+                user_id=question.user_id,
+                requested_model=question.requested_model,
+                route=question.route,
+                tags=question.tags,
+            )
+        )
+        if not decision.allowed:
+            raise denial(decision)
+        reservation_id = str(getattr(decision, "reservation_id", "") or "")
+        if reservation_id:
+            metadata_key = "litellm_metadata" if isinstance(data.get("litellm_metadata"), dict) else "metadata"
+            data.setdefault(metadata_key, {})[RESERVATION_METADATA_KEY] = reservation_id
+        return data
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        await self._record(kwargs)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        if isinstance(kwargs.get("exception"), AdmissionDenied):
+            return  # the hook denied it: nothing ran, nothing was reserved
+        await self._record(kwargs)
+
+    async def _record(self, kwargs: Mapping[str, Any]) -> None:
+        agent = await self.agent()
+        settings = self._settings
+        if agent is None or settings is None:
+            return
+        event = usage_event(kwargs, key_identity=settings.key_identity)
+        if event is None:
+            log.warning("a LiteLLM callback carried no standard logging payload; no usage recorded")
+            return
+        try:
+            await agent.record(event)
+        except AgentClosedError:
+            log.warning("usage after the agent stopped is not recorded", request_id=event.request_id)
+
+
+def denial(decision: Decision) -> AdmissionDenied:
+    """The agent's denial as LiteLLM answers it: our status and headers, our explanation as error.message and
+    error.type, and every detail of it under error.provider_specific_fields.meterwire."""
+    status = decision.http_status or 403
+    details: dict[str, Any] = {"reason": decision.reason, "message": decision.message}
+    response_body = str(getattr(decision, "response_body", "") or "")
+    if response_body:
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(response_body)
+            error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
+            if isinstance(error, dict):
+                details = error
+    headers = {str(k): str(v) for k, v in dict(getattr(decision, "response_headers", {}) or {}).items()}
+    message = str(details.get("message") or decision.message or decision.reason)
+    error_type = str(details.get("type") or _DENIAL_TYPES.get(status, "request_denied"))
+    return AdmissionDenied(
+        message=message,
+        type=error_type,
+        param=None,
+        code=status,
+        headers=headers,
+        provider_specific_fields={DENIAL_DETAILS_KEY: details},
+    )
+
+
+meterwire = MeterwireCallback()
+"""The instance config.yaml names: `callbacks: gateway_agent.integrations.litellm.meterwire`."""
