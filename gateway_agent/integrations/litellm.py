@@ -68,8 +68,9 @@ class MeterwireCallback(CustomLogger):
             self._lifetime = loop.create_task(self._run(self._ready), name="meterwire-agent")
 
     async def _run(self, ready: asyncio.Future[GatewayAgent | None]) -> None:
-        """Starts the agent and keeps it until the proxy's loop ends: asyncio cancels this task at exit, and the
-        agent then commits its queue and delivers what it can (shutdown_flush_timeout)."""
+        """Starts the agent and keeps it while the loop runs. A host whose loop ends by cancelling its tasks
+        (asyncio.run) shuts the agent down here; the litellm CLI's uvicorn re-raises SIGTERM before that, so there
+        the spool keeps what the agent committed and the proxy's next start delivers it."""
         try:
             settings = LiteLLMSettings.from_env(self._environ)
             agent = GatewayAgent(settings.agent)
