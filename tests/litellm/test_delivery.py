@@ -4,7 +4,6 @@ usage arrives once after), and the proxy SIGKILLed right after its responses (wh
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -49,9 +48,9 @@ def wait_for_events(reports: Reports, expected: set[str]) -> None:
 
 
 @pytest.fixture
-def control_plane_dir(tmp_path: Path) -> Iterator[Path]:
+def control_plane_dir(tmp_path: Path) -> Path:
     require_litellm()
-    yield tmp_path / "control-plane" / "var"
+    return tmp_path / "control-plane" / "var"
 
 
 def test_proxy_serves_while_the_control_plane_is_down_and_the_usage_arrives_once_after(
