@@ -1,5 +1,6 @@
 """What stored usage adds to a budget, by the accounting package's one definition (BUDGET_MEASURES): in Python
-for live counting at ingest, in SQL for the backfill of stored usage when a budget is made.
+for live counting at ingest (per event: budgeting.amounts.event_amount, shared with the gateway agent), in SQL for
+the backfill of stored usage when a budget is made.
 
 SPEND adds the event's known cost (reported or derived; an unpriced event adds 0), TOKENS every token kind it
 reported, REQUESTS 1 for a gateway request's first attempt: what reports show for the same scope.
@@ -7,19 +8,21 @@ reported, REQUESTS 1 for a gateway request's first attempt: what reports show fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from budgeting.amounts import event_amount
 from budgeting.decision import Metric
 from budgeting.scope import EVENT_SELECTORS, Scope
 from budgeting.windows import Window
-from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures, budget_measures
+from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures
 from services.accounting.sql import RAW_SUMS
 from services.storage import tables
+
+__all__ = ["MEASURE_OF_METRIC", "amount", "event_amount", "scope_conditions", "stored_usage"]
 
 MEASURE_OF_METRIC: Final = {Metric.SPEND: "spend_micros", Metric.TOKENS: "total_tokens", Metric.REQUESTS: "requests"}
 """A budget metric -> its BudgetMeasures field (accounting.measures.BUDGET_MEASURES)."""
@@ -27,11 +30,6 @@ MEASURE_OF_METRIC: Final = {Metric.SPEND: "spend_micros", Metric.TOKENS: "total_
 
 def amount(metric: Metric, measures: BudgetMeasures) -> int:
     return int(getattr(measures, MEASURE_OF_METRIC[metric]))
-
-
-def event_amount(metric: Metric, event: Mapping[str, Any]) -> int:
-    """What a stored usage event row adds to a budget of `metric`."""
-    return amount(metric, budget_measures(event))
 
 
 def _amount_sql(metric: Metric) -> ColumnElement[Any]:
