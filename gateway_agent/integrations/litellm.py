@@ -20,18 +20,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import litellm
 import structlog
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
 from gateway_agent.agent import AgentClosedError, GatewayAgent
-from gateway_agent.budget_view import CheckRequest, Decision
+from gateway_agent.budget_view import CheckRequest, Decision, UsageEstimate
 from gateway_agent.integrations.litellm_settings import LiteLLMSettings, SettingsError
 from gateway_agent.integrations.litellm_usage import (
     RESERVATION_METADATA_KEY,
     admission_question,
     usage_event,
 )
+from gateway_agent.responses import http_response
 
 log = structlog.get_logger("meterwire.litellm")
 
@@ -125,14 +127,15 @@ class MeterwireCallback(CustomLogger):
                 requested_model=question.requested_model,
                 route=question.route,
                 tags=question.tags,
+                estimate=estimate(data, question.requested_model, max_output_tokens=question.max_output_tokens),
             )
         )
         if not decision.allowed:
             raise denial(decision)
-        reservation_id = str(getattr(decision, "reservation_id", "") or "")
-        if reservation_id:
+        if decision.reservation_id:
+            # LiteLLM hands the request's metadata to the logging callbacks: the usage event carries it back.
             metadata_key = "litellm_metadata" if isinstance(data.get("litellm_metadata"), dict) else "metadata"
-            data.setdefault(metadata_key, {})[RESERVATION_METADATA_KEY] = reservation_id
+            data.setdefault(metadata_key, {})[RESERVATION_METADATA_KEY] = decision.reservation_id
         return data
 
     async def async_log_success_event(
@@ -162,27 +165,39 @@ class MeterwireCallback(CustomLogger):
             log.warning("usage after the agent stopped is not recorded", request_id=event.request_id)
 
 
+def estimate(data: Mapping[str, Any], model: str, *, max_output_tokens: int) -> UsageEstimate:
+    """What the request may use: its prompt counted with LiteLLM's tokenizer for the model, plus the caller's
+    max_tokens. The agent prices it with the environment's pricing table and reserves it."""
+    input_tokens = 0
+    try:
+        if isinstance(data.get("messages"), list):
+            input_tokens = int(litellm.token_counter(model=model, messages=data["messages"]))
+        elif isinstance(data.get("input"), str | list):
+            text = data["input"]
+            input_tokens = int(litellm.token_counter(model=model, text=text if isinstance(text, str) else None))
+    except Exception as error:  # a prompt LiteLLM cannot count is estimated by max_tokens alone
+        log.warning("cannot count the prompt's tokens for the reservation", model=model, error=str(error))
+    return UsageEstimate(input_tokens=input_tokens, max_output_tokens=max_output_tokens)
+
+
 def denial(decision: Decision) -> AdmissionDenied:
-    """The agent's denial as LiteLLM answers it: our status and headers, our explanation as error.message and
-    error.type, and every detail of it under error.provider_specific_fields.meterwire."""
-    status = decision.http_status or 403
-    details: dict[str, Any] = {"reason": decision.reason, "message": decision.message}
-    response_body = str(getattr(decision, "response_body", "") or "")
-    if response_body:
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(response_body)
-            error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
-            if isinstance(error, dict):
-                details = error
-    headers = {str(k): str(v) for k, v in dict(getattr(decision, "response_headers", {}) or {}).items()}
-    message = str(details.get("message") or decision.message or decision.reason)
-    error_type = str(details.get("type") or _DENIAL_TYPES.get(status, "request_denied"))
+    """The agent's ready-to-send denial as LiteLLM answers it: our status and headers (Retry-After,
+    x-should-retry), our explanation as error.message and error.type, and the whole of it (the budget, its limit,
+    used, reset time, retry_after_seconds) under error.provider_specific_fields.meterwire."""
+    status, body, headers = http_response(decision) or (decision.http_status, "", {})
+    details: dict[str, Any] = {"type": _DENIAL_TYPES.get(status, "request_denied"), "message": decision.message}
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(body) if body else None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            details = error
     return AdmissionDenied(
-        message=message,
-        type=error_type,
+        message=str(details.get("message") or decision.message or decision.reason),
+        type=str(details.get("type") or "request_denied"),
         param=None,
-        code=status,
-        headers=headers,
+        code=status or 403,
+        # LiteLLM writes its own JSON response: a second content-type would only confuse clients.
+        headers={name: value for name, value in headers.items() if name.lower() != "content-type"},
         provider_specific_fields={DENIAL_DETAILS_KEY: details},
     )
 

@@ -77,6 +77,8 @@ class AdmissionQuestion:
     requested_model: str
     route: str
     tags: dict[str, str]
+    max_output_tokens: int
+    """The caller's max_tokens (or max_completion_tokens); 0 when not given."""
 
 
 def usage_event(kwargs: Mapping[str, Any], *, key_identity: KeyIdentity) -> usage_pb2.UsageEvent | None:
@@ -146,6 +148,7 @@ def admission_question(key: Any, data: Mapping[str, Any], *, key_identity: KeyId
         requested_model=_bounded(_text(data.get("model")), MAX_IDENTIFIER_BYTES),
         route=_bounded(route, MAX_IDENTIFIER_BYTES),
         tags=request_tags(metadata.get("tags")),
+        max_output_tokens=_count(data.get("max_tokens")) or _count(data.get("max_completion_tokens")) or 0,
     )
 
 

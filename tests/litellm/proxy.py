@@ -27,6 +27,7 @@ MASTER_KEY = "sk-meterwire-test-master"
 MASTER_KEY_ID = "litellm_proxy_master_key"
 """LiteLLM's user_api_key_hash for its master key: the api_key_id usage reports (never the secret)."""
 CALLBACK = "gateway_agent.integrations.litellm.meterwire"
+BUDGETED_ALIASES = ("capped", "watched", "priced")
 READY_TIMEOUT_S = 90.0
 
 # Every token kind at once (prompt includes cache reads and writes; completion includes reasoning).
@@ -75,6 +76,8 @@ def write_config(directory: Path, *, callback: bool = True) -> Path:
             _model("primary", "openai/gpt-4o-mini", "litellm.InternalServerError"),
             _model("backup", "anthropic/claude-3-5-haiku-20241022", "from the backup"),
             _model("broken", "openai/gpt-4o", "litellm.RateLimitError"),
+            # Aliases the admission tests put budgets on, so the other tests' traffic never meets them.
+            *(_model(alias, "openai/gpt-4o", "Hello from the mock") for alias in BUDGETED_ALIASES),
         ],
         # No retries: one logged attempt per model group, so the attempts a test expects are exact.
         "router_settings": {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]},

@@ -150,7 +150,8 @@ def test_disabled_key_gets_403_with_the_explanation_and_is_not_usage(
     error = denied.json()["error"]
     assert error["type"] == "api_key_disabled"
     assert error["message"] == "API key disabled"
-    assert MASTER_KEY_ID in error["provider_specific_fields"]["meterwire"]["reason"]
+    assert error["provider_specific_fields"]["meterwire"]["api_key_id"] == MASTER_KEY_ID
+    assert denied.headers["x-should-retry"] == "false"
 
     after = wait_for_status(litellm_proxy, 200)
     reports.wait_for_request(after[-1])  # delivered in spool order, so anything recorded before it is in
