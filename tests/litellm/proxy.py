@@ -54,7 +54,7 @@ def _model(name: str, model: str, mock: Any) -> dict[str, Any]:
     return {"model_name": name, "litellm_params": {"model": model, "api_key": "sk-not-used", "mock_response": mock}}
 
 
-def write_config(directory: Path, *, callback: bool = True) -> Path:
+def write_config(directory: Path, *, callback: str | None = CALLBACK) -> Path:
     """Models answered by LiteLLM's own mock_response (no network): plain, every token kind, a fallback pair, and
     one whose provider fails."""
     config: dict[str, Any] = {
@@ -81,7 +81,7 @@ def write_config(directory: Path, *, callback: bool = True) -> Path:
         ],
         # No retries: one logged attempt per model group, so the attempts a test expects are exact.
         "router_settings": {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]},
-        "litellm_settings": {"callbacks": [CALLBACK]} if callback else {},
+        "litellm_settings": {"callbacks": [callback]} if callback else {},
         "general_settings": {"master_key": MASTER_KEY},
     }
     path = directory / "litellm-config.yaml"
