@@ -3,10 +3,11 @@
     litellm_settings:
       callbacks: gateway_agent.integrations.litellm.meterwire
 
-It runs a GatewayAgent in the proxy's own process and event loop (spool, sender, heartbeats, config cache),
-configured by MW_* environment variables (litellm_settings.LiteLLMSettings). The pre-call hook asks the agent
-whether to serve each request (answered from local state, never the network); the success and failure
-callbacks hand each attempt's usage to the agent's spool and return (LiteLLM runs them after the response).
+It runs a GatewayAgent in the proxy's own process and event loop (spool, sender, heartbeats, config cache), or
+talks to a `meterwire agent run` beside the proxy (MW_AGENT), as the MW_* environment variables say
+(litellm_settings.LiteLLMSettings). The pre-call hook asks the agent whether to serve each request (answered from
+local state, never the network); the success and failure callbacks hand each attempt's usage to the agent and
+return (LiteLLM runs them after the response).
 
 Only the proxy imports this module: it imports litellm, which meterwire itself never does.
 """
@@ -25,8 +26,8 @@ import structlog
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from gateway_agent.agent import AgentClosedError, GatewayAgent
 from gateway_agent.budget_view import CheckRequest, Decision, UsageEstimate
+from gateway_agent.integrations.agent_link import AgentLink, EmbeddedAgent, LocalAgent
 from gateway_agent.integrations.litellm_settings import LiteLLMSettings, SettingsError
 from gateway_agent.integrations.litellm_usage import (
     RESERVATION_METADATA_KEY,
@@ -55,8 +56,8 @@ class MeterwireCallback(CustomLogger):
         super().__init__()
         self._environ = os.environ if environ is None else environ
         self._settings: LiteLLMSettings | None = None
-        self._agent: GatewayAgent | None = None
-        self._ready: asyncio.Future[GatewayAgent | None] | None = None
+        self._agent: AgentLink | None = None
+        self._ready: asyncio.Future[AgentLink | None] | None = None
         self._lifetime: asyncio.Task[None] | None = None
         # The proxy loads its config inside its running event loop: start the agent with it, not on a request.
         with contextlib.suppress(RuntimeError):
@@ -69,13 +70,13 @@ class MeterwireCallback(CustomLogger):
             self._ready = loop.create_future()
             self._lifetime = loop.create_task(self._run(self._ready), name="meterwire-agent")
 
-    async def _run(self, ready: asyncio.Future[GatewayAgent | None]) -> None:
+    async def _run(self, ready: asyncio.Future[AgentLink | None]) -> None:
         """Starts the agent and keeps it while the loop runs. A host whose loop ends by cancelling its tasks
         (asyncio.run) shuts the agent down here; the litellm CLI's uvicorn re-raises SIGTERM before that, so there
         the spool keeps what the agent committed and the proxy's next start delivers it."""
         try:
             settings = LiteLLMSettings.from_env(self._environ)
-            agent = GatewayAgent(settings.agent)
+            agent: AgentLink = EmbeddedAgent(settings.agent) if settings.agent else LocalAgent(settings.agent_address)
             await agent.start()
         except (SettingsError, OSError) as error:
             log.error("METERWIRE IS OFF: the proxy serves without usage reporting or admission", error=str(error))
@@ -83,19 +84,22 @@ class MeterwireCallback(CustomLogger):
             return
         self._settings, self._agent = settings, agent
         ready.set_result(agent)
-        log.info(
-            "meterwire agent running in the LiteLLM proxy",
-            environment=settings.agent.environment_id,
-            gateway=settings.agent.gateway_id,
-            data_dir=str(settings.agent.data_dir),
-            admission=settings.admission,
-        )
+        if settings.agent is not None:
+            log.info(
+                "meterwire agent running in the LiteLLM proxy",
+                environment=settings.agent.environment_id,
+                gateway=settings.agent.gateway_id,
+                data_dir=str(settings.agent.data_dir),
+                admission=settings.admission,
+            )
+        else:
+            log.info("the LiteLLM proxy reports to a local meterwire agent", agent=settings.agent_address)
         try:
             await asyncio.Event().wait()
         finally:
-            await agent.shutdown()
+            await agent.close()
 
-    async def agent(self) -> GatewayAgent | None:
+    async def agent(self) -> AgentLink | None:
         """The running agent (waiting for its start the first time); None when it could not start."""
         if self._agent is not None:
             return self._agent
@@ -120,7 +124,7 @@ class MeterwireCallback(CustomLogger):
         if agent is None or settings is None or not settings.admission:
             return data
         question = admission_question(user_api_key_dict, data, key_identity=settings.key_identity)
-        decision = agent.check(
+        decision = await agent.check(
             CheckRequest(
                 api_key_id=question.api_key_id,
                 user_id=question.user_id,
@@ -159,10 +163,7 @@ class MeterwireCallback(CustomLogger):
         if event is None:
             log.warning("a LiteLLM callback carried no standard logging payload; no usage recorded")
             return
-        try:
-            await agent.record(event)
-        except AgentClosedError:
-            log.warning("usage after the agent stopped is not recorded", request_id=event.request_id)
+        await agent.record(event)
 
 
 def estimate(data: Mapping[str, Any], model: str, *, max_output_tokens: int) -> UsageEstimate:

@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +117,9 @@ class AgentEnv:
 class ProxyProcess:
     """`litellm --config ... --port ...`, its output in a file (a pipe nobody reads would block it)."""
 
-    def __init__(self, config: Path, *, agent: AgentEnv | None, port: int | None = None) -> None:
+    def __init__(
+        self, config: Path, *, agent: AgentEnv | None, env: Mapping[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.with_name(f"litellm-{self.port}-{time.time_ns()}.log")
@@ -128,6 +130,7 @@ class ProxyProcess:
             "LITELLM_MODE": "PRODUCTION",
             "NO_DOCS": "True",
             **(agent.variables() if agent else {}),
+            **(env or {}),
         }
         for name in ("VIRTUAL_ENV", "PYTHONPATH"):
             env.pop(name, None)
@@ -198,8 +201,8 @@ class ProxyProcess:
 
 
 @contextmanager
-def proxy(config: Path, *, agent: AgentEnv | None) -> Iterator[ProxyProcess]:
-    process = ProxyProcess(config, agent=agent)
+def proxy(config: Path, *, agent: AgentEnv | None, env: Mapping[str, str] | None = None) -> Iterator[ProxyProcess]:
+    process = ProxyProcess(config, agent=agent, env=env)
     try:
         yield process
     finally:
