@@ -11,13 +11,18 @@ with the embedded agent (fsync'd spool); the client is httpx over loopback. Prin
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.gateway_agent.harness import ENVIRONMENT, GATEWAY, create_gateway_token
-from tests.litellm.proxy import AgentEnv, ProxyProcess, write_config
+from gateway_agent import CheckRequest, GatewayAgent, UsageEstimate
+from gateway_agent.integrations.litellm_usage import KeyIdentity, usage_event
+from tests.gateway_agent.harness import ENVIRONMENT, GATEWAY, agent_settings, create_gateway_token
+from tests.litellm.proxy import LITELLM_VENV, AgentEnv, ProxyProcess, write_config
 from tests.litellm.reports import Reports
 from tests.system.serve import serve
 
@@ -63,6 +68,8 @@ def run(requests: int, warmup: int, stream: bool) -> None:
         token_file = Path(tmp) / "gateway.token"
         token_file.write_text(create_gateway_token(cp))
         token_file.chmod(0o600)
+        asyncio.run(hook_costs(cp.address, token_file.read_text(), Path(tmp) / "hooks-agent", 2_000))
+        tokenizer_cost()
         agent = AgentEnv(cp.address, token_file, ENVIRONMENT, GATEWAY, Path(tmp) / "agent")
         (Path(tmp) / "noop").mkdir()
         (Path(tmp) / "noop" / "noop_callback.py").write_text(NOOP_CALLBACK)  # LiteLLM loads it beside the config
@@ -108,6 +115,105 @@ def run(requests: int, warmup: int, stream: bool) -> None:
             f" ({noop - bare:+.2f} ms LiteLLM's own for any callback, {with_it - noop:+.2f} ms meterwire's)"
         )
     print(f"  all {expected} usage events in the control plane {delivered_after:.2f} s after the last response")
+
+
+def callback_payload(index: int) -> dict[str, Any]:
+    """A success callback's kwargs as LiteLLM 1.108.7 hands them over (the fields the mapping reads)."""
+    call_id = f"46debc3c-0557-4ea6-87ec-{index:012d}"
+    return {
+        "litellm_call_id": call_id,
+        "litellm_params": {
+            "metadata": {"attempted_fallbacks": 0, "attempted_retries": 0, "meterwire_reservation_id": ""},
+            "proxy_server_request": {"body": {"model": "gpt-4o"}},
+        },
+        "standard_logging_object": {
+            "litellm_call_id": call_id,
+            "call_type": "acompletion",
+            "stream": True,
+            "status": "success",
+            "custom_llm_provider": "openai",
+            "startTime": 1796316652.392968,
+            "endTime": 1796316652.748996,
+            "completionStartTime": 1796316652.504336,
+            "model": "openai/gpt-4o",
+            "model_group": "gpt-4o",
+            "response_cost": 6.25e-05,
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "request_tags": ["team:search", "feature-x", "User-Agent: curl"],
+            "end_user": "end-user-7",
+            "metadata": {
+                "user_api_key_hash": "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",
+                "user_api_key_alias": "search-team",
+                "user_api_key_request_route": "/v1/chat/completions",
+                "usage_object": {
+                    "prompt_tokens_details": {"cached_tokens": 1000, "cache_creation_tokens": 100},
+                    "completion_tokens_details": {"reasoning_tokens": 200},
+                },
+            },
+            "hidden_params": {"litellm_overhead_time_ms": 1.5},
+        },
+    }
+
+
+def per_call_us(samples_ns: list[int]) -> str:
+    ordered = sorted(samples_ns)
+    return f"p50 {ordered[len(ordered) // 2] / 1000:6.1f} µs   p99 {ordered[int(len(ordered) * 0.99)] / 1000:6.1f} µs"
+
+
+async def hook_costs(address: str, token: str, data_dir: Path, calls: int) -> None:
+    """meterwire's own work per request, in-process: the mapping, the check with an estimate, the record."""
+    mapping, checks, records = [], [], []
+    async with GatewayAgent(agent_settings(address, token, data_dir)) as agent:
+        question = CheckRequest(
+            api_key_id="search-team",
+            user_id="end-user-7",
+            requested_model="gpt-4o",
+            route="/v1/chat/completions",
+            tags={"team": "search"},
+            estimate=UsageEstimate(input_tokens=1200, max_output_tokens=300),
+        )
+        for index in range(calls):
+            payload = callback_payload(index)
+            started = time.perf_counter_ns()
+            event = usage_event(payload, key_identity=KeyIdentity.ALIAS)
+            mapped = time.perf_counter_ns()
+            agent.check(question)
+            checked = time.perf_counter_ns()
+            assert event is not None
+            await agent.record(event)
+            recorded = time.perf_counter_ns()
+            mapping.append(mapped - started)
+            checks.append(checked - mapped)
+            records.append(recorded - checked)
+    print(f"meterwire's own work per request, in-process ({calls} calls):")
+    print(f"  payload -> UsageEvent  {per_call_us(mapping)}")
+    print(f"  check() with estimate  {per_call_us(checks)}")
+    print(f"  record()               {per_call_us(records)}")
+
+
+def tokenizer_cost() -> None:
+    """litellm.token_counter on a short prompt, in the proxy's own virtualenv (the hook counts every prompt)."""
+    tokenizer = subprocess.run(
+        [
+            str(LITELLM_VENV / "bin" / "python"),
+            "-c",
+            "import time, litellm\n"
+            "messages = [{'role': 'user', 'content': 'Summarize the quarterly report in three bullet points.'}]\n"
+            "litellm.token_counter(model='gpt-4o', messages=messages)\n"
+            "samples = []\n"
+            "for _ in range(1000):\n"
+            "    t = time.perf_counter_ns(); litellm.token_counter(model='gpt-4o', messages=messages)\n"
+            "    samples.append(time.perf_counter_ns() - t)\n"
+            "samples.sort(); print(samples[500] / 1000, samples[990] / 1000)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
+    )
+    p50, p99 = (float(value) for value in tokenizer.stdout.split()[-2:])
+    print(f"  prompt token count     p50 {p50:6.1f} µs   p99 {p99:6.1f} µs   (litellm.token_counter, a short prompt)")
 
 
 def main() -> None:
