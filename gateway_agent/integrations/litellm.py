@@ -78,8 +78,12 @@ class MeterwireCallback(CustomLogger):
             settings = LiteLLMSettings.from_env(self._environ)
             agent: AgentLink = EmbeddedAgent(settings.agent) if settings.agent else LocalAgent(settings.agent_address)
             await agent.start()
-        except (SettingsError, OSError) as error:
+        except SettingsError as error:
             log.error("METERWIRE IS OFF: the proxy serves without usage reporting or admission", error=str(error))
+            ready.set_result(None)
+            return
+        except Exception as error:  # whatever stops the agent, the proxy must keep serving
+            log.exception("METERWIRE IS OFF: the agent could not start; the proxy serves without it", error=str(error))
             ready.set_result(None)
             return
         self._settings, self._agent = settings, agent
@@ -108,7 +112,8 @@ class MeterwireCallback(CustomLogger):
         return await asyncio.shield(self._ready)
 
     async def shutdown(self) -> None:
-        """Stops the agent (commits its queue, delivers what it can); safe twice. The proxy's exit does it too."""
+        """Stops the agent (commits its queue, delivers what it can within its shutdown_flush_timeout); safe
+        twice. For hosts that embed the proxy's app; the litellm CLI's exit leaves the spool to the next start."""
         if self._lifetime is not None and not self._lifetime.done():
             self._lifetime.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,8 +11,6 @@ from tests.litellm.proxy import AgentEnv, ProxyProcess, proxy, require_litellm, 
 from tests.litellm.reports import Reports
 from tests.system.serve import ServeProcess, serve
 
-pytestmark = pytest.mark.system
-
 
 @pytest.fixture(scope="module")
 def serve_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:

@@ -124,7 +124,8 @@ class ProxyProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.with_name(f"litellm-{self.port}-{time.time_ns()}.log")
         env = {
-            **os.environ,
+            # Only the settings a test gives reach the callback, never the MW_* of whoever runs the tests.
+            **{name: value for name, value in os.environ.items() if not name.startswith("MW_")},
             # LiteLLM fetches its model price map from the internet unless told to use the one it ships.
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_MODE": "PRODUCTION",
