@@ -175,7 +175,6 @@ def test_an_estimate_bigger_than_what_is_left_is_refused_and_reservations_settle
         served.append(response)
     for response in served:
         event = reports.wait_for_request(response.headers["x-litellm-call-id"]).attempts[0].event
-        assert event.reservation_id
         assert event.cost_micros == round(float(response.headers["x-litellm-response-cost"]) * 1_000_000)
     assert budget_used(serve_process, budget_ids["priced"]) == sum(
         round(float(response.headers["x-litellm-response-cost"]) * 1_000_000) for response in served
