@@ -97,7 +97,7 @@ async def check_latency(root: Path, checks: int) -> None:
                 assert decision.allowed
                 print(f"in-process check, 20 budgets, {label}: {percentiles(samples)} ({checks} checks)")
         socket = root / "agent.sock"
-        daemon = AgentProcess(process.address, token, root / "daemon", "--listen", f"unix://{socket}")
+        daemon = AgentProcess(process.address, token, root / "daemon", listen=f"unix://{socket}")
         try:
             await eventually(lambda: len(daemon.status().budgets) == 20, within=60, what="the daemon's snapshot")
             with grpc.insecure_channel(f"unix://{socket}") as channel:
@@ -184,7 +184,7 @@ async def main() -> None:
     parser.add_argument("--checks", type=int, default=200_000, help="in-process checks per variant")
     parser.add_argument("--limit", type=int, default=300_000, help="the shared budget's limit (micros)")
     parser.add_argument("--estimate", type=int, default=1_000, help="each request's reserved estimate")
-    parser.add_argument("--excess", type=int, default=1_500, help="what each request's real cost exceeds it by")
+    parser.add_argument("--excess", type=int, default=1_700, help="what each request's real cost exceeds it by")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mw-edge-budgets-") as temp:
         root = Path(temp)

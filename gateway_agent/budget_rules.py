@@ -75,7 +75,6 @@ def rule_of(budget: budget_pb.Budget) -> BudgetRule | None:
     if metric is None or period is None or mode is None or budget.limit <= 0:
         log.warning("budget with an unknown metric, period, mode or limit; not enforced", budget=budget.budget_id)
         return None
-    scope = budget.scope
     try:
         time_zone(budget.time_zone)
         thresholds = check_thresholds(list(budget.alert_threshold_percents))
@@ -85,17 +84,7 @@ def rule_of(budget: budget_pb.Budget) -> BudgetRule | None:
     return BudgetRule(
         budget_id=budget.budget_id,
         display_name=budget.display_name,
-        scope=Scope(
-            environment_id=scope.environment_id,
-            gateway_id=scope.gateway_id,
-            api_key_id=scope.api_key_id,
-            user_id=scope.user_id,
-            requested_model=scope.requested_model,
-            resolved_model=scope.resolved_model,
-            provider=scope.provider,
-            route=scope.route,
-            tags=tuple(scope.tags.items()),
-        ),
+        scope=Scope.of_message(budget.scope),
         metric=metric,
         limit=int(budget.limit),
         period=period,

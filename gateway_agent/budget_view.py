@@ -300,13 +300,21 @@ class BudgetView:
                 entry.pending += sign * digest.amount(entry.rule.metric)
 
     def acknowledged(self, sequences: Iterable[int], rejected: Iterable[int]) -> list[DigestRow]:
-        """An ack: rejected events stop counting; the digests of the accepted ones not included yet, to persist."""
+        """An ack: rejected events stop counting; the digests of the accepted ones not included yet, to persist.
+
+        Before any budget state was received, acked events are left to the control plane: the first snapshot is
+        read after they were stored, so it includes them (and an agent whose control plane has no budgets does
+        not pile up digests forever)."""
         with self._lock:
             for sequence in rejected:
                 digest = self._digests.pop(sequence, None)
                 if digest is not None:
                     self._count(digest, -1)
             digests = self._digests
+            if self._snapshot is None:
+                for sequence in sequences:
+                    digests.pop(sequence, None)
+                return []
             return [digests[s].to_row() for s in sequences if s in digests]
 
     def forget_usage(self, sequences: Iterable[int]) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from budgeting.decision import Metric
+from budgeting.scope import SELECTORS
 from budgeting.windows import Period
 
 if TYPE_CHECKING:
@@ -69,20 +70,7 @@ def budget_denial(
     """The 429 (or the configured status) for a request a HARD_STOP budget refused."""
     rule = entry.rule
     scope = rule.scope
-    scope_fields = {
-        name: getattr(scope, name)
-        for name in (
-            "environment_id",
-            "gateway_id",
-            "api_key_id",
-            "user_id",
-            "requested_model",
-            "resolved_model",
-            "provider",
-            "route",
-        )
-        if getattr(scope, name)
-    }
+    scope_fields: dict[str, object] = {name: getattr(scope, name) for name in SELECTORS if getattr(scope, name)}
     if scope.tags:
         scope_fields["tags"] = dict(scope.tags)
     unit = currency + " micro-units" if rule.metric is Metric.SPEND and currency else _METRIC_UNITS[rule.metric]

@@ -171,7 +171,7 @@ def _budgets_table(budgets: list[dict[str, Any]]) -> Any:
         sharing = int(local.get("lease_sharing_gateways", 0))
         lease = f"{local.get('lease_allowance', '0')} (1/{sharing})" if sharing else "-"
         table.add_row(
-            f"{budget.get('display_name', '')} [{budget.get('budget_id', '')}]",
+            f"{budget.get('display_name', '')} ({budget.get('budget_id', '')})",
             str(budget.get("mode", "")).removeprefix("MODE_").lower(),
             str(local.get("used", "0")),
             str(local.get("server_used", "0")),

@@ -160,12 +160,12 @@ def spend_event(model: str, cost_micros: int, *, reservation_id: str = "", event
     return event
 
 
-def local_figures(agent: GatewayAgent, budget_id: str) -> tuple[int, int, int, int]:
-    """(used, server_used, pending_used, reserved) as the agent sees the budget now; zeros if unknown."""
+def local_figures(agent: GatewayAgent, budget_id: str) -> tuple[int, int, int, int] | None:
+    """(used, server_used, pending_used, reserved) as the agent sees the budget now; None before it knows it."""
     for figures in agent.status().budgets:
         if figures.budget_id == budget_id:
             return figures.used, figures.server_used, figures.pending_used, figures.reserved
-    return 0, 0, 0, 0
+    return None
 
 
 def day_start_s(now_s: float) -> int:

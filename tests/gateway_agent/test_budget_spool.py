@@ -66,6 +66,7 @@ async def test_a_saved_snapshot_deletes_the_digests_it_includes(tmp_path: Path) 
     now = time.time()
     view = BudgetView()
     view.apply_config(priced_config())
+    view.apply_snapshot(snapshot([(budget("b", limit=10**9), 0)], now_s=now))
     spool = await open_spool(tmp_path / "spool.db")
     spool.ack_digests = view.acknowledged
     for sequence in (1, 2, 3):

@@ -233,3 +233,12 @@ def test_without_any_budget_state_the_config_decides_between_fail_open_and_deny(
     denied = closed_view.check(CheckRequest())
     assert (denied.allowed, denied.http_status) == (False, 429)
     assert "not known" in json.loads(denied.response_body)["error"]["message"]
+
+
+def test_before_any_budget_state_acked_events_are_left_to_the_control_plane() -> None:
+    view = BudgetView()
+    view.apply_config(priced_config())
+    for sequence in (1, 2, 3):
+        view.count_event(usage_event(sequence, cost_micros=10, now_s=time.time()))
+    assert view.acknowledged([1, 2], rejected=[]) == []
+    assert view.pending_digests == 1

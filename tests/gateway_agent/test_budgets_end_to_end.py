@@ -4,20 +4,24 @@ partition, and the daemon's answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
 from budgeting.decision import Verdict
-from gateway_agent import CheckRequest, GatewayAgent, UsageEstimate
+from gateway_agent import CheckRequest, Decision, GatewayAgent, UsageEstimate
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from tests.clients import bearer
 from tests.gateway_agent.budget_plane import BudgetPlane, budget_plane, local_figures, settings_for, spend_event
 from tests.gateway_agent.harness import GATEWAY, eventually
+from tests.system.serve import run_cli
 
 HARD, WARN = "m-hard", "m-warn"
 
@@ -27,12 +31,45 @@ def checking(model: str, cost: int | None = None) -> CheckRequest:
     return CheckRequest(requested_model=model, estimate=estimate)
 
 
+def figures_of(agent: GatewayAgent, budget_id: str) -> tuple[int, int, int, int]:
+    figures = local_figures(agent, budget_id)
+    assert figures is not None, f"the agent does not know budget {budget_id}"
+    return figures
+
+
 async def snapshot_shows(agent: GatewayAgent, budget_id: str, *, server_used: int, pending: int = 0) -> None:
     def shown() -> bool:
-        _, server, pending_used, _ = local_figures(agent, budget_id)
-        return (server, pending_used) == (server_used, pending)
+        figures = local_figures(agent, budget_id)
+        return figures is not None and figures[1:3] == (server_used, pending)
 
     await eventually(shown, within=30, what=f"a snapshot of {budget_id} with server_used {server_used}")
+
+
+async def test_a_hundred_concurrent_checks_pass_at_most_what_remains_and_their_events_settle_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+        hard = await plane.create_budget("hard", limit=100_000, requested_model=HARD)
+        async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "agent")) as agent:
+            await agent.record(spend_event(HARD, 99_000))
+            await snapshot_shows(agent, hard, server_used=99_000)
+            gate = threading.Barrier(100)
+
+            def one(_: int) -> Decision:
+                gate.wait()
+                return agent.check(checking(HARD, 30))
+
+            with ThreadPoolExecutor(max_workers=100) as pool:
+                decisions = list(pool.map(one, range(100)))
+            admitted = [d for d in decisions if d.allowed]
+            assert len(admitted) == 1_000 // 30
+            assert {d.denied_by_budget_id for d in decisions if not d.allowed} == {hard}
+            assert figures_of(agent, hard) == (99_000, 99_000, 0, 33 * 30)
+            for decision in admitted:  # each ran and cost 20: its event settles its reservation
+                await agent.record(spend_event(HARD, 20, reservation_id=decision.reservation_id))
+            assert figures_of(agent, hard)[2:] == (33 * 20, 0)
+            assert agent.status().open_reservations == 0
+            await snapshot_shows(agent, hard, server_used=99_000 + 33 * 20)
 
 
 async def test_cut_off_the_agent_keeps_denying_once_over_and_warn_only_keeps_allowing(
@@ -51,7 +88,7 @@ async def test_cut_off_the_agent_keeps_denying_once_over_and_warn_only_keeps_all
             # Cut off: the agent's own usage since the snapshot still counts.
             assert agent.check(checking(HARD)).allowed
             await agent.record(spend_event(HARD, 400), wait_for_commit=True)
-            assert local_figures(agent, hard)[:3] == (1_200, 800, 400)
+            assert figures_of(agent, hard)[:3] == (1_200, 800, 400)
             for _ in range(3):
                 denied = agent.check(checking(HARD))
                 assert (denied.allowed, denied.http_status, denied.denied_by_budget_id) == (False, 429, hard)
@@ -78,13 +115,13 @@ async def test_after_reconnecting_spooled_usage_is_delivered_and_a_fresh_snapsho
             await plane.stop()
             for _ in range(5):
                 await agent.record(spend_event(HARD, 1_000), wait_for_commit=True)
-            assert local_figures(agent, hard)[:3] == (5_000, 0, 5_000)
+            assert figures_of(agent, hard)[:3] == (5_000, 0, 5_000)
             await plane.start()
             started = time.monotonic()
             await snapshot_shows(agent, hard, server_used=5_000, pending=0)
             converged_s = time.monotonic() - started
             assert await plane.server_used(hard) == 5_000
-            assert local_figures(agent, hard)[0] == 5_000
+            assert figures_of(agent, hard)[0] == 5_000
             print(f"converged {converged_s:.2f}s after the control plane came back (heartbeat interval 1 s)")
 
 
@@ -110,8 +147,8 @@ async def test_a_later_batch_committed_first_is_counted_once(database_url: str, 
                 event.ClearField("sequence")
                 result = await agent.record(event)
                 assert result.sequence == int(event.event_id[-1])
-                assert local_figures(agent, hard)[0] <= total
-            assert local_figures(agent, hard)[:3] == (total, 1_100, 1_000)
+                assert figures_of(agent, hard)[0] <= total
+            assert figures_of(agent, hard)[:3] == (total, 1_100, 1_000)
             await snapshot_shows(agent, hard, server_used=total, pending=0)
             assert await plane.server_used(hard) == total
 
@@ -251,6 +288,16 @@ async def test_an_agent_killed_and_restarted_mid_outage_keeps_its_count(database
                 timeout=5,
             )
             assert (denied.allowed, denied.denied_by_budget_id) == (False, hard)
+            shown = await asyncio.to_thread(run_cli, "agent", "status", "--agent", restarted.address)
+            assert shown.returncode == 0, shown.stderr
+            table = shown.stdout
+            assert "budgets (as this agent enforces them)" in table
+            assert f"hard ({hard})" in table
+            assert "9000" in table
+            assert "6000" in table
+            as_json = await asyncio.to_thread(run_cli, "agent", "status", "--agent", restarted.address, "--json")
+            (local,) = json.loads(as_json.stdout)["budgets"]
+            assert (local["used"], local["pending_used"], local["denied_requests"]) == ("9000", "6000", "1")
         finally:
             restarted.stop()
 
