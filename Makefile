@@ -29,7 +29,10 @@ proto: $(VENV)/.installed
 run: install
 	$(VENV)/bin/meterwire serve $(ARGS)
 
-test: install litellm-venv
+# Outside CI a LiteLLM virtualenv that cannot be built (no registry) is not fatal: tests/litellm then skip, saying so.
+test: install
+	@$(MAKE) --no-print-directory litellm-venv || { [ "$${CI:-}" != true ] && [ "$${MW_REQUIRE_LITELLM:-}" != 1 ] \
+		&& echo "make test: .venv-litellm could not be built; tests/litellm will skip"; }
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The LiteLLM proxy of tests/litellm and benchmarks/litellm_overhead.py, in a virtualenv of its own (as users run

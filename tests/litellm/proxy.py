@@ -41,8 +41,9 @@ RICH_USAGE = {
 
 
 def require_litellm() -> Path:
-    """The proxy binary; without it the test skips, unless CI or MW_REQUIRE_LITELLM=1 makes that a failure."""
-    if LITELLM.exists():
+    """The proxy binary of a completely built .venv-litellm (its stamp); without it the test skips, unless CI or
+    MW_REQUIRE_LITELLM=1 makes that a failure."""
+    if LITELLM.exists() and (LITELLM_VENV / ".installed").exists():
         return LITELLM
     reason = f"{LITELLM} is missing: `make litellm-venv` builds the LiteLLM proxy's own virtualenv (~3 min)"
     if os.environ.get("MW_REQUIRE_LITELLM") == "1" or os.environ.get("CI", "").lower() == "true":
