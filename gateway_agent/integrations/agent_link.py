@@ -9,6 +9,7 @@ from typing import Protocol
 import grpc
 import structlog
 
+from budgeting.decision import Verdict
 from gateway_agent.agent import AgentClosedError, GatewayAgent
 from gateway_agent.budget_view import CheckRequest, Decision
 from gateway_agent.settings import AgentSettings
@@ -94,6 +95,10 @@ class LocalAgent:
             http_status=answer.http_status,
             message=answer.message,
             config_version=answer.config_version,
+            # Same numbers; an older daemon answers 0 (unspecified): ALLOW or DENY as it decided.
+            verdict=Verdict(answer.decision)
+            if answer.decision
+            else (Verdict.ALLOW if answer.allowed else Verdict.DENY),
             denied_by_budget_id=answer.denied_by_budget_id,
             reservation_id=answer.reservation_id,
             response_body=answer.response_body,
