@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
@@ -80,7 +81,10 @@ def run(requests: int, warmup: int, stream: bool) -> None:
         }
         try:
             samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            cpu_before: dict[str, float] = {}
             for index in range(warmup + requests):
+                if index == warmup:
+                    cpu_before = {name: cpu_seconds(proxy.process.pid) for name, proxy in proxies.items()}
                 # Rotate which proxy goes first, so none always follows another's work.
                 shift = index % len(VARIANTS)
                 for name in VARIANTS[shift:] + VARIANTS[:shift]:
@@ -89,6 +93,10 @@ def run(requests: int, warmup: int, stream: bool) -> None:
                     if index >= warmup:
                         samples[name].append(elapsed)
             last_response = time.monotonic()
+            cpu_ms = {
+                name: (cpu_seconds(proxy.process.pid) - cpu_before[name]) * 1000 / requests
+                for name, proxy in proxies.items()
+            }
             reports = Reports(cp.address, cp.admin_token_file.read_text().strip(), ENVIRONMENT)
             expected = warmup + requests
             while sum(reports.event_ids().values()) < expected:
@@ -106,7 +114,7 @@ def run(requests: int, warmup: int, stream: bool) -> None:
         values = samples[name]
         print(
             f"  {labels[name]:19s} p50 {percentile(values, 0.5):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
-            f"   mean {statistics.fmean(values):7.2f} ms"
+            f"   mean {statistics.fmean(values):7.2f} ms   proxy CPU {cpu_ms[name]:5.2f} ms/request"
         )
     for label, fraction in (("p50", 0.5), ("p99", 0.99)):
         with_it, noop, bare = (percentile(samples[name], fraction) for name in ("meterwire", "noop", "without"))
@@ -154,6 +162,12 @@ def callback_payload(index: int) -> dict[str, Any]:
             "hidden_params": {"litellm_overhead_time_ms": 1.5},
         },
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def per_call_us(samples_ns: list[int]) -> str:
