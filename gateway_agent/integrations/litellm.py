@@ -59,6 +59,7 @@ class MeterwireCallback(CustomLogger):
         self._agent: AgentLink | None = None
         self._ready: asyncio.Future[AgentLink | None] | None = None
         self._lifetime: asyncio.Task[None] | None = None
+        self._prompts = PromptCounter()
         # The proxy loads its config inside its running event loop: start the agent with it, not on a request.
         with contextlib.suppress(RuntimeError):
             self._begin(asyncio.get_running_loop())
@@ -136,7 +137,9 @@ class MeterwireCallback(CustomLogger):
                 requested_model=question.requested_model,
                 route=question.route,
                 tags=question.tags,
-                estimate=estimate(data, question.requested_model, max_output_tokens=question.max_output_tokens),
+                estimate=self._prompts.estimate(
+                    data, question.requested_model, max_output_tokens=question.max_output_tokens
+                ),
             )
         )
         if not decision.allowed:
@@ -171,19 +174,68 @@ class MeterwireCallback(CustomLogger):
         await agent.record(event)
 
 
-def estimate(data: Mapping[str, Any], model: str, *, max_output_tokens: int) -> UsageEstimate:
-    """What the request may use: its prompt counted with LiteLLM's tokenizer for the model, plus the caller's
-    max_tokens. The agent prices it with the environment's pricing table and reserves it."""
-    input_tokens = 0
-    try:
-        if isinstance(data.get("messages"), list):
-            input_tokens = int(litellm.token_counter(model=model, messages=data["messages"]))
-        elif isinstance(data.get("input"), str | list):
-            text = data["input"]
-            input_tokens = int(litellm.token_counter(model=model, text=text if isinstance(text, str) else None))
-    except Exception as error:  # a prompt LiteLLM cannot count is estimated by max_tokens alone
-        log.warning("cannot count the prompt's tokens for the reservation", model=model, error=str(error))
-    return UsageEstimate(input_tokens=input_tokens, max_output_tokens=max_output_tokens)
+class PromptCounter:
+    """Counts a prompt's tokens with the tokenizer LiteLLM picks for the model, chosen once per model. Text chat
+    prompts under a tiktoken tokenizer are encoded directly, in OpenAI's message accounting: inside a running event
+    loop (the proxy's) litellm.token_counter costs about 0.8 ms of CPU a call on average, the encoding a few µs.
+    Anything else (images, tools, other tokenizers) goes through litellm.token_counter."""
+
+    MAX_MODELS = 1024
+    """Models whose tokenizer is kept (aliases are few; beyond this the choice is made per call)."""
+    TOKENS_PER_MESSAGE = 3
+    REPLY_PRIMING_TOKENS = 3
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[str, Any] = {}
+
+    def _tokenizer(self, model: str) -> Any:
+        tokenizer = self._tokenizers.get(model)
+        if tokenizer is None:
+            tokenizer = litellm.utils.select_tokenizer(model=model)
+            if len(self._tokenizers) < self.MAX_MODELS:
+                self._tokenizers[model] = tokenizer
+        return tokenizer
+
+    def count(self, data: Mapping[str, Any], model: str) -> int:
+        tokenizer = self._tokenizer(model)
+        encoding = tokenizer.get("tokenizer") if tokenizer.get("type") == "openai_tokenizer" else None
+        messages = data.get("messages")
+        if isinstance(messages, list):
+            texts = _message_texts(messages)
+            if encoding is not None and texts is not None:
+                encoded = sum(len(encoding.encode(text, disallowed_special=())) for text in texts)
+                return encoded + self.TOKENS_PER_MESSAGE * len(messages) + self.REPLY_PRIMING_TOKENS
+            return int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, messages=messages))
+        if isinstance(data.get("input"), str):
+            if encoding is not None:
+                return len(encoding.encode(data["input"], disallowed_special=()))
+            return int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=data["input"]))
+        return 0
+
+    def estimate(self, data: Mapping[str, Any], model: str, *, max_output_tokens: int) -> UsageEstimate:
+        """What the request may use: its prompt's tokens plus the caller's max_tokens. The agent prices it with
+        the environment's pricing table and reserves it."""
+        try:
+            input_tokens = self.count(data, model)
+        except Exception as error:  # a prompt LiteLLM cannot count is estimated by max_tokens alone
+            log.warning("cannot count the prompt's tokens for the reservation", model=model, error=str(error))
+            input_tokens = 0
+        return UsageEstimate(input_tokens=input_tokens, max_output_tokens=max_output_tokens)
+
+
+def _message_texts(messages: list[Any]) -> list[str] | None:
+    """Every role, name and content string of plain-text chat messages; None when any part is not plain text."""
+    texts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
+            return None
+        for value in message.values():
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                return None
+            texts.append(value)
+    return texts
 
 
 def denial(decision: Decision) -> AdmissionDenied:
