@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import shutil
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -146,60 +148,83 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> _SqliteTemplat
     return _SqliteTemplate(tmp_path_factory.mktemp("sqlite-template") / "data")
 
 
+_T = TypeVar("_T")
+
 _DROP_BATCH = 8
-"""Used test databases dropped together, in a thread while the next tests run: each DROP DATABASE waits for a
-checkpoint (about a second), and concurrent drops share one."""
+"""Used test databases dropped together: each DROP DATABASE waits for a checkpoint (about a second), and
+concurrent drops share one."""
 
 
 class _PostgresDatabases:
-    """Creates each test's PostgreSQL database (empty, or a copy of a template migrated once per session) and
-    drops used ones in batches: a database is never reused, so every test still starts on a fresh one."""
+    """Makes each test's PostgreSQL database (empty, or a copy of a template migrated once per session) and
+    drops used ones in batches, in a thread of its own while tests run: the next test's copy is made while the
+    current test runs. A database is never reused, so every test still starts on a fresh one."""
 
     def __init__(self) -> None:
         self.server_url = _postgres_server_url()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-databases", daemon=True)
+        self._thread.start()
         self._template: str | None = None
+        self._template_lock = asyncio.Lock()  # used only on self._loop
+        self._next_migrated: concurrent.futures.Future[str] | None = None
         self._used: list[str] = []
-        self._dropping: threading.Thread | None = None
+        self._pending: list[concurrent.futures.Future[object]] = []
 
     async def create(self, *, migrated: bool = False) -> str:
-        if len(self._used) >= _DROP_BATCH:
-            self._drop_in_background(self._used)
+        """A new database's URL; called from a test's event loop."""
+        if migrated:
+            future = self._next_migrated or self._submit(self._make(migrated=True))
+            self._next_migrated = self._submit(self._make(migrated=True))
+        else:
+            future = self._submit(self._make(migrated=False))
+        if len(self._used) >= _DROP_BATCH:  # the tests that used these are over
+            self._pending.append(self._submit(self._drop(self._used)))
             self._used = []
+        database = await asyncio.wrap_future(future)
+        self._used.append(database)
+        return self._url(database)
+
+    def drop_all(self) -> None:
+        """Drops every database made, the template too, then stops the thread; raises what a drop raised."""
+        try:
+            unused = [self._next_migrated.result()] if self._next_migrated is not None else []
+            self._submit(self._drop([*self._used, *unused, *([self._template] if self._template else [])])).result()
+            for future in self._pending:
+                future.result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _submit(self, work: Coroutine[object, object, _T]) -> concurrent.futures.Future[_T]:
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
+
+    def _url(self, database: str) -> str:
+        return make_url(self.server_url).set(database=database).render_as_string(hide_password=False)
+
+    async def _make(self, *, migrated: bool) -> str:
         server = _server_engine(self.server_url)
         try:
             template = await self._migrated_template(server) if migrated else None
             database = f"mw_test_{secrets.token_hex(6)}"
             await _create_database(server, database, template)
+            return database
         finally:
             await server.dispose()
-        self._used.append(database)
-        return self._url(database)
-
-    def drop_all(self) -> None:
-        self._drop_in_background([*self._used, *([self._template] if self._template else [])])
-        if self._dropping is not None:
-            self._dropping.join()
-
-    def _drop_in_background(self, databases: list[str]) -> None:
-        if self._dropping is not None:
-            self._dropping.join()  # one batch at a time: a few connections, never a pile of them
-        self._dropping = threading.Thread(target=asyncio.run, args=(self._drop(databases),), name="drop-test-databases")
-        self._dropping.start()
-
-    def _url(self, database: str) -> str:
-        return make_url(self.server_url).set(database=database).render_as_string(hide_password=False)
 
     async def _migrated_template(self, server: AsyncEngine) -> str:
-        if self._template is None:
-            template = f"mw_template_{secrets.token_hex(6)}"
-            await _create_database(server, template, None)
-            template_engine = create_storage_engine(self._url(template))
-            try:
-                await upgrade(template_engine)
-            finally:
-                await template_engine.dispose()
-            self._template = template
-        return self._template
+        async with self._template_lock:
+            if self._template is None:
+                template = f"mw_template_{secrets.token_hex(6)}"
+                await _create_database(server, template, None)
+                template_engine = create_storage_engine(self._url(template))
+                try:
+                    await upgrade(template_engine)
+                finally:
+                    await template_engine.dispose()
+                self._template = template
+            return self._template
 
     async def _drop(self, databases: list[str]) -> None:
         server = _server_engine(self.server_url)
