@@ -184,11 +184,13 @@ async def test_budgets_made_while_usage_streams_in_count_every_event_once(
     assert checked >= 4 * len(_BUDGETS)
 
 
-async def test_two_replicas_ingesting_into_shared_budgets_stay_exact(database_url: str, tmp_path: Path) -> None:
-    first_settings = budget_settings(database_url, tmp_path / "a")
+async def test_two_replicas_ingesting_into_shared_budgets_stay_exact(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    first_settings = budget_settings(migrated_database_url, tmp_path / "a")
     async with (
         ControlPlane(first_settings) as first,
-        ControlPlane(budget_settings(database_url, tmp_path / "b")) as second,
+        ControlPlane(budget_settings(migrated_database_url, tmp_path / "b")) as second,
         grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
         grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
     ):

@@ -136,10 +136,10 @@ async def test_an_alert_is_delivered_signed_with_its_idempotency_key_after_the_r
 
 
 async def test_a_delivery_pending_at_shutdown_is_sent_after_a_restart_with_the_same_key(
-    database_url: str, tmp_path: Path, receiver: Receiver
+    migrated_database_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.status = 500
-    settings = budget_settings(database_url, tmp_path / "var")
+    settings = budget_settings(migrated_database_url, tmp_path / "var")
     async with ControlPlane(settings) as plane, grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         admin_secret = settings.admin_token_path.read_text().strip()
         tokens = Tokens(channel, admin_secret)
@@ -197,8 +197,10 @@ async def test_alerts_are_listed_newest_first_and_watched_as_they_are_raised(
     replay.cancel()
 
 
-async def test_two_replicas_crossing_a_threshold_at_once_raise_one_alert(database_url: str, tmp_path: Path) -> None:
-    settings = budget_settings(database_url, tmp_path / "var")
+async def test_two_replicas_crossing_a_threshold_at_once_raise_one_alert(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    settings = budget_settings(migrated_database_url, tmp_path / "var")
     async with ControlPlane(settings) as plane:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
             admin = bearer(settings.admin_token_path.read_text().strip())

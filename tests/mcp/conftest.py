@@ -23,8 +23,8 @@ from tests.telemetry.events import report, varied_events
 
 
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    async with ControlPlane(budget_settings(database_url, tmp_path / "var")) as plane:
+async def control_plane(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(budget_settings(migrated_database_url, tmp_path / "var")) as plane:
         yield plane
 
 

@@ -12,6 +12,6 @@ from tests.reporting.settings import reporting_settings
 
 
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    async with ControlPlane(reporting_settings(database_url, tmp_path / "var")) as plane:
+async def control_plane(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(reporting_settings(migrated_database_url, tmp_path / "var")) as plane:
         yield plane

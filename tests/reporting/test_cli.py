@@ -91,9 +91,9 @@ def _event(request_id: str, model: str, moment: datetime, **fields: Any) -> usag
 
 
 @pytest.fixture
-async def priced_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def priced_plane(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
     """Reporting with Config beside it: prod prices in EUR, one priced request and one that reported nothing."""
-    settings = reporting_settings(database_url, tmp_path / "var", services=frozenset(ServiceName))
+    settings = reporting_settings(migrated_database_url, tmp_path / "var", services=frozenset(ServiceName))
     async with ControlPlane(settings) as plane:
         admin = plane.settings.admin_token_path.read_text().strip()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:

@@ -144,7 +144,7 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
 
 
 async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again_is_refused(
-    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, database_url: str, tmp_path: Path
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, migrated_database_url: str, tmp_path: Path
 ) -> None:
     # Three days of usage, ending yesterday, stored while raw events were kept 90 days. Then a replica whose
     # raw events and minutes are kept one day joins, with its background job on: it compacts and prunes on
@@ -164,7 +164,7 @@ async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again
     pruned = [e for e in events if e.time_us < cutoff_us]
     assert len(pruned) > len(events) // 4
     settings = reporting_settings(
-        database_url,
+        migrated_database_url,
         tmp_path / "replica",
         rollup_compaction_interval=timedelta(milliseconds=50),
         raw_event_retention=timedelta(days=1),
@@ -204,7 +204,7 @@ async def test_the_background_job_prunes_by_itself_and_a_pruned_event_sent_again
 
 
 async def test_a_replica_serving_only_telemetry_compacts_the_rollups_it_writes(
-    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, database_url: str, tmp_path: Path
+    control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, migrated_database_url: str, tmp_path: Path
 ) -> None:
     # Rollups are written by ingest, so a replica hosting only Telemetry runs the maintenance job too: without
     # it, a deployment whose reporting runs elsewhere (or nowhere) would never compact nor prune.
@@ -212,7 +212,7 @@ async def test_a_replica_serving_only_telemetry_compacts_the_rollups_it_writes(
     await ingest(channel, secrets, events)
     assert len(await dirty_hour_starts(control_plane.engine)) > 1
     settings = reporting_settings(
-        database_url,
+        migrated_database_url,
         tmp_path / "telemetry-only",
         services=frozenset({ServiceName.TELEMETRY}),
         rollup_compaction_interval=timedelta(milliseconds=50),

@@ -22,9 +22,9 @@ from tests.telemetry.events import report, usage_event
 
 
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def control_plane(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
     services = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING, ServiceName.CONFIG, ServiceName.ADMIN})
-    async with ControlPlane(reporting_settings(database_url, tmp_path / "var", services=services)) as plane:
+    async with ControlPlane(reporting_settings(migrated_database_url, tmp_path / "var", services=services)) as plane:
         yield plane
 
 

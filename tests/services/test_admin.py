@@ -44,6 +44,8 @@ async def test_creating_an_environment_twice_is_idempotent_but_a_conflict_is_ref
     assert conflict.code() is grpc.StatusCode.ALREADY_EXISTS
 
 
+# The id check refuses these before any storage is touched: one database engine is enough.
+@pytest.mark.parametrize("storage_dialect", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("bad_id", ["", "Prod", "1prod", "prod_eu", "p" * 64])
 async def test_an_invalid_environment_id_is_refused_naming_the_field(
     channel: grpc.aio.Channel, admin_secret: str, bad_id: str

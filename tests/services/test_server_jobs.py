@@ -26,12 +26,12 @@ _ROLLUP_JOB = "rollup-maintenance"
     ],
 )
 async def test_each_replica_runs_the_jobs_of_what_it_hosts(
-    database_url: str, tmp_path: Path, services: str, jobs: list[str]
+    migrated_database_url: str, tmp_path: Path, services: str, jobs: list[str]
 ) -> None:
     settings = ServerSettings(
         listen="127.0.0.1:0",
         data_dir=tmp_path / "var",
-        database_url=database_url,
+        database_url=migrated_database_url,
         services=frozenset({ServiceName(services)}),
         drain_delay=timedelta(0),
     )

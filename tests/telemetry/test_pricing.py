@@ -25,13 +25,13 @@ from .events import report, rollup_sums, usage_event
 
 
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path, ingest_workers: int) -> AsyncIterator[ControlPlane]:
+async def control_plane(migrated_database_url: str, tmp_path: Path, ingest_workers: int) -> AsyncIterator[ControlPlane]:
     # Config too: a pricing table put through it prices the very next batch (one config hub per process).
     settings = ServerSettings(
         ingest_workers=ingest_workers,
         listen="127.0.0.1:0",
         data_dir=tmp_path / "var",
-        database_url=database_url,
+        database_url=migrated_database_url,
         services=frozenset({ServiceName.TELEMETRY, ServiceName.CONFIG, ServiceName.ADMIN}),
         drain_delay=timedelta(0),
         shutdown_grace=timedelta(seconds=1),
