@@ -49,8 +49,10 @@ REFRESH = timedelta(milliseconds=400)
 
 
 @pytest.fixture
-async def control_plane(database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    async with ControlPlane(snapshot_settings(database_url, tmp_path / "var", heartbeat_interval=REFRESH)) as plane:
+async def control_plane(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(
+        snapshot_settings(migrated_database_url, tmp_path / "var", heartbeat_interval=REFRESH)
+    ) as plane:
         yield plane
 
 
@@ -294,10 +296,10 @@ async def test_a_gateway_token_watches_only_its_own_environment(channel: grpc.ai
 
 @asynccontextmanager
 async def _stream_of_a_plane_to_stop(
-    database_url: str, tmp_path: Path, **overrides: Any
+    migrated_database_url: str, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[tuple[ControlPlane, grpc.aio.Channel, str, SnapshotStream]]:
     """A control plane of the test's own (it shuts it down), a gateway's secret and its open snapshot stream."""
-    settings = snapshot_settings(database_url, tmp_path / "var", **overrides)
+    settings = snapshot_settings(migrated_database_url, tmp_path / "var", **overrides)
     plane = ControlPlane(settings)
     await plane.start()
     try:
@@ -310,8 +312,10 @@ async def _stream_of_a_plane_to_stop(
         await plane.shutdown()
 
 
-async def test_snapshot_streams_end_cleanly_when_the_server_shuts_down(database_url: str, tmp_path: Path) -> None:
-    async with _stream_of_a_plane_to_stop(database_url, tmp_path, shutdown_grace=timedelta(seconds=30)) as (
+async def test_snapshot_streams_end_cleanly_when_the_server_shuts_down(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    async with _stream_of_a_plane_to_stop(migrated_database_url, tmp_path, shutdown_grace=timedelta(seconds=30)) as (
         plane,
         _,
         _,
@@ -333,12 +337,14 @@ async def test_a_committed_through_beyond_what_storage_holds_is_refused(
     assert (refused.value.details() or "").startswith("committed_through_sequence")
 
 
-async def test_streams_of_other_replicas_see_changes_through_the_poll(database_url: str, tmp_path: Path) -> None:
+async def test_streams_of_other_replicas_see_changes_through_the_poll(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
     slow = timedelta(minutes=5)  # no periodic refresh within the test: only the poll can push
-    first_settings = snapshot_settings(database_url, tmp_path / "a", heartbeat_interval=slow)
+    first_settings = snapshot_settings(migrated_database_url, tmp_path / "a", heartbeat_interval=slow)
     async with (
         ControlPlane(first_settings) as first,
-        ControlPlane(snapshot_settings(database_url, tmp_path / "b", heartbeat_interval=slow)) as second,
+        ControlPlane(snapshot_settings(migrated_database_url, tmp_path / "b", heartbeat_interval=slow)) as second,
         grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
         grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
     ):
@@ -354,11 +360,11 @@ async def test_streams_of_other_replicas_see_changes_through_the_poll(database_u
             assert pushed.included_through_sequence == 1
 
 
-async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str, tmp_path: Path) -> None:
+async def test_changes_within_the_minimum_interval_wait_for_it(migrated_database_url: str, tmp_path: Path) -> None:
     # An hour apart at least: usage committed right after the first snapshot is held back (coalesced into the
     # next one), and the stream still ends at once when the server drains.
     hour = timedelta(hours=1)
-    async with _stream_of_a_plane_to_stop(database_url, tmp_path, budget_snapshot_min_interval=hour) as (
+    async with _stream_of_a_plane_to_stop(migrated_database_url, tmp_path, budget_snapshot_min_interval=hour) as (
         plane,
         channel,
         secret,
@@ -373,15 +379,15 @@ async def test_changes_within_the_minimum_interval_wait_for_it(database_url: str
 
 
 async def test_two_replicas_storing_one_gateways_batches_at_once_lose_no_range(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
     # The batches go to the two replicas at once, each to one, in shuffled order, with events in minutes of their
     # own (so their transactions share no rollup row): the included set is read, merged and written back under
     # the gateway row's lock, so no replica's range is lost to the other's write.
-    first_settings = snapshot_settings(database_url, tmp_path / "a")
+    first_settings = snapshot_settings(migrated_database_url, tmp_path / "a")
     async with (
         ControlPlane(first_settings) as first,
-        ControlPlane(snapshot_settings(database_url, tmp_path / "b")) as second,
+        ControlPlane(snapshot_settings(migrated_database_url, tmp_path / "b")) as second,
         grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
         grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
     ):

@@ -107,12 +107,12 @@ def _duration(delta: timedelta) -> Duration:
 
 
 @contextlib.asynccontextmanager
-async def budget_plane(database_url: str, tmp_path: Path, *gateways: str) -> AsyncIterator[BudgetPlane]:
+async def budget_plane(migrated_database_url: str, tmp_path: Path, *gateways: str) -> AsyncIterator[BudgetPlane]:
     """A running control plane with the test environment, a token per gateway and a 1 s heartbeat interval."""
     settings = ServerSettings(
         listen=f"127.0.0.1:{free_port()}",
         data_dir=tmp_path / "var",
-        database_url=database_url,
+        migrated_database_url=migrated_database_url,
         drain_delay=timedelta(0),
         ingest_workers=0,
         shutdown_grace=timedelta(seconds=1),

@@ -48,9 +48,9 @@ async def snapshot_shows(agent: GatewayAgent, budget_id: str, *, server_used: in
 
 
 async def test_a_hundred_concurrent_checks_pass_at_most_what_remains_and_their_events_settle_them(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=100_000, requested_model=HARD)
         async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "agent")) as agent:
             await agent.record(spend_event(HARD, 99_000))
@@ -75,9 +75,9 @@ async def test_a_hundred_concurrent_checks_pass_at_most_what_remains_and_their_e
 
 
 async def test_cut_off_the_agent_keeps_denying_once_over_and_warn_only_keeps_allowing(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=1_000, requested_model=HARD)
         warn = await plane.create_budget("warn", limit=1_000, requested_model=WARN, mode=budget_pb.MODE_WARN_ONLY)
         async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "agent")) as agent:
@@ -113,9 +113,9 @@ async def test_cut_off_the_agent_keeps_denying_once_over_and_warn_only_keeps_all
 
 
 async def test_after_reconnecting_spooled_usage_is_delivered_and_a_fresh_snapshot_replaces_the_estimate(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=100_000, requested_model=HARD)
         async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "agent")) as agent:
             await snapshot_shows(agent, hard, server_used=0)
@@ -132,10 +132,10 @@ async def test_after_reconnecting_spooled_usage_is_delivered_and_a_fresh_snapsho
             print(f"converged {converged_s:.2f}s after the control plane came back (heartbeat interval 1 s)")
 
 
-async def test_a_later_batch_committed_first_is_counted_once(database_url: str, tmp_path: Path) -> None:
+async def test_a_later_batch_committed_first_is_counted_once(migrated_database_url: str, tmp_path: Path) -> None:
     """Events 5-6 of the agent's spool reach the control plane before 1-4 (as a resent batch would): the snapshot
     includes them by range, the agent counts only 1-4 itself, and nothing is counted twice at any point."""
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=10**9, requested_model=HARD)
         events = [spend_event(HARD, 100 * n, event_id=f"00000000-0000-7000-8000-00000000000{n}") for n in range(1, 7)]
         for sequence, event in enumerate(events, start=1):
@@ -161,13 +161,13 @@ async def test_a_later_batch_committed_first_is_counted_once(database_url: str, 
 
 
 async def test_three_agents_cut_off_overspend_a_shared_hard_stop_no_more_than_the_bound(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
     """Each agent spends only its lease while cut off. Real usage exceeds each reservation by `excess`, one
     request at a time per agent, so the documented bound is limit + sum((B - S_i) / N) + N * excess."""
     limit, estimate, excess = 30_000, 1_000, 1_500
     gateways = ("gw-a", "gw-b", "gw-c")
-    async with budget_plane(database_url, tmp_path, *gateways) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, *gateways) as plane:
         shared = await plane.create_budget("shared", limit=limit, requested_model=HARD)
         agents = [GatewayAgent(settings_for(plane, g, tmp_path / g)) for g in gateways]
         for agent in agents:
@@ -206,12 +206,12 @@ async def test_three_agents_cut_off_overspend_a_shared_hard_stop_no_more_than_th
 
 
 async def test_a_real_agent_daemon_answers_a_denied_check_with_the_429_explanation(
-    database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
     from meterwire.agent.v1 import agent_service_pb2 as agent_pb
     from tests.gateway_agent.harness import AgentProcess
 
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("daily spend", limit=1_000, requested_model=HARD)
         daemon = AgentProcess(
             plane.address, plane.gateway_tokens[GATEWAY], tmp_path / "agent", "--reservation-ttl", "1"
@@ -260,11 +260,13 @@ async def test_a_real_agent_daemon_answers_a_denied_check_with_the_429_explanati
             daemon.stop()
 
 
-async def test_an_agent_killed_and_restarted_mid_outage_keeps_its_count(database_url: str, tmp_path: Path) -> None:
+async def test_an_agent_killed_and_restarted_mid_outage_keeps_its_count(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
     from meterwire.agent.v1 import agent_service_pb2 as agent_pb
     from tests.gateway_agent.harness import AgentProcess
 
-    async with budget_plane(database_url, tmp_path, GATEWAY) as plane:
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=10_000, requested_model=HARD)
         data_dir = tmp_path / "agent"
         daemon = AgentProcess(plane.address, plane.gateway_tokens[GATEWAY], data_dir)

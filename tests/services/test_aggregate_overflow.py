@@ -161,7 +161,7 @@ async def test_a_rollup_sum_past_int64_saturates_and_every_report_answers(
     )
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("storage_dialect", ["sqlite"], indirect=True)
 async def test_a_sum_an_older_version_stored_as_a_float_neither_breaks_reports_nor_ingest(
     channel: grpc.aio.Channel, gateway_secret: str, admin_secret: str, control_plane: ControlPlane
 ) -> None:
