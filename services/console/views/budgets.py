@@ -1,0 +1,71 @@
+"""The Budgets page: each visible budget's current window as a used/limit bar, its reset time, recent alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from budgeting.decision import Metric
+from services.budget.records import BudgetStatus, Visibility
+from services.cli.usage.figures import money
+from services.console.context import Console, Viewer
+from services.console.query import ViewQuery
+
+BUDGETS_SHOWN = 500
+ALERTS_SHOWN = 50
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    status: BudgetStatus
+    used: str
+    limit: str
+    percent: float
+    reset: datetime | None
+
+
+def _amount(value: int, metric: Metric, currency: str) -> str:
+    return money(value, currency) if metric is Metric.SPEND else f"{value:,} {metric.name.lower()}"
+
+
+def _line(status: BudgetStatus) -> BudgetLine:
+    rule, figures = status.budget.rule, status.figures
+    end_s = figures.window.end_s
+    return BudgetLine(
+        status=status,
+        used=_amount(figures.used, rule.metric, status.budget.currency),
+        limit=_amount(rule.limit, rule.metric, status.budget.currency),
+        percent=figures.used / rule.limit * 100 if rule.limit else 0.0,
+        reset=None if end_s is None else datetime.fromtimestamp(end_s, UTC),
+    )
+
+
+async def budgets_page(console: Console, request: Request, viewer: Viewer) -> Response:
+    query = ViewQuery.from_params(request.query_params)
+    principal = viewer.principal
+    # As the Budget RPCs decide: organization-wide budgets only for a token that may read every environment.
+    visibility = Visibility(
+        principal.visible_environments(query.env, field="env"),
+        organization=principal.visible_environments((), field="env") is None,
+    )
+    statuses, _ = await console.budgets.list_budgets(
+        visibility=visibility, requested_page_size=BUDGETS_SHOWN, page_token=""
+    )
+    alerts, _ = await console.webhooks.alerts(
+        visibility=visibility, budget_id="", requested_page_size=ALERTS_SHOWN, page_token=""
+    )
+    return console.render(
+        request,
+        "budgets.html",
+        viewer,
+        title="Budgets",
+        query=query,
+        zone=query.time_zone(),
+        budgets=[_line(status) for status in statuses],
+        alerts=alerts,
+        money=money,
+        environments=await console.environment_choices(principal),
+    )
