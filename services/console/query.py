@@ -19,6 +19,7 @@ from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from services.cli.usage.filters import DIMENSIONS, GRANULARITIES, METRICS, RANGES
 from services.errors import InvalidArgumentError
+from services.request_limits import MAX_FILTER_TAGS, MAX_FILTER_VALUES
 
 RANGE_CHOICES: Final = ("1h", "today", "3d", "7d", "30d", "custom")
 DEFAULT_GRANULARITY: Final = {"1h": "1m", "today": "1h", "3d": "1h", "7d": "1h", "30d": "1d"}
@@ -55,7 +56,6 @@ ZONES: Final = (
 )
 """Offered in the zone picker; any IANA zone typed into the URL works."""
 _LIST_PARAMS: Final = ("env", "gateway", "model", "resolved", "provider", "key", "user", "route", "tag")
-MAX_VALUES_PER_PARAM: Final = 50
 MAX_VALUE_BYTES: Final = 256
 
 
@@ -91,8 +91,9 @@ class ViewQuery:
         lists: dict[str, tuple[str, ...]] = {}
         for name in _LIST_PARAMS:
             values = tuple(value.strip() for value in params.getlist(name) if value.strip())
-            if len(values) > MAX_VALUES_PER_PARAM:
-                raise InvalidArgumentError(name, f"give at most {MAX_VALUES_PER_PARAM} values")
+            most = MAX_FILTER_TAGS if name == "tag" else MAX_FILTER_VALUES  # the RPCs' own bounds
+            if len(values) > most:
+                raise InvalidArgumentError(name, f"give at most {most} values")
             for value in values:
                 if len(value.encode()) > MAX_VALUE_BYTES:
                     raise InvalidArgumentError(name, f"a value is longer than {MAX_VALUE_BYTES} bytes")

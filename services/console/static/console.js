@@ -32,7 +32,7 @@
       series: [
         {},
         { label: data.label, stroke: "#2457c5", width: 2, fill: "rgba(36,87,197,0.12)", value: function (u, v) { return fmt(v); } },
-        { label: "average", stroke: "#a86400", width: 1, dash: [6, 4], value: function (u, v) { return fmt(v); } }
+        { label: "average", stroke: "#a86400", width: 1, dash: [6, 4], points: { show: false }, value: function (u, v) { return fmt(v); } }
       ],
       axes: [{}, { size: 80, values: function (u, values) { return values.map(fmt); } }],
       scales: { y: { range: function (u, min, max) { return [Math.min(0, min), max > 0 ? max * 1.1 : 1]; } } }
