@@ -209,6 +209,13 @@ def test_requests_history_errors_only_and_one_request_with_its_attempts(page: Pa
     rows = page.locator("table.requests tbody tr")
     expect(rows).to_have_count(50)
     screenshot(page, "requests")
+    newest = rows.locator("td:nth-child(2)").all_inner_texts()
+    page.click("a:text-is('Older requests →')")
+    page.wait_for_url("**page=**")
+    older = rows.locator("td:nth-child(2)").all_inner_texts()
+    assert older
+    assert not set(older) & set(newest)
+    page.go_back()
     page.click("a:text-is('Errors only')")
     page.wait_for_url("**errors=1**")
     failed = page.locator("table.requests tbody tr.failed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,12 +30,16 @@ async def requests_page(console: Console, request: Request, viewer: Viewer) -> R
         query=query,
         zone=query.time_zone(),
         requests=[request_message(outcome) for outcome in page.requests],
-        next_url=f"{query.url('/requests')}{'&' if query.params() else '?'}page={page.next_page_token}"
-        if page.next_page_token
-        else "",
+        next_url=_next_page(query, page.next_page_token),
         environments=await console.environment_choices(viewer.principal),
         choices={"ranges": RANGE_CHOICES, "zones": ZONES if query.zone in ZONES else (*ZONES, query.zone)},
     )
+
+
+def _next_page(query: ViewQuery, token: str) -> str:
+    if not token:
+        return ""
+    return f"/requests?{urlencode([*query.params(), ('page', token)])}"
 
 
 async def request_page(console: Console, request: Request, viewer: Viewer) -> Response:
