@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from services.console.context import Console, Viewer
 from services.console.security import CsrfError, SecurityHeaders
@@ -57,7 +58,7 @@ async def _form(request: Request) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-def build_app(console: Console) -> Starlette:
+def build_app(console: Console) -> ASGIApp:
     async def viewer_of(request: Request) -> Viewer | None:
         session_id = request.cookies.get(SESSION_COOKIE, "")
         resumed = await console.sessions.resume(session_id) if session_id else None
@@ -156,9 +157,8 @@ def build_app(console: Console) -> Starlette:
         Route("/exports/{job_id}/file", page(export_download)),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes)
-    app.add_middleware(SecurityHeaders)
-    return app
+    # Outermost, so even the plain 500 page of an unexpected error carries the headers.
+    return SecurityHeaders(Starlette(routes=routes))
 
 
 def _next_param(target: str) -> str:
