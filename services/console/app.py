@@ -64,11 +64,16 @@ def build_app(console: Console) -> ASGIApp:
         resumed = await console.sessions.resume(session_id) if session_id else None
         return Viewer(*resumed) if resumed else None
 
-    def page(handler: Handler, *, changes_state: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def page(
+        handler: Handler, *, changes_state: bool = False, fragment: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """`fragment`: read by the pages' script, which reloads the page on 401 instead of following a redirect
+        to the sign-in form (it would put that form into a table)."""
+
         async def endpoint(request: Request) -> Response:
             viewer = await viewer_of(request)
             if viewer is None:
-                if request.method != "GET" or request.headers.get("accept", "").startswith("application/json"):
+                if request.method != "GET" or fragment:
                     return Response("signed out", status_code=401)
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/login?{_next_param(target)}", status_code=303)
@@ -149,11 +154,11 @@ def build_app(console: Console) -> ASGIApp:
         Route("/requests", page(requests_page)),
         Route("/requests/{environment_id}/{request_id:path}", page(request_page)),
         Route("/fleet", page(fleet_page)),
-        Route("/fleet/rows", page(fleet_rows)),
+        Route("/fleet/rows", page(fleet_rows, fragment=True)),
         Route("/budgets", page(budgets_page)),
         Route("/exports", page(export_start, changes_state=True), methods=["POST"]),
         Route("/exports/{job_id}", page(export_page)),
-        Route("/exports/{job_id}/status", page(export_status)),
+        Route("/exports/{job_id}/status", page(export_status, fragment=True)),
         Route("/exports/{job_id}/file", page(export_download)),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]

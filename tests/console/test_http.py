@@ -43,6 +43,8 @@ async def test_pages_need_a_session_and_send_security_headers(http: httpx.AsyncC
         response = await http.get(path)
         assert response.status_code == 303
         assert response.headers["location"].startswith("/login?next=")
+    for fragment in ("/fleet/rows", "/exports/some-job/status"):
+        assert (await http.get(fragment)).status_code == 401  # the script reloads; no sign-in form in a table
     signed_in = await sign_in(http, admin_secret)
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/usage"
