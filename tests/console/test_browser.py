@@ -276,6 +276,7 @@ def test_budgets_show_spent_against_limit(page: Page, console: Fixture) -> None:
     # Its month to date counted at creation went past 50 %: the alert is listed.
     alert = page.locator("table.alerts tr", has=page.locator("td:text-is('alpha monthly spend')"))
     expect(alert.first).to_contain_text("50 %")
+    expect(alert.first).to_contain_text("/ 500.0000")  # in the budget's currency, not micro-units
     screenshot(page, "budgets")
 
 

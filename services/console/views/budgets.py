@@ -57,6 +57,14 @@ async def budgets_page(console: Console, request: Request, viewer: Viewer) -> Re
     alerts, _ = await console.webhooks.alerts(
         visibility=visibility, budget_id="", requested_page_size=ALERTS_SHOWN, page_token=""
     )
+    lines = [_line(status) for status in statuses]
+    units = {line.status.budget.budget_id: line.status for line in lines}
+
+    def alert_amount(budget_id: str, value: int) -> str:
+        """An alert's figure in its budget's unit (a raw count when the budget is not listed)."""
+        status = units.get(budget_id)
+        return f"{value:,}" if status is None else _amount(value, status.budget.rule.metric, status.budget.currency)
+
     return console.render(
         request,
         "budgets.html",
@@ -64,8 +72,8 @@ async def budgets_page(console: Console, request: Request, viewer: Viewer) -> Re
         title="Budgets",
         query=query,
         zone=query.time_zone(),
-        budgets=[_line(status) for status in statuses],
+        budgets=lines,
         alerts=alerts,
-        money=money,
+        alert_amount=alert_amount,
         environments=await console.environment_choices(principal),
     )
