@@ -182,6 +182,17 @@ def test_changing_a_filter_changes_the_numbers_and_the_url(page: Page, console: 
     page.wait_for_url("**metric=cost**")
     query = parse_qs(urlparse(page.url).query)
     assert (query["metric"], query["env"]) == (["cost"], ["beta"])  # the earlier filter is kept
+    # A custom range from the form: typing the dates picks "custom"; Apply sends them (in the chosen zone).
+    page.fill("form.filters input[name=from]", "2026-01-01T00:00")
+    page.fill("form.filters input[name=to]", "2026-01-02T00:00")
+    assert page.locator("form.filters input[name=range][value=custom]").is_checked()
+    page.click("form.filters fieldset:nth-of-type(2) button[type=submit]")
+    page.wait_for_url(lambda url: "2026-01-01" in url)
+    applied = parse_qs(urlparse(page.url).query)
+    assert applied["from"] == ["2026-01-01T00:00"]
+    assert "model" not in applied  # empty boxes stay out of the URL
+    assert tile(page, "requests") == "0"  # long before the dataset
+    page.go_back()
     page.click("nav.tabs a:text-is('user')")
     page.wait_for_url("**by=user**")
     assert page.locator("table.rank tbody tr[data-key^='user-']").count() >= 1

@@ -4,9 +4,26 @@
   "use strict";
 
   // Filter forms apply as soon as a choice changes (their Apply buttons stay for typed values and no-JS).
+  // A custom range waits for its dates: picking a date selects "custom", and Apply sends it.
   document.querySelectorAll("form[data-autosubmit]").forEach(function (form) {
     form.addEventListener("change", function (event) {
-      if (event.target.tagName === "SELECT" || event.target.type === "radio") form.requestSubmit();
+      var target = event.target;
+      if (target.type === "datetime-local") {
+        var custom = form.querySelector("input[name=range][value=custom]");
+        if (custom) custom.checked = true;
+        return;
+      }
+      if (target.type === "radio" && target.value === "custom") return;
+      if (target.tagName === "SELECT" || target.type === "radio") form.requestSubmit();
+    });
+    // Empty "add a filter" boxes stay out of the URL, so a shared link says only what was chosen.
+    window.addEventListener("pageshow", function () {  // back from the next page: the boxes work again
+      form.querySelectorAll("input:disabled").forEach(function (input) { input.disabled = false; });
+    });
+    form.addEventListener("submit", function () {
+      form.querySelectorAll("input[type=text], input:not([type])").forEach(function (input) {
+        if (!input.value.trim()) input.disabled = true;
+      });
     });
   });
 
