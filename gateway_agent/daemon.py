@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from gateway_agent.agent import GatewayAgent, RecordResult
 from gateway_agent.budget_view import CheckRequest
+from gateway_agent.interceptor import UndecodableBodies
 from gateway_agent.metrics import agent_registry
 from meterwire.agent.v1 import agent_service_pb2 as agent_pb
 from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
@@ -173,7 +174,7 @@ class AgentDaemon:
             # A stale socket from a crashed run would make the bind fail.
             await asyncio.to_thread(Path(self.listen.removeprefix("unix://")).unlink, missing_ok=True)
         await self.agent.start()
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=[UndecodableBodies()])
         agent_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agent), self._server)
         self.port = self._server.add_insecure_port(self.listen)
         await self._server.start()

@@ -56,6 +56,12 @@ class FailedPreconditionError(MeterwireError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class DeadlineExceededError(MeterwireError):
+    """The caller's deadline passed while the work was still going on."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class AbortedError(MeterwireError):
     code = grpc.StatusCode.ABORTED
 

@@ -13,6 +13,7 @@ import grpc
 import structlog
 from prometheus_client import Counter, Histogram
 
+from grpc_bodies import Undecodable, guarded
 from services.auth import Principal, Role, bearer_secret, bind_principal, unbind_principal
 from services.errors import (
     MAX_STATUS_DETAILS_BYTES,
@@ -35,43 +36,11 @@ RPCS_HANDLED = Counter(
 RPC_SECONDS = Histogram("meterwire_grpc_server_handling_seconds", "Unary RPC latency, by method.", ["grpc_method"])
 
 Authenticate = Callable[[str], Awaitable[Principal]]
-Deserializer = Callable[[bytes], Any]
-
-
-class _Undecodable:
-    """Stands for a request body that did not parse, in place of the message gRPC would have passed on.
-
-    Raising inside the deserializer would end the call in gRPC core as UNKNOWN ("Unexpected DecodeError") or,
-    for a message of a stream, as an exception inside the servicer (INTERNAL, a logged traceback). The marker
-    lets the call reach the interceptor, which refuses it with INVALID_ARGUMENT like any other bad field.
-    """
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-
-def _guarded(deserializer: Deserializer | None) -> Deserializer | None:
-    if deserializer is None:
-        return None
-    message_class = getattr(deserializer, "__self__", None)
-    type_name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "message")
-
-    def deserialize(body: bytes) -> Any:
-        try:
-            return deserializer(body)
-        except Exception as error:  # whatever the parser says, these bytes are not a request
-            # upb says "Error parsing message with type 'X': <why>"; the why is what the caller needs.
-            why = str(error).rpartition("': ")[2] or type(error).__name__
-            return _Undecodable(f"is not a valid serialized {type_name} ({why})")
-
-    return deserialize
 
 
 def _admitted(request: Any, *, field: str) -> Any:
     """The request if it decoded and every repeated field is within its limit, else INVALID_ARGUMENT."""
-    if isinstance(request, _Undecodable):
+    if isinstance(request, Undecodable):
         raise InvalidArgumentError(field, request.problem)
     check_entry_limits(request, prefix="" if field == "request" else f"{field}.")
     return request
@@ -229,7 +198,7 @@ async def _abort(
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], call: _Call) -> grpc.RpcMethodHandler[Any, Any]:
     codec = {
-        "request_deserializer": _guarded(handler.request_deserializer),
+        "request_deserializer": guarded(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

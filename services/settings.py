@@ -103,8 +103,8 @@ class ServerSettings(BaseSettings):
     was counted already."""
     ingest_commit_linger: timedelta = timedelta(milliseconds=2)
     """Group commit: how long the writer waits for more batches to share one transaction."""
-    ingest_commit_max_events: int = Field(default=10_000, ge=1)
-    """Group commit: most events in one transaction."""
+    ingest_commit_max_events: int = Field(default=10_000, ge=1, le=100_000)
+    """Group commit: most events in one transaction (at most 100,000: services.accounting.bounds relies on it)."""
     ingest_workers: int = Field(default=0, ge=0, le=64)
     """Processes that validate, price and turn usage batches into rows beside the event loop (0: in the event
     loop). They raise the most one server ingests when cores are spare, and cost CPU and latency to hand
@@ -224,7 +224,10 @@ class ServerSettings(BaseSettings):
     retention_prune_chunk_rows: int = Field(default=10_000, ge=1)
     """Rows one prune statement deletes, so pruning never holds a long lock on the tables ingest writes."""
     reporting_max_points: int = Field(default=10_000, ge=1)
-    """Most time buckets one time series or grouped export may ask for."""
+    """Most time buckets one time series may ask for."""
+    reporting_max_export_buckets: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Most time buckets one grouped export may span (about two years of minutes); it is refused before any work,
+    and streamed a window of buckets at a time."""
 
     @model_validator(mode="after")
     def _check_retention_order(self) -> Self:

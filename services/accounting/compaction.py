@@ -38,6 +38,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.accounting.measures import COUNT_COLUMNS
 from services.settings import ServerSettings
 from services.storage import dialect, tables
 from services.storage.uow import UnitOfWork
@@ -72,7 +73,11 @@ def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) 
     metrics = [column.name for column in target.columns if not column.primary_key]
     bucket = source.c.bucket_start - source.c.bucket_start % width
     dimensions = [source.c[name] for name in key[1:]]
-    sums = [sa.func.sum(source.c[name]) for name in metrics]
+    # Counts cannot reach 2^63; sums of per-event values saturate (services.accounting.bounds).
+    sums = [
+        sa.func.sum(source.c[name]) if name in COUNT_COLUMNS else dialect.saturating_sum(source.c[name])
+        for name in metrics
+    ]
     select = (
         sa.select(bucket, *dimensions, *sums)
         .where(_in_ranges(source.c.bucket_start, starts, width))
@@ -96,7 +101,7 @@ def _rebuild_token_categories(hours: list[int], *, dialect_name: str) -> list[sa
     dimensions = [events.c[name] for name in key[1:-1]]
     in_hours = _in_ranges(events.c.event_time_us, [h * 1_000_000 for h in hours], HOUR_S * 1_000_000)
     select = (
-        sa.select(hour, *dimensions, pairs.c.key, sa.func.sum(value))
+        sa.select(hour, *dimensions, pairs.c.key, dialect.saturating_sum(value))
         .select_from(events)
         .join(pairs, sa.true())
         .where(events.c.token_categories.is_not(None), in_hours)

@@ -202,6 +202,12 @@ if SUM_COLUMNS != tables.ROLLUP_SUM_COLUMNS:
 
 MEASURE_OF: Final = {column: measure for measure in MEASURES for column in measure.columns}
 
+COUNT_COLUMNS: Final = frozenset(
+    column for measure in MEASURES if measure.kind is not MeasureKind.SUM for column in measure.columns
+)
+"""Rollup columns that grow by at most one per event, so they cannot reach 2^63 and are summed plainly; the
+SUM columns add per-event values and saturate (services.accounting.bounds)."""
+
 
 def holds(condition: Condition, row: Mapping[str, Any]) -> bool:
     """Whether an event row meets a condition (the plain reading; rollup.py generates the fast one)."""

@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from services.accounting.measures import MEASURES, AllUnknown, Condition, IsIn, MeasureKind
 from services.histogram import bucket_bounds_us
-from services.storage import tables
+from services.storage import dialect, tables
 
 
 def condition_sql(condition: Condition, table: sa.Table) -> ColumnElement[bool]:
@@ -53,7 +53,8 @@ def raw_sum_expressions(table: sa.Table = tables.usage_events) -> dict[str, Colu
             assert measure.source is not None
             source = table.c[measure.source]
             if kind is MeasureKind.SUM:
-                expressions[measure.name] = sa.func.sum(source)
+                # Per-event values: their sum may pass int64 (services.accounting.bounds).
+                expressions[measure.name] = dialect.saturating_sum(source)
             elif kind is MeasureKind.COUNT_KNOWN:
                 expressions[measure.name] = sa.func.count(source)
             else:

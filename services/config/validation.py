@@ -11,6 +11,7 @@ from typing import Final
 from google.protobuf.duration_pb2 import Duration
 
 from meterwire.config.v1 import config_service_pb2 as pb
+from services.accounting.bounds import MAX_PRICE_MICROS_PER_MILLION
 from services.errors import InvalidArgumentError
 from services.validation import require_duration
 
@@ -99,16 +100,32 @@ def _pricing_problems(pricing: pb.PricingTable, field: str) -> Iterable[tuple[st
             )
         seen.setdefault(key, index)
         for name in ("input_micros_per_million", "output_micros_per_million"):
-            if getattr(price, name) < 0:
-                yield (f"{at}.{name}", f"must not be negative (got {getattr(price, name)})")
+            wrong = _price_problem(getattr(price, name))
+            if wrong:
+                yield (f"{at}.{name}", wrong)
         for name in ("cache_read_micros_per_million", "cache_write_micros_per_million", "reasoning_micros_per_million"):
-            if price.HasField(name) and getattr(price, name) < 0:  # type: ignore[arg-type]
-                yield (f"{at}.{name}", f"must not be negative (got {getattr(price, name)})")
+            wrong = _price_problem(getattr(price, name)) if price.HasField(name) else None  # type: ignore[arg-type]
+            if wrong:
+                yield (f"{at}.{name}", wrong)
         for category, micros in sorted(price.category_micros_per_million.items()):
             if not category.strip():
                 yield (f"{at}.category_micros_per_million", "has an empty category name")
-            if micros < 0:
-                yield (f"{at}.category_micros_per_million[{category!r}]", f"must not be negative (got {micros})")
+            wrong = _price_problem(micros)
+            if wrong:
+                yield (f"{at}.category_micros_per_million[{category!r}]", wrong)
+
+
+def _price_problem(micros: int) -> str | None:
+    """A price outside 0..MAX_PRICE_MICROS_PER_MILLION: above it, an event within ingest's token bounds could be
+    priced beyond int64 (services.accounting.bounds has the arithmetic)."""
+    if micros < 0:
+        return f"must not be negative (got {micros})"
+    if micros > MAX_PRICE_MICROS_PER_MILLION:
+        return (
+            f"{micros} is above the largest price accepted, {MAX_PRICE_MICROS_PER_MILLION} micros per million "
+            "tokens (100 currency units per token); check its unit"
+        )
+    return None
 
 
 def _priced(pricing: pb.PricingTable) -> set[tuple[str, str]]:

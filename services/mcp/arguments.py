@@ -1,55 +1,37 @@
-"""Tool arguments turned into Reporting requests, through the CLI's own parsing so both read ranges alike.
-
-The CLI's parsers end a command with `fail()` (a line on stderr and typer.Exit); here that line becomes a tool
-error, with the CLI's option names replaced by the tool's argument names, so the assistant is told what to fix.
+"""Tool arguments turned into Reporting requests, with the parsing the CLI and the console use too
+(services.usage_terms.query), so all of them read ranges alike; its errors name the tool's arguments, so the
+assistant is told what to fix.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Annotated, Any, Final, Literal
 
-import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage import filters
-from services.cli.usage.filters import DIMENSION_NAMES, GRANULARITIES, METRIC_NAMES, METRICS, RANGE_NAMES
+from services.usage_terms import query
+from services.usage_terms.query import DIMENSION_NAMES, GRANULARITIES, METRIC_NAMES, METRICS, RANGE_NAMES
 
 
 class ArgumentError(ValueError):
     """A tool argument the server cannot use; the message names the argument and what it accepts."""
 
 
-_OPTION_NAMES: Final = (
-    ("--range", "filter.range"),
-    ("--from", "filter.start"),
-    ("--to", "filter.end"),
-    ("--tz", "filter.time_zone"),
-    ("--tag", "filter.tags"),
-    ("--split-by", "split_by"),
-    ("--by", "group_by"),
-    ("--metric", "metric"),
-    ("--granularity", "granularity"),
-)
+ARGUMENT_NAMES: Final = {
+    "range": "filter.range",
+    "start": "filter.start",
+    "end": "filter.end",
+    "time_zone": "filter.time_zone",
+    "tag": "filter.tags",
+}
+"""The tool argument that gives each part of a usage question (group_by, metric, ... are named by the caller)."""
 
 
-@contextlib.contextmanager
-def cli_parsing() -> Iterator[None]:
-    """Runs CLI parsers; their `fail()` becomes an ArgumentError naming the tool argument instead of the flag."""
-    captured = io.StringIO()
-    try:
-        # The parsers are synchronous (no await inside), so swapping stderr cannot leak into another task.
-        with contextlib.redirect_stderr(captured):
-            yield
-    except typer.Exit as error:
-        message = captured.getvalue().strip().removeprefix("error: ")
-        for option, argument in _OPTION_NAMES:
-            message = message.replace(option, argument)
-        raise ArgumentError(message or "invalid arguments") from error
+def _argument_error(error: query.QueryError) -> ArgumentError:
+    return ArgumentError(error.worded(ARGUMENT_NAMES))
 
 
 class UsageFilterArguments(BaseModel):
@@ -103,8 +85,8 @@ METRIC_HELP: Final = f"One of {METRIC_NAMES}."
 
 def usage_filter(arguments: UsageFilterArguments | None) -> filter_pb2.UsageFilter:
     given = arguments or UsageFilterArguments()
-    with cli_parsing():
-        return filters.usage_filter(
+    try:
+        return query.usage_filter(
             given.range,
             given.start,
             given.end,
@@ -116,23 +98,31 @@ def usage_filter(arguments: UsageFilterArguments | None) -> filter_pb2.UsageFilt
             users=given.users,
             tags=given.tags,
         )
+    except query.QueryError as error:
+        raise _argument_error(error) from None
 
 
 def group_by(names: list[str], argument: str) -> list[pb.GroupBy]:
     if not names:
         raise ArgumentError(f"{argument}: give at least one dimension. {DIMENSION_HELP}")
-    with cli_parsing():
-        return filters.group_by(names, option=argument)
+    try:
+        return query.group_by(names, argument)
+    except query.QueryError as error:
+        raise _argument_error(error) from None
 
 
 def metric(name: str, argument: str) -> pb.Metric.ValueType:
-    with cli_parsing():
-        return filters.metric(name, option=argument)
+    try:
+        return query.metric(name, argument)
+    except query.QueryError as error:
+        raise _argument_error(error) from None
 
 
 def granularity(name: str) -> pb.Granularity.ValueType:
-    with cli_parsing():
-        return filters.granularity(name)
+    try:
+        return query.granularity(name)
+    except query.QueryError as error:
+        raise _argument_error(error) from None
 
 
 def bounded(value: int, *, argument: str, maximum: int) -> int:

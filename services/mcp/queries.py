@@ -19,7 +19,11 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.usage.writers import (
+from services.mcp import arguments, results
+from services.mcp.arguments import ArgumentError, UsageFilterArguments
+from services.mcp.control_plane import Caller
+from services.mcp.results import Record
+from services.usage_terms.records import (
     EVENT_COLUMNS,
     ExportWriter,
     event_record,
@@ -27,10 +31,6 @@ from services.cli.usage.writers import (
     grouped_record,
     open_writer,
 )
-from services.mcp import arguments, results
-from services.mcp.arguments import ArgumentError, UsageFilterArguments
-from services.mcp.control_plane import Caller
-from services.mcp.results import Record
 
 MAX_BREAKDOWN_ROWS: Final = 50
 """Most groups one breakdown returns (the rest are summed into `other`)."""

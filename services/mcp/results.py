@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage.figures import DURATION_METRICS, MONEY_METRICS, money, no_tokens_reported
+from services.usage_terms.figures import DURATION_METRICS, MONEY_METRICS, money, no_tokens_reported
 
 Record = dict[str, Any]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from bisect import bisect_right
@@ -15,8 +16,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.bounds import stored_integer
 from services.accounting.compaction import dirty_hours
-from services.accounting.measures import StatusClass
+from services.accounting.measures import COUNT_COLUMNS, StatusClass
 from services.accounting.sql import RAW_SUMS
 from services.reporting.filters import DIMENSION_COLUMNS, Grouping, UsageSelection, usage_conditions
 from services.reporting.planner import MINUTE_US, BucketGrid, QueryPlan, Source, coarse_rollups, plan_sources
@@ -35,7 +37,10 @@ GroupKey = tuple[str, ...]
 def _rollup_sums(table: sa.Table) -> dict[str, ColumnElement[Any]]:
     """`sum(column)` for every metric column of a rollup table, built once: constructing the ~120 function
     expressions of a full summary took ~6 ms per statement, more than SQLite took to run most of them."""
-    return {column: sa.func.sum(table.c[column]) for column in SUM_COLUMNS}
+    return {
+        column: sa.func.sum(table.c[column]) if column in COUNT_COLUMNS else dialect.saturating_sum(table.c[column])
+        for column in SUM_COLUMNS
+    }
 
 
 _CREDENTIAL_TYPES: Final[dict[int, str]] = {
@@ -104,6 +109,9 @@ class Aggregation:
         return frozenset((*grouped, *filtered))
 
 
+_PLAN_IN_LOOP_BUCKETS: Final = 64
+"""Plans of up to this many output buckets take well under a millisecond; longer ones go to a thread."""
+
 Totals = dict[tuple[int, GroupKey], Sums]
 """(output bucket index, group key) -> sums."""
 
@@ -113,7 +121,12 @@ async def plan_for(connection: AsyncConnection, aggregation: Aggregation) -> Que
     raw_only = aggregation.needs_raw_events
     dirty = frozenset() if raw_only else await dirty_hours(connection, bounds[0], bounds[-1])
     coarse = {} if raw_only else coarse_rollups(aggregation.dimension_columns)
-    return plan_sources(bounds, dirty_hours_us=dirty, raw_only=raw_only, coarse=coarse)
+    if len(bounds) <= _PLAN_IN_LOOP_BUCKETS:
+        return plan_sources(bounds, dirty_hours_us=dirty, raw_only=raw_only, coarse=coarse)
+    # A long time series plans thousands of buckets: off the event loop (services/reporting/export.py).
+    return await asyncio.to_thread(
+        functools.partial(plan_sources, bounds, dirty_hours_us=dirty, raw_only=raw_only, coarse=coarse)
+    )
 
 
 async def aggregate(
@@ -147,7 +160,9 @@ async def aggregate(
             for index, position in enumerate(positions):
                 value = row[offset + index]
                 if value is not None:
-                    sums[position] += int(value)
+                    # Exact ints as they are (Python's are unbounded; the answer is clamped at the edge);
+                    # PostgreSQL's numeric sums and floats from older versions through stored_integer.
+                    sums[position] += value if value.__class__ is int else stored_integer(value)
     return totals
 
 
@@ -223,7 +238,7 @@ async def token_categories(
             key = tuple(names.name(grouping, row[offset + i]) for i, grouping in enumerate(aggregation.groupings))
             categories = result.setdefault((bucket, key), {})
             category = str(row[group_count])
-            categories[category] = categories.get(category, 0) + int(row[group_count + 1] or 0)
+            categories[category] = categories.get(category, 0) + stored_integer(row[group_count + 1])
     return result
 
 
@@ -233,7 +248,7 @@ def _category_rollup_query(
     group_columns, _ = _grouped_from(table, aggregation, by_bucket=by_bucket)
     conditions = usage_conditions(table, aggregation.selection, ranges)
     return (
-        sa.select(*group_columns, table.c.category, sa.func.sum(table.c.tokens))
+        sa.select(*group_columns, table.c.category, dialect.saturating_sum(table.c.tokens))
         .where(*conditions)
         .group_by(*group_columns, table.c.category)
     )
@@ -247,7 +262,7 @@ def _raw_category_query(
     pairs, value = dialect.json_integer_pairs(events.c.token_categories, dialect_name=connection.dialect.name)
     conditions = usage_conditions(events, aggregation.selection, ranges, index_on_time_only=True)
     return (
-        sa.select(*group_columns, pairs.c.key, sa.func.sum(value))
+        sa.select(*group_columns, pairs.c.key, dialect.saturating_sum(value))
         .select_from(from_clause)
         .join(pairs, sa.true())
         .where(events.c.token_categories.is_not(None), *conditions)

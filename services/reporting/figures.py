@@ -9,6 +9,7 @@ from typing import Final
 from google.protobuf.duration_pb2 import Duration
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
+from services.accounting.bounds import saturated
 from services.errors import InvalidArgumentError
 from services.histogram import quantile
 from services.reporting.aggregate import SUM_INDEX, Sums
@@ -81,7 +82,7 @@ def metric_value(sums: Sums, metric: int) -> float:
 
 def metric_message(value: float, metric: int) -> pb.MetricValue:
     if is_integer_metric(metric):
-        return pb.MetricValue(int_value=int(value))
+        return pb.MetricValue(int_value=saturated(int(value)))
     return pb.MetricValue(double_value=float(value))
 
 
@@ -106,7 +107,7 @@ def _latency_stats(sums: Sums, total: str, count: str, buckets: tuple[int, ...])
     if average is None:
         return None
     counts = [sums[index] for index in buckets]
-    stats = pb.LatencyStats(average=_duration_ms(average), count=sums[SUM_INDEX[count]])
+    stats = pb.LatencyStats(average=_duration_ms(average), count=saturated(sums[SUM_INDEX[count]]))
     for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         estimate = quantile(counts, q)
         if estimate is not None:
@@ -121,13 +122,16 @@ def usage_summary(
     currency: str = "",
     categories: Mapping[str, int] | None = None,
 ) -> pb.UsageSummary:
-    """Every UsageSummary field of summed figures over `seconds` of time (for the QPS and per-minute rates)."""
+    """Every UsageSummary field of summed figures over `seconds` of time (for the QPS and per-minute rates).
+
+    The sums are exact Python integers; a figure beyond int64 shows as the int64 limit (`saturated`), like a
+    saturated stored sum (services.accounting.bounds)."""
 
     def get(column: str) -> int:
-        return sums[SUM_INDEX[column]]
+        return saturated(sums[SUM_INDEX[column]])
 
     kinds = [get(column) for column in _TOKEN_KINDS]
-    total_tokens = sum(kinds)
+    total_tokens = saturated(sum(sums[SUM_INDEX[column]] for column in _TOKEN_KINDS))
     summary = pb.UsageSummary(
         requests=get("request_count"),
         attempts=get("attempt_count"),
@@ -141,7 +145,7 @@ def usage_summary(
             cache_write=kinds[3],
             reasoning=kinds[4],
             total=total_tokens,
-            categories=dict(categories or {}),
+            categories={category: saturated(tokens) for category, tokens in (categories or {}).items()},
         ),
         cost_micros=get("cost_micros"),
         cache_savings_micros=get("cache_savings_micros"),

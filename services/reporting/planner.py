@@ -20,11 +20,12 @@ split, so their edges come from minutes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from itertools import pairwise
+from itertools import islice, pairwise
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -109,7 +110,7 @@ def plan_sources(
     if raw_only:
         pieces[Source.RAW].append((bounds_us[0], bounds_us[-1]))
     else:
-        dirty_days = frozenset(_floor(hour, DAY_US) for hour in dirty_hours_us)
+        dirty_days = sorted({_floor(hour, DAY_US) for hour in dirty_hours_us})
         for start, end in pairwise(bounds_us):
             _cover(start, end, pieces, dirty_hours_us, dirty_days)
     return QueryPlan({source: _merged(ranges) for source, ranges in pieces.items() if ranges}, coarse or {})
@@ -120,9 +121,12 @@ def _cover(
     end: int,
     pieces: dict[Source, list[tuple[int, int]]],
     dirty_hours: frozenset[int],
-    dirty_days: frozenset[int],
+    dirty_days: Sequence[int],
 ) -> None:
-    """Covers [start, end) from its edges inwards: raw seconds, minutes, hours, then whole days."""
+    """Covers [start, end) from its edges inwards: raw seconds, minutes, hours, then whole days.
+
+    The work is bounded by the dirty days inside the piece, never by its length: clean days in between are
+    one range, so a summary from year 1 to 9999 plans as fast as one over a day."""
     minute_start, minute_end = _ceil(start, MINUTE_US), _floor(end, MINUTE_US)
     if minute_start >= minute_end:
         pieces[Source.RAW].append((start, end))
@@ -141,11 +145,13 @@ def _cover(
         return
     _hours(hour_start, day_start, pieces, dirty_hours)
     _hours(day_end, hour_end, pieces, dirty_hours)
-    for day in range(day_start, day_end, DAY_US):
-        if day in dirty_days:
-            _hours(day, day + DAY_US, pieces, dirty_hours)
-        else:
-            pieces[Source.DAY].append((day, day + DAY_US))
+    clean_from = day_start
+    for index in range(bisect_left(dirty_days, day_start), bisect_left(dirty_days, day_end)):
+        day = dirty_days[index]
+        _add(pieces[Source.DAY], clean_from, day)
+        _hours(day, day + DAY_US, pieces, dirty_hours)
+        clean_from = day + DAY_US
+    _add(pieces[Source.DAY], clean_from, day_end)
 
 
 def _hours(start: int, end: int, pieces: dict[Source, list[tuple[int, int]]], dirty_hours: frozenset[int]) -> None:
@@ -189,30 +195,56 @@ def whole_range(start_us: int, end_us: int) -> BucketGrid:
     return BucketGrid((start_us, end_us), (start_us,))
 
 
+def checked_step(start_us: int, end_us: int, granularity: int, *, max_points: int, field: str = "granularity") -> int:
+    """The bucket length of `granularity`, once the range is known to make at most `max_points` buckets:
+    INVALID_ARGUMENT otherwise, before anything is built."""
+    step = _GRANULARITY_US.get(granularity)
+    if step is None:
+        raise InvalidArgumentError(field, "is required: GRANULARITY_MINUTE, _FIVE_MINUTES, _HOUR or _DAY")
+    # 25-hour days make at most one more bucket than a plain division says.
+    if (end_us - start_us) // step + 2 > max_points:
+        raise InvalidArgumentError(
+            field,
+            f"the time range makes more than {max_points} buckets; use a coarser granularity or a shorter range",
+        )
+    return step
+
+
+def _labels(start_us: int, end_us: int, granularity: int, step: int, zone: ZoneInfo) -> Iterator[int]:
+    """The aligned start of every bucket covering [start, end), one at a time."""
+    boundary = _local_floor(start_us, granularity, zone)
+    while boundary < end_us:
+        yield boundary
+        boundary = _next_boundary(boundary, granularity, step, zone)
+
+
 def bucket_grid(
     start_us: int, end_us: int, granularity: int, zone: ZoneInfo, *, max_points: int, field: str = "granularity"
 ) -> BucketGrid:
     """Buckets of `granularity` aligned in `zone` covering [start, end); the first and last may be partial."""
-    step = _GRANULARITY_US.get(granularity)
-    if step is None:
-        raise InvalidArgumentError(field, "is required: GRANULARITY_MINUTE, _FIVE_MINUTES, _HOUR or _DAY")
-    # 25-hour days make at most one more bucket than a plain division says; check before building anything.
-    if (end_us - start_us) // step + 2 > max_points:
-        raise InvalidArgumentError(
-            field, f"the time range makes more than {max_points} buckets; use a coarser granularity or a shorter range"
-        )
-    first = _local_floor(start_us, granularity, zone)
-    bounds = [start_us]
-    labels = [first]
-    boundary = first
-    while True:
-        boundary = _next_boundary(boundary, granularity, step, zone)
-        if boundary >= end_us:
-            break
-        bounds.append(boundary)
-        labels.append(boundary)
-    bounds.append(end_us)
-    return BucketGrid(tuple(bounds), tuple(labels))
+    step = checked_step(start_us, end_us, granularity, max_points=max_points, field=field)
+    labels = tuple(_labels(start_us, end_us, granularity, step, zone)) or (_local_floor(start_us, granularity, zone),)
+    return BucketGrid((start_us, *labels[1:], end_us), labels)
+
+
+def bucket_windows(
+    start_us: int, end_us: int, granularity: int, zone: ZoneInfo, *, max_points: int, per_window: int
+) -> Iterator[BucketGrid]:
+    """`bucket_grid`'s buckets, `per_window` at a time, built only as each window is asked for: a long
+    export never holds (or builds at once) more than one window of its grid. The bucket count is checked
+    at once (INVALID_ARGUMENT), before the first window is asked for."""
+    step = checked_step(start_us, end_us, granularity, max_points=max_points)
+    return _windows(_labels(start_us, end_us, granularity, step, zone), start_us, end_us, per_window)
+
+
+def _windows(labels: Iterator[int], start_us: int, end_us: int, per_window: int) -> Iterator[BucketGrid]:
+    window = list(islice(labels, per_window))
+    first_bound = start_us
+    while window:
+        following = list(islice(labels, per_window))
+        last_bound = following[0] if following else end_us
+        yield BucketGrid((first_bound, *window[1:], last_bound), tuple(window))
+        first_bound, window = last_bound, following
 
 
 def _to_datetime(value_us: int, zone: ZoneInfo) -> datetime:

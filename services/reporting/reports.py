@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,11 +27,16 @@ from services.reporting.aggregate import (
 )
 from services.reporting.figures import UsageFigures, metric_columns, metric_value
 from services.reporting.filters import Grouping, UsageSelection
-from services.reporting.planner import bucket_grid, time_zone, whole_range
+from services.reporting.planner import BucketGrid, bucket_grid, checked_step, time_zone, whole_range
 from services.storage import tables
 
 OTHER_KEY: Final = "(other)"
 DEFAULT_SERIES_TOP_N: Final = 10
+MAX_SERIES_TOP_N: Final = 100
+"""Most keys with a series of their own in one time series answer."""
+MAX_SERIES_POINTS: Final = 250_000
+"""Most points (metrics x series x buckets) one time series answer may hold: about 6 MB, within the default
+max_message_bytes, and a bounded amount of work."""
 
 
 async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:
@@ -128,29 +135,8 @@ class UsageReports:
             totals = await aggregate(connection, aggregation, names, plan=plan)
             categories = await token_categories(connection, aggregation, names, plan)
             currency = await currency_of(connection, selection, self._prices)
-        ranked = _ranked({key: sums for (_, key), sums in totals.items()}, query.order_by, ascending=query.ascending)
-        top = ranked[: query.top_n] if query.top_n else ranked
-        rest = ranked[len(top) :]
-        seconds = selection.duration_us / 1e6
-
-        def figures(key: GroupKey, sums: Sums) -> UsageFigures:
-            return UsageFigures(sums, seconds=seconds, currency=currency, categories=categories.get((0, key), {}))
-
-        end = query.offset + query.size
-        other = None
-        if rest:
-            other_categories: dict[str, int] = {}
-            for key, _ in rest:
-                for category, tokens in categories.get((0, key), {}).items():
-                    other_categories[category] = other_categories.get(category, 0) + tokens
-            other = UsageFigures(
-                merged([sums for _, sums in rest]), seconds=seconds, currency=currency, categories=other_categories
-            )
-        return BreakdownPage(
-            rows=[(key, figures(key, sums)) for key, sums in top[query.offset : end]],
-            other=other,
-            next_offset=end if end < len(top) else None,
-        )
+        # Ranking every group (there may be millions of users or keys) is CPU work: off the event loop.
+        return await asyncio.to_thread(_breakdown_page, query, totals, categories, currency)
 
     async def time_series(self, question: SeriesRequest) -> list[Series]:
         """One series per metric and key (the top_n keys of the first metric, then "(other)")."""
@@ -160,57 +146,109 @@ class UsageReports:
             metric_columns(metric, field=f"metrics[{index}]")
         if question.top_n < 0:
             raise InvalidArgumentError("top_n", "must not be negative; 0 means the default, 10")
+        if question.top_n > MAX_SERIES_TOP_N:
+            raise InvalidArgumentError(
+                "top_n", f"at most {MAX_SERIES_TOP_N} keys get a series of their own (the rest fold into {OTHER_KEY})"
+            )
         selection = question.selection
-        grid = bucket_grid(
-            selection.start_us,
-            selection.end_us,
-            question.granularity,
-            time_zone(question.zone_name),
-            max_points=self._max_points,
+        zone = time_zone(question.zone_name)
+        step = checked_step(selection.start_us, selection.end_us, question.granularity, max_points=self._max_points)
+        # Bounded before any work: every point is built, and they must fit one response message.
+        split = question.split_by is not None
+        series = len(question.metrics) * ((question.top_n or DEFAULT_SERIES_TOP_N) + 1 if split else 1)
+        points = series * ((selection.end_us - selection.start_us) // step + 2)
+        if points > MAX_SERIES_POINTS:
+            raise InvalidArgumentError(
+                "granularity",
+                f"the answer could hold {points} points (metrics x series x buckets), more than {MAX_SERIES_POINTS}; "
+                "use a coarser granularity, a shorter range, fewer metrics or a smaller top_n",
+            )
+        # Up to max_points boundaries in the zone, then the series: built in a thread, off the event loop.
+        grid = await asyncio.to_thread(
+            functools.partial(
+                bucket_grid,
+                selection.start_us,
+                selection.end_us,
+                question.granularity,
+                zone,
+                max_points=self._max_points,
+            )
         )
         columns = sorted({column for metric in question.metrics for column in metric_columns(metric, field="metrics")})
         groupings = (question.split_by,) if question.split_by is not None else ()
         aggregation = Aggregation(selection, grid, groupings, tuple(columns))
         async with self._engine.connect() as connection:
             totals = await aggregate(connection, aggregation, await KeyNames.load(connection))
-        buckets = len(grid.labels_us)
-        per_key: dict[GroupKey, list[Sums | None]] = {}
-        for (bucket, key), sums in totals.items():
-            per_key.setdefault(key, [None] * buckets)[bucket] = sums
-        ranked_keys = [key for key, _ in _ranked(_key_totals(per_key), question.metrics[0], ascending=False)]
-        top_n = question.top_n or DEFAULT_SERIES_TOP_N
-        series_keys: list[tuple[str, list[Sums | None]]] = []
-        if question.split_by is None:
-            series_keys.append(("", per_key.get((), [None] * buckets)))
-        else:
-            for key in ranked_keys[:top_n]:
-                series_keys.append((key[0], per_key[key]))
-            rest = ranked_keys[top_n:]
-            if rest:
-                series_keys.append((OTHER_KEY, _summed_buckets([per_key[key] for key in rest], buckets)))
-        empty = [0] * len(SUM_COLUMNS)
-        return [
-            Series(
-                metric,
-                name,
-                grid.labels_us,
-                [metric_value(sums if sums is not None else empty, metric) for sums in points],
-            )
-            for metric in question.metrics
-            for name, points in series_keys
-        ]
+        return await asyncio.to_thread(_series, question, grid, totals)
 
 
-def _key_totals(per_key: dict[GroupKey, list[Sums | None]]) -> dict[GroupKey, Sums]:
-    return {key: merged([sums for sums in points if sums is not None]) for key, points in per_key.items()}
+def _breakdown_page(
+    query: BreakdownQuery,
+    totals: dict[tuple[int, GroupKey], Sums],
+    categories: dict[tuple[int, GroupKey], dict[str, int]],
+    currency: str,
+) -> BreakdownPage:
+    selection = query.selection
+    ranked = _ranked({key: sums for (_, key), sums in totals.items()}, query.order_by, ascending=query.ascending)
+    top = ranked[: query.top_n] if query.top_n else ranked
+    rest = ranked[len(top) :]
+    seconds = selection.duration_us / 1e6
+
+    def figures(key: GroupKey, sums: Sums) -> UsageFigures:
+        return UsageFigures(sums, seconds=seconds, currency=currency, categories=categories.get((0, key), {}))
+
+    end = query.offset + query.size
+    other = None
+    if rest:
+        other_categories: dict[str, int] = {}
+        for key, _ in rest:
+            for category, tokens in categories.get((0, key), {}).items():
+                other_categories[category] = other_categories.get(category, 0) + tokens
+        other = UsageFigures(
+            merged([sums for _, sums in rest]), seconds=seconds, currency=currency, categories=other_categories
+        )
+    return BreakdownPage(
+        rows=[(key, figures(key, sums)) for key, sums in top[query.offset : end]],
+        other=other,
+        next_offset=end if end < len(top) else None,
+    )
 
 
-def _summed_buckets(series: Sequence[list[Sums | None]], buckets: int) -> list[Sums | None]:
-    result: list[Sums | None] = []
-    for index in range(buckets):
-        parts = [points[index] for points in series if points[index] is not None]
-        result.append(merged([part for part in parts if part is not None]) if parts else None)
-    return result
+def _series(question: SeriesRequest, grid: BucketGrid, totals: dict[tuple[int, GroupKey], Sums]) -> list[Series]:
+    """The series of a time-series question from its sums per (bucket, key).
+
+    Only the series shown are laid out bucket by bucket (the top_n keys and "(other)"), so the work is bounded
+    by the rows the database returned, never by keys times buckets."""
+    buckets = len(grid.labels_us)
+    key_totals: dict[GroupKey, Sums] = {}
+    for (_, key), sums in totals.items():
+        known = key_totals.get(key)
+        key_totals[key] = list(sums) if known is None else merged([known, sums])
+    ranked_keys = [key for key, _ in _ranked(key_totals, question.metrics[0], ascending=False)]
+    top_n = question.top_n or DEFAULT_SERIES_TOP_N
+    shown: dict[GroupKey, str] = (
+        {key: key[0] for key in ranked_keys[:top_n]} if question.split_by is not None else {(): ""}
+    )
+    points: dict[str, list[Sums | None]] = {}
+    for (bucket, key), sums in totals.items():
+        name = shown.get(key, OTHER_KEY)
+        line = points.setdefault(name, [None] * buckets)
+        known_sums = line[bucket]
+        line[bucket] = sums if known_sums is None else merged([known_sums, sums])
+    names = list(shown.values())
+    if question.split_by is not None and len(ranked_keys) > top_n:
+        names.append(OTHER_KEY)
+    empty = [0] * len(SUM_COLUMNS)
+    return [
+        Series(
+            metric,
+            name,
+            grid.labels_us,
+            [metric_value(sums if sums is not None else empty, metric) for sums in points.get(name, [None] * buckets)],
+        )
+        for metric in question.metrics
+        for name in names
+    ]
 
 
 def _ranked(groups: dict[GroupKey, Sums], metric: int, *, ascending: bool) -> list[tuple[GroupKey, Sums]]:

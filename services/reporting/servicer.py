@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.auth import Role, current_principal, requires
-from services.errors import InvalidArgumentError
+from services.errors import DeadlineExceededError, InvalidArgumentError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.pricing import PriceBooks
 from services.reporting.export import export_groups
@@ -31,6 +31,7 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         self._engine = engine
         self._prices = prices
         self._reports = UsageReports(engine, max_points=settings.reporting_max_points, prices=prices)
+        self._max_export_buckets = settings.reporting_max_export_buckets
         self._history = RequestHistory(engine)
 
     @requires(Role.ADMIN, Role.REPORTER)
@@ -111,6 +112,7 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         selection = select_usage(request.filter, current_principal())
         if not request.group_by:
             async for events in self._history.export_events(selection):
+                _check_deadline(context)
                 yield pb.ExportUsageResponse(events=[stored_event_message(stored) for stored in events])
             return
         grouped = groupings(request.group_by, field="group_by")
@@ -121,8 +123,17 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
             granularity=request.granularity,
             zone_name=request.time_zone,
             prices=self._prices,
+            max_buckets=self._max_export_buckets,
         ):
+            _check_deadline(context)
             yield pb.ExportUsageResponse(rows=rows)
+
+
+def _check_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Ends an export whose caller's deadline has passed (nobody reads what it would compute next)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceededError("the export outlived its caller's deadline; ask a shorter range or wait longer")
 
 
 def _fingerprint(request: pb.GetUsageBreakdownRequest) -> str:

@@ -28,7 +28,7 @@ from services.telemetry.rows import (
     usage_event_row,
     usage_event_tag_rows,
 )
-from services.telemetry.validation import BatchLimits, rejection_of
+from services.telemetry.validation import BatchLimits, priced_rejection, rejection_of
 
 _WIDTH: Final = len(EVENT_COLUMNS)
 
@@ -90,7 +90,11 @@ def prepare_events(
         if rejection is not None:
             rejected.append(rejection)
             continue
-        price_row(row, event, prices)
+        if price_row(row, event, prices):
+            rejection = priced_rejection(event, row, index)
+            if rejection is not None:
+                rejected.append(rejection)
+                continue
         if tags:
             tag_rows[len(values) // _WIDTH] = usage_event_tag_rows(tags, row)
         values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)

@@ -147,16 +147,17 @@ def usage_event_tag_rows(tags: TagItems, row: UsageEventRow) -> list[TagRow]:
     return [(gateway_key, event_id, key, value, environment_id, event_time_us) for key, value in tags]
 
 
-def price_row(row: UsageEventRow, event: usage_pb2.UsageEvent, prices: PriceBook) -> None:
+def price_row(row: UsageEventRow, event: usage_pb2.UsageEvent, prices: PriceBook) -> bool:
     """Fills in a VALID row's unreported cost (then CostSource.DERIVED) and cache savings from the pricing
-    table, when the table prices its model and tokens exactly; otherwise they stay unknown."""
+    table, when the table prices its model and tokens exactly; otherwise they stay unknown. True when it
+    derived something (validation.priced_rejection then checks it)."""
     cost_micros = row["cost_micros"]
     cache_savings_micros = row["cache_savings_micros"]
     if cost_micros is not None and cache_savings_micros is not None:
-        return
+        return False
     price = prices.lookup(row["resolved_model"], row["provider"])
     if price is None:
-        return
+        return False
     derived = price_tokens(
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
@@ -168,9 +169,10 @@ def price_row(row: UsageEventRow, event: usage_pb2.UsageEvent, prices: PriceBook
         price=price,
     )
     if derived is None:
-        return
+        return False
     if cost_micros is None:
         row["cost_micros"] = derived.cost_micros
         row["cost_source"] = _COST_DERIVED
     if cache_savings_micros is None:
         row["cache_savings_micros"] = derived.cache_savings_micros
+    return True

@@ -13,6 +13,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from services.accounting.measures import COUNT_COLUMNS
 from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, merge_rollups, rollup_rows
 from services.budget.counting import BudgetCounter
 from services.storage import dialect as storage_dialect
@@ -92,6 +93,7 @@ class UsageTransaction:
                 dialect_name=dialect.name,
                 key_columns=tables.ROLLUP_DIMENSIONS,
                 add_columns=tables.ROLLUP_SUM_COLUMNS,
+                counting_columns=COUNT_COLUMNS,
             ),
             dialect,
             ROLLUP_COLUMNS,

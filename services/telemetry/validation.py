@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
+from services.accounting.bounds import MAX_ABS_MICROS, MAX_LATENCY_US, MAX_TOKENS
 from services.accounting.measures import CostSource
 from services.errors import InvalidArgumentError
 from services.telemetry.rows import TagItems
@@ -25,12 +26,10 @@ MAX_TAG_KEY_BYTES: Final = 64
 MAX_TAG_VALUE_BYTES: Final = 256
 MAX_CATEGORY_KEY_BYTES: Final = 64
 MAX_CATEGORIES: Final = 32
-MAX_LATENCY_US: Final = 3_600 * 1_000_000
-"""One hour: no single model call legitimately takes longer, so a larger value is a unit or clock bug."""
-MAX_TOKENS: Final = 10**12
-"""Per kind and event; keeps every sum of a day's events far inside int64."""
-MAX_ABS_MICROS: Final = 10**15
-"""One billion currency units per event; beyond it a cost is a bug, and sums stay inside int64."""
+MAX_RESERVATION_ID_BYTES: Final = 64
+"""usage.proto's bound on reservation_id (the agent's CheckRequest reservation; not stored)."""
+# MAX_LATENCY_US, MAX_TOKENS and MAX_ABS_MICROS are services.accounting.bounds': why every aggregate of the
+# values they bound stays within int64 is written there.
 MAX_SEQUENCE: Final = 2**63 - 1
 """Sequences are stored as signed 64-bit integers."""
 
@@ -171,6 +170,10 @@ def rejection_of(
             return _reject(event, index, name, f"is longer than {MAX_IDENTIFIER_BYTES} bytes")
     if _too_long(row["error_message"], MAX_ERROR_MESSAGE_BYTES):
         return _reject(event, index, "error_message", f"is longer than {MAX_ERROR_MESSAGE_BYTES} bytes")
+    # Not a row column (never stored), so read from the event; it is UTF-8, or the batch would not have decoded.
+    reservation_id = event.reservation_id
+    if reservation_id and _too_long(reservation_id, MAX_RESERVATION_ID_BYTES):
+        return _reject(event, index, "reservation_id", f"is longer than {MAX_RESERVATION_ID_BYTES} bytes")
     if row["request_type"] not in _REQUEST_TYPES:
         return _reject(event, index, "request_type", f"{row['request_type']} is not a RequestType value")
     if row["credential_type"] not in _CREDENTIAL_TYPES:
@@ -200,6 +203,34 @@ def rejection_of(
         return _reject(event, index, "sequence", f"must be at most {MAX_SEQUENCE}")
     if tags:
         return _tag_rejection(event, tags, index)
+    return None
+
+
+def priced_rejection(event: usage_pb2.UsageEvent, row: dict[str, Any], index: int) -> pb.RejectedEvent | None:
+    """Why a valid event must still be refused once priced (rows.price_row), or None.
+
+    A reported cost or saving was checked by rejection_of; one the pricing table derived can pass the
+    per-event bound (a price near the largest PutConfig accepts, times many tokens). Such an event can never
+    be stored, so it is rejected alone, as an invalid field, rather than failing its batch (which the agent
+    would resend forever)."""
+    cost = row["cost_micros"]
+    if cost is not None and not 0 <= cost <= MAX_ABS_MICROS:
+        return _reject(
+            event,
+            index,
+            "cost_micros",
+            f"the pricing table prices this event at {cost} micros, beyond the per-event bound of 0..{MAX_ABS_MICROS}; "
+            "check its token counts and the model's price",
+        )
+    savings = row["cache_savings_micros"]
+    if savings is not None and abs(savings) > MAX_ABS_MICROS:
+        return _reject(
+            event,
+            index,
+            "cache_savings_micros",
+            f"the pricing table gives this event {savings} micros of cache savings, beyond the per-event bound "
+            f"of +/-{MAX_ABS_MICROS}; check its token counts and the model's prices",
+        )
     return None
 
 

@@ -18,7 +18,7 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2_grpc as heartbeat_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.usage.filters import METRICS, RANGE_NAMES
+from services.usage_terms.query import METRICS, RANGE_NAMES
 from tests.clients import bearer
 from tests.mcp.harness import Seed, stdio_client, structured
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 import pytest
-import typer
 from google.protobuf.json_format import ParseDict
 
 from meterwire.common.v1 import usage_pb2
@@ -21,9 +20,10 @@ from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
 from services.cli.charts import bar, sparkline
-from services.cli.usage.filters import DIMENSION_NAMES, METRIC_NAMES, time_range
+from services.cli.usage.filters import FLAGS
 from services.server import ControlPlane
 from services.settings import ServiceName
+from services.usage_terms.query import DIMENSION_NAMES, METRIC_NAMES, QueryError, time_range
 from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import Cli
 from tests.reporting.settings import reporting_settings
@@ -49,10 +49,10 @@ def test_custom_range_is_read_in_the_time_zone_unless_it_has_an_offset() -> None
     assert (start, end) == (datetime(2026, 10, 31, 18, 30, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC))
 
 
-def test_an_unknown_shortcut_is_a_usage_error() -> None:
-    with pytest.raises(typer.Exit) as caught:
+def test_an_unknown_shortcut_is_an_error_naming_the_range() -> None:
+    with pytest.raises(QueryError) as caught:
         time_range("fortnight", None, None, "UTC", NOW)
-    assert caught.value.exit_code == 2
+    assert caught.value.worded(FLAGS) == "--range: 'fortnight' is not one of 1h, today, 3d, 7d, 30d"
 
 
 def test_charts_scale_to_their_data() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -17,6 +19,7 @@ from services.reporting.planner import (
     MINUTE_US,
     Source,
     bucket_grid,
+    bucket_windows,
     coarse_rollups,
     plan_sources,
 )
@@ -138,3 +141,57 @@ async def test_dirty_hours_are_found_one_probe_per_hour_within_the_range(engine:
     assert found == {T0 + 3 * HOUR_US, T0 + 7 * HOUR_US}
     assert from_the_middle == {T0 + 7 * HOUR_US}
     assert everything == [hour + 3 * 3600, hour + 7 * 3600, hour + 30 * 3600]
+
+
+YEAR_1_US = int(datetime(1, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
+YEAR_9999_US = int(datetime(9999, 12, 31, tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def test_a_range_of_ten_thousand_years_plans_one_daily_range_per_stretch_between_dirty_days() -> None:
+    """Issue 17 class 2: planning visited every day of the range (3.3 s for year 1 to 9999); the clean days
+    between dirty ones are one range each, and the plan still covers the range exactly once."""
+    dirty = frozenset({T0 + 5 * HOUR_US, T0 + 40 * DAY_US + 23 * HOUR_US, YEAR_1_US + 3 * HOUR_US})
+    plan = plan_sources((YEAR_1_US, YEAR_9999_US), dirty_hours_us=dirty, raw_only=False)
+    dirty_days = sorted(hour - hour % DAY_US for hour in dirty)
+    assert plan.ranges[Source.DAY] == (
+        (dirty_days[0] + DAY_US, dirty_days[1]),
+        (dirty_days[1] + DAY_US, dirty_days[2]),
+        (dirty_days[2] + DAY_US, YEAR_9999_US),
+    )
+    assert plan.ranges[Source.MINUTE] == tuple((hour, hour + HOUR_US) for hour in sorted(dirty))
+    pieces = sorted(piece for ranges in plan.ranges.values() for piece in ranges)
+    assert pieces[0][0] == YEAR_1_US
+    assert pieces[-1][1] == YEAR_9999_US
+    assert all(left[1] == right[0] for left, right in itertools.pairwise(pieces))
+
+
+@pytest.mark.parametrize("zone_name", ["UTC", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe"])
+@pytest.mark.parametrize(
+    "granularity",
+    [pb.GRANULARITY_MINUTE, pb.GRANULARITY_FIVE_MINUTES, pb.GRANULARITY_HOUR, pb.GRANULARITY_DAY],
+)
+def test_bucket_windows_are_the_grid_cut_into_consecutive_windows(
+    zone_name: str, granularity: pb.Granularity.ValueType
+) -> None:
+    zone = ZoneInfo(zone_name)
+    rng = random.Random(f"{zone_name}{granularity}")
+    step_us = {
+        pb.GRANULARITY_MINUTE: MINUTE_US,
+        pb.GRANULARITY_FIVE_MINUTES: 5 * MINUTE_US,
+        pb.GRANULARITY_HOUR: HOUR_US,
+    }
+    for _ in range(10):
+        start = T0 + rng.randint(-400 * DAY_US, 400 * DAY_US)
+        end = start + rng.randint(1, 1_500 * step_us.get(granularity, DAY_US))
+        grid = bucket_grid(start, end, granularity, zone, max_points=100_000)
+        windows = list(
+            bucket_windows(start, end, granularity, zone, max_points=100_000, per_window=rng.randint(1, 500))
+        )
+        assert tuple(label for window in windows for label in window.labels_us) == grid.labels_us
+        assert (*(bound for window in windows for bound in window.bounds_us[:-1]), end) == grid.bounds_us
+
+
+def test_bucket_windows_refuse_too_many_buckets_before_building_any() -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        bucket_windows(YEAR_1_US, YEAR_9999_US, pb.GRANULARITY_MINUTE, ZoneInfo("UTC"), max_points=10, per_window=5)
+    assert refused.value.field == "granularity"

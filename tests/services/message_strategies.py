@@ -142,10 +142,20 @@ def _scalar(field: FieldDescriptor, *, hostile: bool) -> st.SearchStrategy[Any]:
     return _integers(low, high)
 
 
-def _entries(element: st.SearchStrategy[Any], *, hostile: bool, large: int) -> st.SearchStrategy[list[Any]]:
+def _entries(
+    element: st.SearchStrategy[Any], *, hostile: bool, large: int, distinct: bool = False
+) -> st.SearchStrategy[list[Any]]:
     few = st.lists(element, max_size=3)
-    # A hostile list is longer than any limit allows.
-    return st.lists(element, min_size=large, max_size=large + 5) if hostile else few
+    if not hostile:
+        return few
+    # A hostile list is longer than any limit allows. Limits count entries, so a few drawn entries repeated
+    # make the same case as `large` drawn ones at a fraction of the drawing (a usage event is ~100 decisions);
+    # map entries must differ (`distinct`), or the map would fold them into one.
+    if distinct:
+        return st.lists(element, min_size=large, max_size=large + 5)
+    return st.tuples(st.lists(element, min_size=1, max_size=3), st.integers(large, large + 5)).map(
+        lambda drawn: [drawn[0][index % len(drawn[0])] for index in range(drawn[1])]
+    )
 
 
 HOSTILITY: Final = (0, 10, 3)
@@ -190,7 +200,7 @@ def messages(
         if entry_type is not None and entry_type.GetOptions().map_entry:
             key_field, value_field = entry_type.fields_by_name["key"], entry_type.fields_by_name["value"]
             element = st.tuples(_scalar(key_field, hostile=hostile()), _scalar(value_field, hostile=hostile()))
-            target.update(dict(draw(_entries(element, hostile=hostile(), large=40))))
+            target.update(dict(draw(_entries(element, hostile=hostile(), large=40, distinct=True))))
         elif entry_type is not None:
             if depth >= 4:
                 continue

@@ -255,14 +255,10 @@ def _sent(method: MethodDescriptor) -> st.SearchStrategy[list[bytes]]:
     return st.lists(body, min_size=1, max_size=3) if method.client_streaming else st.lists(body, min_size=1, max_size=1)
 
 
-KNOWN_FAILURES: Final[dict[str, str]] = {
-    "meterwire.reporting.v1.ReportingService.ExportUsage": (
-        "reporting: a grouped export over a long range keeps the event loop busy for seconds, and goes on after "
-        "its caller's deadline (health checks time out)"
-    ),
-}
-"""RPC -> the bug this fuzz still finds with its default examples (issue 17, class 2: unbounded work per
-request); the mark is strict, so a fix turns it into a failure until the mark goes."""
+KNOWN_FAILURES: Final[dict[str, str]] = {}
+"""RPC -> a bug this fuzz still finds with its default examples, marked as a strict xfail (a fix turns it into
+a failure until the mark goes). None is left: the last, ExportUsage's unbounded work (issue 17, class 2), is
+fixed and its case runs like every other."""
 
 
 def _cases() -> list[Any]:

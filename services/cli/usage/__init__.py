@@ -1,7 +1,8 @@
 """`meterwire usage …`: summaries, rankings, trends, request history and export from the Reporting service.
 
-The commands live by what they do (reports, history, export); filters.py turns options into the filter every
-Reporting RPC takes, figures.py formats what comes back, writers.py writes export files.
+The commands live by what they do (reports, history, export); filters.py declares the options and turns them into
+the filter every Reporting RPC takes (parsing with services.usage_terms, shared with the MCP server and the
+console), currencies.py asks which currency figures are in.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.cli.client import Connection, fail, rpc_failed
 from services.cli.output import console, on_terminal
 from services.cli.usage.filters import (
-    DIMENSION_NAMES,
     EnvOption,
     FromOption,
     GatewayOption,
@@ -29,7 +28,8 @@ from services.cli.usage.filters import (
     group_by,
     usage_filter,
 )
-from services.cli.usage.writers import (
+from services.usage_terms.query import DIMENSION_NAMES
+from services.usage_terms.records import (
     EVENT_COLUMNS,
     FORMATS,
     event_record,

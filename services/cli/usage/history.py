@@ -15,7 +15,7 @@ from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.cli.client import Connection, JsonOption, call, collect_pages, fail
 from services.cli.output import console
-from services.cli.usage.figures import UNKNOWN, EnvironmentCurrencies, money, reported_tokens
+from services.cli.usage.currencies import EnvironmentCurrencies
 from services.cli.usage.filters import (
     EnvOption,
     FromOption,
@@ -27,6 +27,7 @@ from services.cli.usage.filters import (
     UserOption,
     usage_filter,
 )
+from services.usage_terms.figures import UNKNOWN, money, reported_tokens
 
 
 def requests(

@@ -19,21 +19,8 @@ from services.cli.budgets.figures import budgets_table
 from services.cli.charts import bar, sparkline
 from services.cli.client import PAGE_SIZE, Connection, JsonOption, call
 from services.cli.output import console
-from services.cli.usage.figures import (
-    MONEY_METRICS,
-    TOKEN_METRICS,
-    UNKNOWN,
-    metric_of,
-    metric_text,
-    milliseconds,
-    no_tokens_reported,
-    range_currency,
-    spend,
-    token_total,
-)
+from services.cli.usage.currencies import range_currency
 from services.cli.usage.filters import (
-    DIMENSION_NAMES,
-    METRIC_NAMES,
     EnvOption,
     FromOption,
     GatewayOption,
@@ -50,6 +37,18 @@ from services.cli.usage.filters import (
     metric,
     usage_filter,
 )
+from services.usage_terms.figures import (
+    MONEY_METRICS,
+    TOKEN_METRICS,
+    UNKNOWN,
+    metric_of,
+    metric_text,
+    milliseconds,
+    no_tokens_reported,
+    spend,
+    token_total,
+)
+from services.usage_terms.query import DIMENSION_NAMES, METRIC_NAMES
 
 _BAR_WIDTH = 30
 
@@ -216,7 +215,7 @@ def series(
         top_n=limit,
     )
     if split_by:
-        request.split_by.CopyFrom(group_by([split_by], "--split-by")[0])
+        request.split_by.CopyFrom(group_by([split_by], "split_by")[0])
     with connection.channel() as channel:
         response = call(connection, pb_grpc.ReportingServiceStub(channel).GetUsageTimeSeries, request)
         wants_money = not as_json and any(one.metric in MONEY_METRICS for one in response.series)
