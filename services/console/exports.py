@@ -19,15 +19,6 @@ from typing import Final
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.cli.usage.writers import (
-    EVENT_COLUMNS,
-    ExportWriter,
-    Record,
-    event_record,
-    grouped_columns,
-    grouped_record,
-    open_writer,
-)
 from services.errors import NotFoundError
 from services.lifecycle import cancel_and_wait
 from services.pricing import PriceBooks
@@ -36,6 +27,15 @@ from services.reporting.filters import Grouping, UsageSelection
 from services.reporting.history import RequestHistory
 from services.reporting.messages import stored_event_message
 from services.storage.engine import PRIVATE_DIRECTORY_MODE
+from services.usage_terms.records import (
+    EVENT_COLUMNS,
+    ExportWriter,
+    Record,
+    event_record,
+    grouped_columns,
+    grouped_record,
+    open_writer,
+)
 
 log = structlog.get_logger("meterwire.console")
 
@@ -80,8 +80,10 @@ class ExportShape:
 class Exports:
     """Running and finished console exports."""
 
-    def __init__(self, engine: AsyncEngine, prices: PriceBooks, directory: Path) -> None:
+    def __init__(self, engine: AsyncEngine, prices: PriceBooks, directory: Path, *, max_buckets: int) -> None:
         self._engine = engine
+        self._max_buckets = max_buckets
+        """Buckets one grouped export may span (reporting_max_export_buckets, as for ExportUsage)."""
         self._prices = prices
         self._history = RequestHistory(engine)
         self._directory = directory
@@ -160,6 +162,7 @@ class Exports:
             granularity=shape.granularity,
             zone_name=shape.zone_name,
             prices=self._prices,
+            max_buckets=self._max_buckets,
         ):
             records = [grouped_record(row, shape.group_names) for row in rows]
             await asyncio.to_thread(_write_all, writer, records)

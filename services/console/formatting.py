@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage.figures import UNKNOWN, metric_of, metric_text, milliseconds, money, spend, token_total
+from services.usage_terms.figures import UNKNOWN, metric_of, metric_text, milliseconds, money, spend, token_total
 
 __all__ = ["UNKNOWN", "metric_of", "metric_text", "milliseconds", "money", "percent", "spend", "token_total"]
 

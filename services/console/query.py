@@ -6,20 +6,21 @@ and scoped by the same `select_usage` as the RPCs. Bad values are INVALID_ARGUME
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Final
+from datetime import datetime, timedelta
+from typing import Final, TypeVar
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from starlette.datastructures import ImmutableMultiDict
 
 from meterwire.common.v1 import filter_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage.filters import DIMENSIONS, GRANULARITIES, METRICS, RANGES
 from services.errors import InvalidArgumentError
 from services.request_limits import MAX_FILTER_TAGS, MAX_FILTER_VALUES
+from services.usage_terms import query as terms
+from services.usage_terms.query import GRANULARITIES, METRICS, QueryError
 
 RANGE_CHOICES: Final = ("1h", "today", "3d", "7d", "30d", "custom")
 DEFAULT_GRANULARITY: Final = {"1h": "1m", "today": "1h", "3d": "1h", "7d": "1h", "30d": "1d"}
@@ -127,43 +128,30 @@ class ViewQuery:
         if not 1 <= self.top <= 100:
             raise InvalidArgumentError("top", "must be 1 to 100")
         self.group_by()
-        for value in self.tag:
-            key, sep, _ = value.partition("=")
-            if not sep or not key:
-                raise InvalidArgumentError("tag", f"{value!r} is not KEY=VALUE")
+        _worded(terms.tag_matches, self.tag)
 
     def time_zone(self) -> ZoneInfo:
-        try:
-            return ZoneInfo(self.zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidArgumentError("tz", f"{self.zone!r} is not an IANA time zone such as Europe/Paris") from None
+        return _worded(terms.zone, self.zone)
 
     def bounds(self, now: datetime) -> tuple[datetime, datetime]:
         """[start, end) of the range, aware UTC: a preset ending with the current minute (1h) or hour (longer
-        presets), or the custom from/to.
+        presets), or the custom from/to (as typed, in the zone unless they carry an offset).
 
         Presets end on a whole minute or hour, the current one included (nothing is later than now, so no figure
         changes): the rollups then answer them, where a range cut inside a minute makes the reports scan raw
         events for its edges (seconds at 10 M events) and one cut inside an hour reads per-minute rollups."""
-        zone = self.time_zone()
-        if self.range_name == "custom" and self.end:
-            end = _moment(self.end, zone, "to")
-        elif self.range_name in ("custom", "1h"):
-            end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        else:
-            end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        next_minute = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
         if self.range_name == "custom":
             if not self.start:
                 raise InvalidArgumentError("from", "a custom range needs a start")
-            start = _moment(self.start, zone, "from")
-        elif self.range_name == "today":
-            local = now.astimezone(zone)
-            start = datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(UTC)
-        else:
-            start = end - RANGES[self.range_name]
-        if end <= start:
-            raise InvalidArgumentError("to", "must be after the start of the range")
-        return start, end
+            return _worded(terms.time_range, "custom", self.start, self.end or None, self.zone, next_minute)
+        next_hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        end = next_minute if self.range_name == "1h" else next_hour
+        # "today" is the day `now` falls on in the zone; the other presets reach back from the end.
+        begin, _ = _worded(
+            terms.time_range, self.range_name, None, None, self.zone, now if self.range_name == "today" else end
+        )
+        return begin, end
 
     def usage_filter(self, now: datetime) -> filter_pb2.UsageFilter:
         start, end = self.bounds(now)
@@ -176,7 +164,7 @@ class ViewQuery:
             api_key_ids=self.key,
             user_ids=self.user,
             routes=self.route,
-            tags=[filter_pb2.TagMatch(key=k, value=v) for k, _, v in (tag.partition("=") for tag in self.tag)],
+            tags=_worded(terms.tag_matches, self.tag),
         )
         message.start_time.FromDatetime(start)
         message.end_time.FromDatetime(end)
@@ -190,12 +178,9 @@ class ViewQuery:
         return "1h"
 
     def group_by(self) -> pb.GroupBy:
-        if self.by.startswith("tag:") and len(self.by) > len("tag:"):
-            return pb.GroupBy(dimension=pb.DIMENSION_TAG, tag_key=self.by.removeprefix("tag:"))
-        dimension = DIMENSIONS.get(self.by)
-        if dimension is None:
+        if self.by not in RANKINGS and not self.by.startswith("tag:"):
             raise InvalidArgumentError("by", f"{self.by!r} is not one of {', '.join(RANKINGS)} or tag:KEY")
-        return pb.GroupBy(dimension=dimension)
+        return _worded(terms.group_by, [self.by], "by")[0]
 
     def params(self) -> list[tuple[str, str]]:
         """The URL parameters that differ from the defaults, in a stable order."""
@@ -244,14 +229,20 @@ def _int(text: str, name: str) -> int:
         raise InvalidArgumentError(name, f"{text!r} is not a whole number") from None
 
 
-def _moment(text: str, zone: ZoneInfo, name: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidArgumentError(name, f"{text!r} is not a date and time such as 2026-11-23T14:00") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(UTC)
-
-
 def span_label(start: datetime, end: datetime, zone: ZoneInfo) -> str:
     fmt = "%Y-%m-%d %H:%M"
     return f"{start.astimezone(zone).strftime(fmt)} to {end.astimezone(zone).strftime(fmt)} ({zone.key})"
+
+
+_URL_NAMES: Final = {"start": "from", "end": "to", "time_zone": "tz"}
+"""The URL parameter each part of a usage question (services.usage_terms) is given in."""
+
+_T = TypeVar("_T")
+
+
+def _worded(parse: Callable[..., _T], *args: object) -> _T:
+    """A shared usage-terms parser, its QueryError worded as INVALID_ARGUMENT naming the URL parameter."""
+    try:
+        return parse(*args)
+    except QueryError as error:
+        raise InvalidArgumentError(_URL_NAMES.get(error.part, error.part), error.problem) from None

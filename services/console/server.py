@@ -59,7 +59,10 @@ class ConsoleServer(Managed):
             webhooks=Webhooks(deps.engine),
             prices=deps.prices,
             exports=Exports(
-                deps.engine, deps.prices, settings.console_export_dir or settings.data_dir / "console-exports"
+                deps.engine,
+                deps.prices,
+                settings.console_export_dir or settings.data_dir / "console-exports",
+                max_buckets=settings.reporting_max_export_buckets,
             ),
             templates=template_environment(),
         )

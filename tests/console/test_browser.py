@@ -22,7 +22,7 @@ from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.usage.figures import money
+from services.usage_terms.figures import money
 from tests.clients import Tokens, bearer
 from tests.console.browser import JsErrors, launch, require_chromium, screenshot
 from tests.console.harness import ThreadedControlPlane, console_settings, console_url

@@ -15,9 +15,9 @@ import httpx
 from meterwire.admin.v1 import admin_service_pb2 as admin_pb
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
-from services.cli.usage.figures import money
 from services.console.sessions import SESSION_COOKIE
 from services.server import ControlPlane
+from services.usage_terms.figures import money
 from tests.clients import Tokens, bearer
 from tests.console.harness import csrf_of, kpi_tiles, sign_in
 from tests.reporting.dataset import GATEWAYS, make_dataset

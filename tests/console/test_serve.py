@@ -70,7 +70,7 @@ async def test_idle_sessions_end_and_sessions_check_the_token_each_time(
 
 
 async def test_an_export_belongs_to_the_session_that_started_it(control_plane: ControlPlane, tmp_path: Path) -> None:
-    exports = Exports(control_plane.engine, control_plane.deps.prices, tmp_path / "exports")
+    exports = Exports(control_plane.engine, control_plane.deps.prices, tmp_path / "exports", max_buckets=1000)
     selection = UsageSelection(start_us=0, end_us=10**15, environment_ids=None)
     shape = ExportShape((), (), 0, "UTC")
     job = await exports.start(owner="session-a", selection=selection, shape=shape, file_format="csv")

@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from budgeting.decision import Metric
 from services.budget.records import BudgetStatus, Visibility
-from services.cli.usage.figures import money
 from services.console.context import Console, Viewer
 from services.console.query import ViewQuery
+from services.usage_terms.figures import money
 
 BUDGETS_SHOWN = 500
 ALERTS_SHOWN = 50

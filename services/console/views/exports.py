@@ -9,13 +9,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage.filters import GRANULARITIES
 from services.console.context import Console, Viewer
 from services.console.exports import FORMATS, ExportJob, ExportShape
 from services.console.query import ViewQuery
 from services.console.views.usage import selection_of
 from services.errors import InvalidArgumentError
 from services.reporting.filters import groupings
+from services.usage_terms.query import GRANULARITIES
 
 SHAPES = ("grouped", "events")
 MEDIA_TYPES = {

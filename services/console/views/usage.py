@@ -11,8 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.cli.usage.figures import DURATION_METRICS, MONEY_METRICS
-from services.cli.usage.filters import GRANULARITIES, METRICS
 from services.console.context import Console, Viewer
 from services.console.formatting import metric_of, metric_text
 from services.console.query import (
@@ -28,6 +26,8 @@ from services.console.query import (
 from services.errors import InvalidArgumentError
 from services.reporting.filters import UsageSelection, groupings, select_usage
 from services.reporting.reports import OTHER_KEY, BreakdownQuery, Series, SeriesRequest
+from services.usage_terms.figures import DURATION_METRICS, MONEY_METRICS
+from services.usage_terms.query import GRANULARITIES, METRICS
 
 FILTER_OF_RANKING = {
     "model": "model",
