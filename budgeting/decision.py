@@ -78,6 +78,13 @@ def newly_crossed(before: int, after: int, limit: int, thresholds: Sequence[int]
     return tuple(percent for percent in thresholds if before * 100 < limit * percent <= after * 100)
 
 
+def warning_from(limit: int, thresholds: Sequence[int]) -> int:
+    """The least `used` whose state is not OK (state_of's rule solved once, for checks made many times)."""
+    if not thresholds:
+        return limit
+    return min(limit, -(-limit * thresholds[0] // 100))
+
+
 def state_of(used: int, limit: int, thresholds: Sequence[int]) -> State:
     if used >= limit:
         return State.EXCEEDED
@@ -107,6 +114,10 @@ class WindowFigures:
     window: Window
     used: int
     reserved: int = 0
+    own: int = 0
+    """Agents: the part of `used` this gateway counted on its own (its usage the server's figure does not include)."""
+    allowance: int | None = None
+    """Agents, HARD_STOP: the lease; own + reserved + what a request adds may not exceed it. None: no lease."""
 
     @property
     def committed(self) -> int:
@@ -132,6 +143,17 @@ class WindowFigures:
         return max(1, int(self.window.end_s - now_s + 0.999))
 
 
+def refuses(committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
+    """The one admission rule: whether a request expected to add `expected` would take a window over its limit.
+
+    `committed` is used + reserved. A window at its limit refuses whatever the estimate; a lease (agents) is a
+    second limit on this gateway's own usage and reservations (`own_committed`), applied the same way.
+    """
+    if committed >= limit or committed + expected > limit:
+        return True
+    return allowance is not None and (own_committed >= allowance or own_committed + expected > allowance)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
@@ -141,21 +163,31 @@ class Decision:
     """DENY: the first exhausted HARD_STOP budget (by budget id)."""
     warned_by: tuple[WindowFigures, ...] = ()
     """Budgets at or over a threshold that did not deny (warn-only ones over their limit included)."""
+    shadow_denied_by: tuple[WindowFigures, ...] = ()
+    """WARN_ONLY budgets that a HARD_STOP budget with the same figures would have denied (the request goes on)."""
 
 
 def decide(matched: Sequence[WindowFigures], *, estimate: Mapping[Metric, int] | None = None) -> Decision:
     """ALLOW, WARN or DENY for a request that matched these budgets' windows.
 
-    A HARD_STOP budget denies when it is at its limit already, or when what the request is expected to add in its
-    metric (`estimate`; absent: nothing known) would take it over.
+    A HARD_STOP budget denies when `refuses` says so for what the request is expected to add in its metric
+    (`estimate`; absent: nothing known). A WARN_ONLY budget the same rule refuses is a shadow denial and warns.
     """
     ordered = tuple(sorted(matched, key=lambda figures: figures.rule.budget_id))
+    shadows: list[WindowFigures] = []
     for figures in ordered:
         rule = figures.rule
         expected = estimate.get(rule.metric, 0) if estimate else 0
-        if rule.mode is Mode.HARD_STOP and (
-            figures.committed >= rule.limit or figures.committed + expected > rule.limit
+        if refuses(
+            committed=figures.committed,
+            limit=rule.limit,
+            expected=expected,
+            own_committed=figures.own + figures.reserved,
+            allowance=figures.allowance,
         ):
-            return Decision(Verdict.DENY, ordered, denied_by=figures)
-    warned = tuple(figures for figures in ordered if figures.state is not State.OK)
-    return Decision(Verdict.WARN if warned else Verdict.ALLOW, ordered, warned_by=warned)
+            if rule.mode is Mode.HARD_STOP:
+                return Decision(Verdict.DENY, ordered, denied_by=figures)
+            shadows.append(figures)
+    warned = tuple(figures for figures in ordered if figures.state is not State.OK or figures in shadows)
+    verdict = Verdict.WARN if warned else Verdict.ALLOW
+    return Decision(verdict, ordered, warned_by=warned, shadow_denied_by=tuple(shadows))

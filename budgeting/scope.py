@@ -15,6 +15,9 @@ from typing import Final, Protocol
 EVENT_SELECTORS: Final = ("api_key_id", "user_id", "requested_model", "resolved_model", "provider", "route")
 """Selectors an event or request carries itself (the environment and gateway come from its gateway)."""
 
+SELECTORS: Final = ("environment_id", "gateway_id", *EVENT_SELECTORS)
+"""Every selector but tags, in the order scopes are shown."""
+
 MAX_TAG_SELECTORS: Final = 16
 MAX_SELECTOR_CHARS: Final = 256
 
@@ -26,6 +29,22 @@ class ScopeError(ValueError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.problem = message
+
+
+class ScopeMessage(Protocol):
+    """What `Scope.of_message` reads: a meterwire.budget.v1.Scope (or anything with its fields)."""
+
+    environment_id: str
+    gateway_id: str
+    api_key_id: str
+    user_id: str
+    requested_model: str
+    resolved_model: str
+    provider: str
+    route: str
+
+    @property
+    def tags(self) -> Mapping[str, str]: ...
 
 
 class EventAttributes(Protocol):
@@ -60,6 +79,11 @@ class Scope:
         scope = cls(tags=tuple((tags or {}).items()), **selectors)
         scope.validate()
         return scope
+
+    @classmethod
+    def of_message(cls, message: ScopeMessage) -> Scope:
+        """The scope a budget message carries (not validated: the control plane validated it when stored)."""
+        return cls(tags=tuple(message.tags.items()), **{name: getattr(message, name) for name in SELECTORS})
 
     def validate(self) -> None:
         if self.gateway_id and not self.environment_id:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import metadata as importlib_metadata
 from types import TracebackType
 from typing import Self
@@ -16,13 +17,16 @@ import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 
-from gateway_agent.budget_view import BudgetView, CheckRequest, Decision
+from gateway_agent.budget_decision import BudgetFigures, CheckRequest, Decision
+from gateway_agent.budget_digest import UsageDigest
+from gateway_agent.budget_view import BudgetView, ReservationLimits
 from gateway_agent.channel import Backoff, LinkState, bearer_metadata, open_channel
 from gateway_agent.config_cache import ConfigCache
 from gateway_agent.control import ConfigKeeper, ControlStreams
 from gateway_agent.sender import BatchLimits, Sender
 from gateway_agent.settings import AgentSettings
 from gateway_agent.spool import Spool
+from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.common.v1 import usage_pb2
 from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
@@ -33,6 +37,8 @@ SPOOL_FILE = "spool.db"
 CONFIG_DIR = "config"
 # Dropped events are logged at most this often, so a full disk cannot flood the log.
 _DROP_LOG_EVERY_S = 5.0
+# Most budgets a heartbeat reports enforcement counts for (heartbeat_service.proto).
+_MAX_HEARTBEAT_BUDGETS = 100
 
 try:
     AGENT_VERSION = importlib_metadata.version("meterwire")
@@ -100,6 +106,13 @@ class AgentStatus:
     stream_failures: int = 0
     unacked_batches: int = 0
     uptime: timedelta = timedelta(0)
+    budgets: tuple[BudgetFigures, ...] = ()
+    """Every budget that applies to this gateway, as the agent sees it now, in budget id order."""
+    budget_snapshot_time: datetime | None = None
+    """When the control plane last refreshed the budget state (None: never)."""
+    open_reservations: int = 0
+    budget_enforcement: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per budget id: (denied, shadow denied) requests since the agent started."""
 
 
 class GatewayAgent:
@@ -117,7 +130,16 @@ class GatewayAgent:
             commit_linger=settings.commit_linger,
             commit_max_events=settings.commit_max_events,
         )
-        self._budget_view = BudgetView()
+        self._budget_view = BudgetView(
+            reservations=ReservationLimits(
+                ttl=settings.reservation_ttl,
+                max_micros=settings.max_reservation_micros,
+                max_tokens=settings.max_reservation_tokens,
+            ),
+            lease_retry_after_s=lambda: max(1, int(self._heartbeat_interval.total_seconds())),
+        )
+        self._spool.ack_digests = self._budget_view.acknowledged
+        self._spool.on_lost = lambda first, last: self._budget_view.forget_usage(range(first, last + 1))
         self._keeper = ConfigKeeper(
             environment_id=settings.environment_id,
             cache=ConfigCache(settings.data_dir / CONFIG_DIR),
@@ -146,6 +168,7 @@ class GatewayAgent:
         await asyncio.to_thread(self._spool.open)
         self._spool.start(asyncio.get_running_loop())
         cached = await asyncio.to_thread(self._keeper.load_cache)
+        await asyncio.to_thread(self._restore_budget_state)
         self._channel = open_channel(s)
         metadata = bearer_metadata(s.token)
         self._sender = Sender(
@@ -167,8 +190,10 @@ class GatewayAgent:
             answer_timeout=s.keepalive_timeout,
             backoff=self._backoff,
             link=self._link,
+            on_budget_snapshot=self._apply_budget_snapshot,
         )
         self._tasks.append(asyncio.create_task(self._sender.run(), name="usage-sender"))
+        self._tasks.append(asyncio.create_task(self._expire_reservations(), name="budget-reservations"))
         answered = await self._control.initial_fetch(s.initial_fetch_timeout)
         self._tasks.append(asyncio.create_task(self._control.run(), name="control-streams"))
         log.info(
@@ -180,6 +205,31 @@ class GatewayAgent:
             spool_depth=self._spool.depth,
             next_sequence=self._spool.next_sequence,
         )
+
+    def _restore_budget_state(self) -> None:
+        """Blocking: the persisted snapshot and every own event it does not include (acked, then spooled)."""
+        stored, digest_rows = self._spool.load_budget_state()
+        if stored is None:
+            return
+        snapshot = budget_pb.BudgetSnapshot.FromString(stored)
+        view = self._budget_view
+        digests = itertools.chain(
+            (UsageDigest.from_row(row) for row in digest_rows),
+            itertools.chain.from_iterable(map(view.digest_payloads, self._spool.spooled_payloads())),
+        )
+        view.restore(snapshot, digests)
+        log.info("budget state restored", budgets=len(snapshot.budgets), own_events_not_included=view.pending_digests)
+
+    def _apply_budget_snapshot(self, snapshot: budget_pb.BudgetSnapshot) -> None:
+        self._budget_view.apply_snapshot(snapshot)
+        included = self._budget_view.included
+        self._spool.save_budget_snapshot(snapshot.SerializeToString(), included.through, list(included.ranges))
+
+    async def _expire_reservations(self) -> None:
+        period = min(1.0, max(0.01, self.settings.reservation_ttl.total_seconds() / 10))
+        while True:
+            await asyncio.sleep(period)
+            self._budget_view.expire_reservations()
 
     async def run(self) -> None:
         """Starts if needed and runs until shutdown() has finished."""
@@ -244,8 +294,11 @@ class GatewayAgent:
         event.sequence = sequence
         dropped = spool.enqueue(sequence, event.event_id, event.SerializeToString())
         if dropped is not None:
+            if event.reservation_id:  # never delivered, never counted: its reservation goes too
+                self._budget_view.release_reservation(event.reservation_id)
             self._log_drop(dropped)
             return RecordResult(event.event_id, sequence, spooled=False, dropped_reason=dropped)
+        self._budget_view.count_event(event)
         if not wait_for_commit:
             return RecordResult(event.event_id, sequence, spooled=True)
         if await spool.wait_committed(sequence):
@@ -270,8 +323,15 @@ class GatewayAgent:
             await self._spool.wait_committed(self._spool.last_enqueued)
 
     def check(self, request: CheckRequest) -> Decision:
-        """A local decision in microseconds: disabled API keys are denied; budgets are not enforced yet."""
+        """A local decision in microseconds, safe from any thread: disabled API keys are denied (403); budgets
+        from the last snapshot, this gateway's usage since and its open reservations (DENY, WARN or ALLOW).
+        Admitted with an estimate, the request holds a reservation (Decision.reservation_id) until its usage event
+        carries it back (UsageEvent.reservation_id), release_reservation() or the reservation TTL."""
         return self._budget_view.check(request)
+
+    def release_reservation(self, reservation_id: str) -> bool:
+        """Gives back the reservation of a request that never ran; False when unknown (settled or expired)."""
+        return self._budget_view.release_reservation(reservation_id)
 
     # --- config ------------------------------------------------------------------------------------------
 
@@ -351,7 +411,15 @@ class GatewayAgent:
             stream_failures=sender.stream_failures if sender else 0,
             unacked_batches=sender.unacked_batches if sender else 0,
             uptime=timedelta(seconds=time.monotonic() - self._started_at),
+            budgets=self._budget_view.budgets(),
+            budget_snapshot_time=self._budget_snapshot_time(),
+            open_reservations=self._budget_view.open_reservations,
+            budget_enforcement=self._budget_view.enforcement_counts(),
         )
+
+    def _budget_snapshot_time(self) -> datetime | None:
+        seconds = self._budget_view.snapshot_time_s
+        return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
     def agent_state(self) -> heartbeat_pb.AgentState:
         """The status as the Heartbeat contract carries it."""
@@ -372,4 +440,8 @@ class GatewayAgent:
             state.oldest_unsent_age.CopyFrom(Duration(seconds=int(status.oldest_unsent_age.total_seconds())))
         if status.connected_since is not None:
             state.connected_since.FromDatetime(status.connected_since)
+        if status.budget_snapshot_time is not None:
+            state.budget_snapshot_time.FromDatetime(status.budget_snapshot_time)
+        for budget_id, (denied, shadow) in list(status.budget_enforcement.items())[:_MAX_HEARTBEAT_BUDGETS]:
+            state.budget_enforcement.add(budget_id=budget_id, denied_requests=denied, shadow_denied_requests=shadow)
         return state

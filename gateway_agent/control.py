@@ -1,4 +1,5 @@
-"""The agent's control streams: heartbeats up, config versions down (validated, applied, cached, ACKed or NACKed)."""
+"""The agent's control streams: heartbeats up, config versions down (validated, applied, cached, ACKed or NACKed),
+budget snapshots down (WatchBudgetStates)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway_agent.channel import EOF_MARKER, Backoff, LinkState, describe_rpc_error, open_bidi
 from gateway_agent.config_cache import CachedConfig, ConfigCache
+from meterwire.budget.v1 import budget_service_pb2 as budget_pb
+from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
 from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
@@ -27,6 +30,8 @@ _MAX_HEARTBEAT = timedelta(minutes=5)
 # A heartbeat the server does not answer within this many intervals (at least this many seconds) fails the stream.
 _HEARTBEAT_ANSWER_INTERVALS = 3
 _HEARTBEAT_ANSWER_MIN_S = 20.0
+# A control plane that does not host the budget service (UNIMPLEMENTED) is asked again this rarely.
+_BUDGET_SERVICE_ABSENT_RETRY_S = 60.0
 
 
 def validate_config(
@@ -161,8 +166,13 @@ class ControlStreams:
         answer_timeout: timedelta,
         backoff: Backoff,
         link: LinkState,
+        on_budget_snapshot: Callable[[budget_pb.BudgetSnapshot], None] | None = None,
     ) -> None:
         self._config_stub = config_grpc.ConfigServiceStub(channel)
+        self._budget_stub = budget_grpc.BudgetServiceStub(channel)
+        self._on_budget_snapshot = on_budget_snapshot
+        self.budget_snapshots_received = 0
+        self.budget_service_absent = False
         self._heartbeat_stub = heartbeat_grpc.HeartbeatServiceStub(channel)
         self._metadata = metadata
         self._environment_id = environment_id
@@ -193,9 +203,53 @@ class ControlStreams:
         return True
 
     async def run(self) -> None:
-        await asyncio.gather(
-            self._forever("heartbeat", self._heartbeat_once), self._forever("config", self._watch_once)
+        streams = [self._forever("heartbeat", self._heartbeat_once), self._forever("config", self._watch_once)]
+        if self._on_budget_snapshot is not None:
+            streams.append(self._budgets_forever())
+        await asyncio.gather(*streams)
+
+    async def _budgets_forever(self) -> None:
+        """WatchBudgetStates, reconnecting with backoff; a control plane without the budget service is asked again
+        only every minute, logged once."""
+        attempt = 0
+        while not self._stopping.is_set():
+            received_before = self.budget_snapshots_received
+            delay: float | None = None
+            try:
+                await self._watch_budgets_once()
+                error_text = "the control plane ended the budget stream"
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                error_text = describe_rpc_error(error)
+                if isinstance(error, grpc.aio.AioRpcError) and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    if not self.budget_service_absent:
+                        log.info("the control plane does not host budgets; asking again every minute")
+                    self.budget_service_absent = True
+                    delay = _BUDGET_SERVICE_ABSENT_RETRY_S
+            if self._stopping.is_set():
+                return
+            if self.budget_snapshots_received > received_before:
+                attempt = 0
+            if delay is None:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("budget stream down; retrying", error=error_text, retry_in_s=round(delay, 3))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _watch_budgets_once(self) -> None:
+        assert self._on_budget_snapshot is not None
+        call = self._budget_stub.WatchBudgetStates(
+            budget_pb.WatchBudgetStatesRequest(environment_id=self._environment_id), metadata=self._metadata
         )
+        try:
+            async for response in call:
+                self.budget_service_absent = False
+                self.budget_snapshots_received += 1
+                self._on_budget_snapshot(response.snapshot)
+        finally:
+            call.cancel()
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -14,11 +14,12 @@ from google.protobuf.duration_pb2 import Duration
 from prometheus_client import start_http_server
 
 from gateway_agent.agent import GatewayAgent, RecordResult
-from gateway_agent.budget_view import CheckRequest
+from gateway_agent.budget_decision import BudgetFigures, CheckRequest, Decision, UsageEstimate
 from gateway_agent.interceptor import UndecodableBodies
 from gateway_agent.metrics import agent_registry
 from meterwire.agent.v1 import agent_service_pb2 as agent_pb
 from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
+from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 
 log = structlog.get_logger("meterwire.agent.daemon")
 
@@ -79,6 +80,15 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
     async def CheckRequest(
         self, request: agent_pb.CheckRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb.CheckRequestResponse:
+        estimate = None
+        if request.HasField("estimate"):
+            given = request.estimate
+            estimate = UsageEstimate(
+                cost_micros=given.cost_micros if given.HasField("cost_micros") else None,
+                input_tokens=given.input_tokens,
+                max_output_tokens=given.max_output_tokens,
+                model=given.model,
+            )
         decision = self._agent.check(
             CheckRequest(
                 api_key_id=request.api_key_id,
@@ -86,15 +96,15 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                 requested_model=request.requested_model,
                 route=request.route,
                 tags=dict(request.tags),
+                estimate=estimate,
             )
         )
-        return agent_pb.CheckRequestResponse(
-            allowed=decision.allowed,
-            reason=decision.reason,
-            http_status=decision.http_status,
-            message=decision.message,
-            config_version=decision.config_version,
-        )
+        return check_response(decision)
+
+    async def ReleaseReservation(
+        self, request: agent_pb.ReleaseReservationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb.ReleaseReservationResponse:
+        return agent_pb.ReleaseReservationResponse(released=self._agent.release_reservation(request.reservation_id))
 
     async def GetConfig(
         self, request: agent_pb.GetConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -117,7 +127,7 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
         status = self._agent.status()
         uptime = Duration()
         uptime.FromTimedelta(status.uptime)
-        return agent_pb.GetStatusResponse(
+        response = agent_pb.GetStatusResponse(
             status=agent_pb.AgentStatus(
                 state=self._agent.agent_state(),
                 environment_id=status.environment_id,
@@ -137,8 +147,56 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                 stream_failures=status.stream_failures,
                 unacked_batches=status.unacked_batches,
                 uptime=uptime,
+                budgets=[local_budget(figures) for figures in status.budgets],
+                open_reservations=status.open_reservations,
             )
         )
+        if status.budget_snapshot_time is not None:
+            response.status.budget_snapshot_time.FromDatetime(status.budget_snapshot_time)
+        return response
+
+
+def local_budget(figures: BudgetFigures) -> agent_pb.LocalBudget:
+    """A budget as the agent sees it, as agent_service.proto carries it."""
+    local = agent_pb.LocalBudget(
+        budget=figures.budget,
+        used=figures.used,
+        server_used=figures.server_used,
+        pending_used=figures.pending_used,
+        reserved=figures.reserved,
+        remaining=figures.remaining,
+        state=budget_pb.BudgetState.ValueType(int(figures.state)),
+        lease_allowance=figures.lease_allowance or 0,
+        lease_sharing_gateways=figures.lease_sharing_gateways,
+        denied_requests=figures.denied_requests,
+        shadow_denied_requests=figures.shadow_denied_requests,
+    )
+    local.window_start_time.FromSeconds(figures.window_start_s)
+    if figures.window_end_s is not None:
+        local.window_end_time.FromSeconds(figures.window_end_s)
+    return local
+
+
+def check_response(decision: Decision) -> agent_pb.CheckRequestResponse:
+    """A decision as CheckRequestResponse, with the ready-to-send denial."""
+    response = agent_pb.CheckRequestResponse(
+        allowed=decision.allowed,
+        reason=decision.reason,
+        http_status=decision.http_status,
+        message=decision.message,
+        config_version=decision.config_version,
+        decision=budget_pb.Decision.ValueType(int(decision.verdict)),
+        budgets=[local_budget(figures) for figures in decision.budgets],
+        denied_by_budget_id=decision.denied_by_budget_id,
+        reservation_id=decision.reservation_id,
+        response_body=decision.response_body,
+        response_headers=dict(decision.response_headers),
+    )
+    if decision.retry_after_s is not None:
+        response.retry_after.FromSeconds(decision.retry_after_s)
+    if decision.reservation_expire_s is not None:
+        response.reservation_expire_time.FromNanoseconds(int(decision.reservation_expire_s * 1e9))
+    return response
 
 
 def check_listen(listen: str) -> str:

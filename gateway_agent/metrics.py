@@ -90,6 +90,39 @@ class AgentCollector(Collector):
         yield _counter(
             "meterwire_agent_corrupt_spools", "Corrupt spool files moved aside.", status.corrupt_spools_set_aside
         )
+        yield from _budget_metrics(status)
+
+
+def _budget_metrics(status: AgentStatus) -> Iterator[Metric]:
+    """Per budget: the local figures and what the agent denied (and, for warn-only budgets, would have denied)."""
+    labels = ["budget_id"]
+    used = GaugeMetricFamily(
+        "meterwire_agent_budget_used", "Usage counted in the window (server + own).", labels=labels
+    )
+    reserved = GaugeMetricFamily("meterwire_agent_budget_reserved", "Held by open reservations.", labels=labels)
+    limit = GaugeMetricFamily("meterwire_agent_budget_limit", "The budget's limit.", labels=labels)
+    denied = CounterMetricFamily("meterwire_agent_budget_denied_requests", "Requests denied.", labels=labels)
+    shadow = CounterMetricFamily(
+        "meterwire_agent_budget_shadow_denied_requests",
+        "Requests a warn-only budget let through that a hard stop would have denied.",
+        labels=labels,
+    )
+    for figures in status.budgets:
+        key = [figures.budget_id]
+        used.add_metric(key, figures.used)
+        reserved.add_metric(key, figures.reserved)
+        limit.add_metric(key, figures.budget.limit)
+    for budget_id, (denied_count, shadow_count) in status.budget_enforcement.items():
+        denied.add_metric([budget_id], denied_count)
+        shadow.add_metric([budget_id], shadow_count)
+    yield from (used, reserved, limit, denied, shadow)
+    yield _gauge("meterwire_agent_budget_reservations", "Open budget reservations.", status.open_reservations)
+    snapshot = status.budget_snapshot_time.timestamp() if status.budget_snapshot_time is not None else 0.0
+    yield _gauge(
+        "meterwire_agent_budget_snapshot_timestamp_seconds",
+        "When the control plane last refreshed the budget state (0: never): enforcing from stale state shows here.",
+        snapshot,
+    )
 
 
 def agent_registry(agent: GatewayAgent, loop: asyncio.AbstractEventLoop) -> CollectorRegistry:

@@ -38,11 +38,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_batch(batch_sequence: int, payloads: list[bytes]) -> bytes:
+def encode_batch(batch_sequence: int, payloads: list[bytes], committed_through_sequence: int = 0) -> bytes:
     """A StreamUsageRequest's wire bytes built from already-serialized UsageEvents, with no parse per event."""
     parts = [b"\x08", _varint(batch_sequence)]  # field 1 (batch_sequence), varint
     for payload in payloads:
         parts += (b"\x12", _varint(len(payload)), payload)  # field 2 (events), length-delimited
+    if committed_through_sequence:
+        parts += (b"\x18", _varint(committed_through_sequence))  # field 3 (committed_through_sequence), varint
     return b"".join(parts)
 
 
@@ -101,6 +103,10 @@ class Sender:
         self._window_space = asyncio.Event()
         self._stopping = asyncio.Event()
         self.acked_through = spool.last_acked_sequence
+        self.committed_through_sequence = spool.acked_floor
+        """The agent's promise in every batch: each spool event up to here was acknowledged. Acks come in batch
+        order on a stream and a batch holds every committed event after the previous one (an event never stored
+        cannot be sent), so the last acked batch's last sequence is such a point."""
         self.batches_acked = 0
         self.events_accepted = 0
         self.events_duplicate = 0
@@ -172,6 +178,7 @@ class Sender:
             rejection = Rejection(event.sequence, "STREAM_REJECTED", "", error.details() or "")
             self._spool.acknowledge([event.sequence], len(event.payload), [rejection])
             self.acked_through = event.sequence
+            self.committed_through_sequence = max(self.committed_through_sequence, event.sequence)
             self.events_rejected += 1
         else:
             self._divisor = min(self._divisor * 2, 1 << 16)
@@ -209,7 +216,9 @@ class Sender:
             batch.batch_sequence = batch_sequence
             batch.sent_at = time.monotonic()
             self._window.append(batch)
-            await call.write(encode_batch(batch_sequence, [e.payload for e in batch.events]))
+            await call.write(
+                encode_batch(batch_sequence, [e.payload for e in batch.events], self.committed_through_sequence)
+            )
             cursor = batch.last_sequence
         # Draining for shutdown: let the acks of what is in flight arrive, then end the stream.
         while self._window:
@@ -267,6 +276,7 @@ class Sender:
             log.warning("ack counts do not add up to the batch", batch=ack.batch_sequence, events=len(batch.events))
         self._spool.acknowledge([e.sequence for e in batch.events], batch.payload_bytes, rejected)
         self.acked_through = batch.last_sequence
+        self.committed_through_sequence = max(self.committed_through_sequence, batch.last_sequence)
         self.batches_acked += 1
         self.events_accepted += ack.accepted_count
         self.events_duplicate += ack.duplicate_count

@@ -85,6 +85,13 @@ class AgentSettings:
     """Until the server says otherwise."""
     shutdown_flush_timeout: timedelta = timedelta(seconds=10)
     """On shutdown, how long the sender may keep delivering the spool before it stops (the rest stays spooled)."""
+    reservation_ttl: timedelta = timedelta(minutes=10)
+    """A budget reservation not settled by its usage event (nor released) within this is released."""
+    max_reservation_micros: int = 10_000_000
+    """The most one reservation holds against a spend budget (10 units of the currency); also what a HARD_STOP
+    spend budget holds for an estimate it cannot price."""
+    max_reservation_tokens: int = 1_000_000
+    """The most one reservation holds against a token budget."""
     extra_channel_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)
     """Raw grpc channel options appended last (advanced)."""
 
@@ -98,6 +105,10 @@ class AgentSettings:
         for name in ("spool_max_bytes", "max_pending_events", "commit_max_events", "max_batch_events"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if self.max_reservation_micros < 0 or self.max_reservation_tokens < 0:
+            raise ValueError("max_reservation_micros, max_reservation_tokens: must not be negative")
+        if self.reservation_ttl <= timedelta(0):
+            raise ValueError("reservation_ttl: must be positive")
         if self.max_unacked_batches < 1:
             raise ValueError("max_unacked_batches: must be at least 1")
         if self.tls is not None and (self.tls.cert_file is None) != (self.tls.key_file is None):

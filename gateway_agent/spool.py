@@ -8,12 +8,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Final, NamedTuple
 
 import structlog
 
@@ -27,6 +27,7 @@ __all__ = ["DeadLetter", "Rejection", "Spool", "SpooledEvent", "iter_dead_letter
 log = structlog.get_logger("meterwire.agent.spool")
 
 _OLDEST_EVENT = "SELECT seq, enqueue_us FROM events ORDER BY seq LIMIT 1"
+_DIGEST_PARAMS: Final = ", ".join("?" * 12)
 
 
 class SpooledEvent(NamedTuple):
@@ -108,6 +109,14 @@ class Spool:
         self.corrupt_set_aside = 0
         self._oldest_stored: tuple[int, int] | None = None
         """Sequence and record time of the oldest event in the file, as the writer last saw it."""
+        self.acked_floor = 0
+        """At open: every event up to this sequence was acknowledged (or never stored): the lowest event left in
+        the file, less one, else the highest sequence ever used."""
+        self.ack_digests: Callable[[list[int], list[int]], list[tuple[Any, ...]]] | None = None
+        """Given an acked batch's sequences and its rejected ones: the budget digest rows to keep for the
+        accepted ones (written in the ack's transaction). Set by the agent."""
+        self.on_lost: Callable[[int, int], None] | None = None
+        """Told the first and last sequence of a group commit that could not store its events."""
 
     # --- opening -----------------------------------------------------------------------------------------
 
@@ -144,6 +153,7 @@ class Spool:
         self.corrupt_set_aside = max(self.corrupt_set_aside, meta.get("corrupt_set_aside", 0))
         self.depth, self.spooled_bytes, self.dead_letter_count = depth, size, dead
         self._oldest_stored = None if oldest is None else (int(oldest[0]), int(oldest[1]))
+        self.acked_floor = self.next_sequence - 1 if oldest is None else int(oldest[0]) - 1
 
     def _recover_from_corruption(self, error: BaseException) -> None:
         self._close_connections()
@@ -230,8 +240,11 @@ class Spool:
         last = sequences[-1]
         dead_time_us = time.time_ns() // 1000
         first = sequences[0]
+        digests = self.ack_digests(sequences, [r.sequence for r in rejected]) if self.ack_digests else []
 
         def write(connection: sqlite3.Connection) -> None:
+            if digests:
+                connection.executemany(f"INSERT OR REPLACE INTO budget_digests VALUES ({_DIGEST_PARAMS})", digests)
             if rejected:
                 connection.executemany(
                     "INSERT OR REPLACE INTO dead_letters SELECT seq, event_id, ?, ?, ?, ?, payload FROM events"
@@ -247,6 +260,34 @@ class Spool:
         self.last_acked_sequence = last
         self._commands.append(write)
         self._wake.set()
+
+    # --- budget state (the agent's; kept here so acks and digests share one transaction) -------------------
+
+    def save_budget_snapshot(self, snapshot: bytes, through: int, ranges: list[tuple[int, int]]) -> None:
+        """Stores the last budget snapshot and drops the digests it includes, in one writer transaction."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute("INSERT OR REPLACE INTO budget_state VALUES ('snapshot', ?)", (snapshot,))
+            connection.execute("DELETE FROM budget_digests WHERE seq <= ?", (through,))
+            if ranges:
+                connection.executemany("DELETE FROM budget_digests WHERE seq BETWEEN ? AND ?", ranges)
+
+        self._commands.append(write)
+        self._wake.set()
+
+    def load_budget_state(self) -> tuple[bytes | None, list[tuple[Any, ...]]]:
+        """Blocking, after open(): the stored snapshot and the acked digests, in sequence order."""
+        assert self._reader is not None
+        row = self._reader.execute("SELECT value FROM budget_state WHERE key = 'snapshot'").fetchone()
+        digests = self._reader.execute("SELECT * FROM budget_digests ORDER BY seq").fetchall()
+        return (None if row is None else bytes(row[0])), digests
+
+    def spooled_payloads(self, chunk: int = 10_000) -> Iterator[list[bytes]]:
+        """Blocking, after open(): the payloads of the spooled events in sequence order, a chunk at a time."""
+        assert self._reader is not None
+        cursor = self._reader.execute("SELECT payload FROM events ORDER BY seq")
+        while rows := cursor.fetchmany(chunk):
+            yield [row[0] for row in rows]
 
     # --- reads (a reader thread; WAL lets it run beside the writer) ---------------------------------------
 
@@ -353,6 +394,8 @@ class Spool:
             return
         count = commit.last_sequence - commit.first_sequence + 1
         if not commit.stored:
+            if self.on_lost is not None:
+                self.on_lost(commit.first_sequence, commit.last_sequence)
             # Sequence numbers are dense within a group, so the count is exact.
             self.dropped["disk_full"] += count
             self.depth -= count

@@ -28,7 +28,24 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_digests (
+    seq INTEGER PRIMARY KEY,
+    event_time_us INTEGER NOT NULL,
+    api_key_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    requested_model TEXT NOT NULL,
+    resolved_model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    route TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    spend_micros INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    requests INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+# budget_digests: acknowledged events the last budget snapshot does not include yet (they still count locally);
+# budget_state: the last BudgetSnapshot ('snapshot'), so a restart while the control plane is away keeps it.
 # Words SQLite uses when a file is damaged or is not a database at all (as opposed to busy or full).
 _CORRUPTION_MARKERS = ("not a database", "malformed", "corrupt", "file is encrypted")
 

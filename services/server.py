@@ -28,9 +28,11 @@ from services.accounting.maintenance import rollup_maintenance_jobs
 from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
+from services.budget.changes import BudgetChanges
 from services.budget.delivery import WebhookDeliverer
 from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
+from services.budget.snapshots import BudgetSnapshots
 from services.budget.webhooks import Webhooks
 from services.config.hub import ConfigHub
 from services.config.service import ConfigService
@@ -78,6 +80,8 @@ class ServiceDeps:
     """Every gateway's heartbeat state (loaded when heartbeat or config is hosted)."""
     prices: PriceBooks
     """Each environment's pricing table and currency, read through the config hub."""
+    budget_changes: BudgetChanges
+    """Wakes budget snapshot streams when usage commits or budgets change (the writer and budgets tell it)."""
 
     @classmethod
     def build(cls, settings: ServerSettings, engine: AsyncEngine) -> ServiceDeps:
@@ -86,7 +90,8 @@ class ServiceDeps:
         admin = AdminService(engine, revocations=revocations, token_cache_ttl=settings.revocation_poll_interval)
         hub = ConfigHub(engine, settings)
         fleet = Fleet(engine, settings, hub)
-        return cls(settings, engine, admin, revocations, hub, fleet, PriceBooks(hub))
+        changes = BudgetChanges(engine, poll_interval=settings.budget_snapshot_poll_interval)
+        return cls(settings, engine, admin, revocations, hub, fleet, PriceBooks(hub), changes)
 
 
 _READS_CONFIG = frozenset(
@@ -120,6 +125,7 @@ def _jobs(deps: ServiceDeps, hosted: frozenset[ServiceName]) -> list[PeriodicJob
         jobs.extend(rollup_maintenance_jobs(deps.engine, deps.settings))
     if ServiceName.BUDGET in hosted:
         jobs.append(WebhookDeliverer(deps.engine, deps.settings).job())
+        jobs.append(deps.budget_changes.poll_job())
     return jobs
 
 
@@ -150,7 +156,9 @@ _SERVICES: dict[ServiceName, _Hosted] = {
     ServiceName.TELEMETRY: _Hosted(
         telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
         telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
-        lambda deps: TelemetryServicer(UsageIngest(deps.engine, deps.settings, deps.prices)),
+        lambda deps: TelemetryServicer(
+            UsageIngest(deps.engine, deps.settings, deps.prices, budget_changes=deps.budget_changes)
+        ),
     ),
     ServiceName.HEARTBEAT: _Hosted(
         heartbeat_service_pb2.DESCRIPTOR.services_by_name["HeartbeatService"],
@@ -166,10 +174,14 @@ _SERVICES: dict[ServiceName, _Hosted] = {
         budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"],
         budget_service_pb2_grpc.add_BudgetServiceServicer_to_server,
         lambda deps: BudgetServicer(
-            BudgetService(deps.engine),
+            BudgetService(deps.engine, changes=deps.budget_changes),
             Webhooks(deps.engine),
             alert_poll_interval=deps.settings.budget_alert_poll_interval,
             configs=deps.config_hub,
+            snapshots=BudgetSnapshots(
+                deps.engine, deps.budget_changes, min_interval=deps.settings.budget_snapshot_min_interval
+            ),
+            heartbeat_interval=deps.settings.heartbeat_interval,
         ),
     ),
     ServiceName.REPORTING: _Hosted(
@@ -423,6 +435,8 @@ class ControlPlane(Managed):
             await self._health.enter_graceful_shutdown()
             log.info("draining", drain_delay_s=self.settings.drain_delay.total_seconds())
             await asyncio.sleep(self.settings.drain_delay.total_seconds())
+            if self._deps is not None:
+                self._deps.budget_changes.close()  # budget snapshot streams end now, cleanly, within the grace
             await self._server.stop(self.settings.shutdown_grace.total_seconds())
         await self._close_resources()
         log.info("control plane stopped")

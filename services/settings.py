@@ -221,6 +221,16 @@ class ServerSettings(BaseSettings):
     """Deliveries one round claims and sends at most (concurrently, across webhooks)."""
     budget_alert_poll_interval: timedelta = timedelta(seconds=1)
     """How often WatchBudgetAlerts streams look for alerts any replica stored."""
+    budget_snapshot_min_interval: timedelta = timedelta(milliseconds=250)
+    """Budget snapshots pushed to one agent (WatchBudgetStates) are at least this far apart: changes meanwhile
+    are coalesced into the next one."""
+    budget_snapshot_poll_interval: timedelta = timedelta(seconds=1)
+    """How often a replica hosting the budget service looks for budget and usage changes other replicas stored,
+    to push fresh snapshots to the agents connected to it; 0 turns the poll off (the heartbeat-interval refresh
+    still bounds how stale a snapshot gets)."""
+    heartbeat_budget_stale_intervals: float = Field(default=3.0, gt=0)
+    """A live gateway whose agent enforces budgets from a snapshot older than this many heartbeat intervals is
+    DEGRADED ("enforcing budgets from state ... old")."""
     retention_prune_chunk_rows: int = Field(default=10_000, ge=1)
     """Rows one prune statement deletes, so pruning never holds a long lock on the tables ingest writes."""
     reporting_max_points: int = Field(default=10_000, ge=1)

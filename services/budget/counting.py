@@ -66,6 +66,8 @@ class _Counted:
 class CountResult:
     windows: int
     alerts: list[AlertRecord]
+    budget_ids: frozenset[str] = frozenset()
+    """The budgets whose windows moved (what budget snapshot streams refresh for)."""
 
 
 class BudgetCounter:
@@ -117,7 +119,11 @@ class BudgetCounter:
         if not increments:
             return CountResult(0, [])
         changed = store.add_to_windows(connection, increments, now_us=int(now.timestamp() * 1_000_000))
-        return CountResult(len(changed), store.raise_alerts(connection, self._budgets, changed, now=now))
+        return CountResult(
+            len(changed),
+            store.raise_alerts(connection, self._budgets, changed, now=now),
+            frozenset(budget_id for budget_id, _ in changed),
+        )
 
     def _count_rollups(
         self, increments: dict[WindowKey, Increment], rollups: Iterable[RollupRow], gateways: Gateways

@@ -21,6 +21,7 @@ from budgeting.decision import BudgetRule, Decision, Metric, Mode, WindowFigures
 from budgeting.scope import RequestAttributes, Scope, ScopeError
 from budgeting.windows import Period, UnknownTimeZoneError, Window, time_zone, window_at
 from services.budget import store
+from services.budget.changes import BudgetChanges
 from services.budget.records import EVERYTHING, BudgetRecord, BudgetStatus, Visibility, scope_values
 from services.budget.store import Increment, WindowRow
 from services.budget.usage import stored_usage
@@ -110,9 +111,15 @@ def figures_of(budget: BudgetRecord, window: Window, row: WindowRow | None) -> B
 class BudgetService:
     """Budgets and their windows; every method takes its own unit of work."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now, changes: BudgetChanges | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._changes = changes
+        """Told after every committed change, so budget snapshot streams look again."""
+
+    def _changed(self) -> None:
+        if self._changes is not None:
+            self._changes.budgets_changed()
 
     async def create(self, draft: BudgetDraft, *, request_id: str = "") -> BudgetStatus:
         rule = validated(draft)
@@ -157,6 +164,7 @@ class BudgetService:
                 )
                 alerts = await connection.run_sync(store.raise_alerts, {budget.budget_id: budget}, changed, now=now)
                 await uow.commit()
+            self._changed()
             log.info(
                 "budget created",
                 budget=budget.budget_id,
@@ -272,6 +280,7 @@ class BudgetService:
                     store.raise_alerts, {budget_id: updated}, {(budget_id, window.start_s): (0, row.used)}, now=now
                 )
             await uow.commit()
+        self._changed()
         log.info("budget updated", budget=budget_id, fields=sorted(fields), revision=updated.revision)
         return updated
 
@@ -286,6 +295,7 @@ class BudgetService:
                 raise AbortedError(f"revision: budget {budget_id!r} is at revision {current.revision}, not {revision}")
             await store.delete_budget(connection, budget_id, now=self._clock())
             await uow.commit()
+        self._changed()
         log.info("budget deleted", budget=budget_id)
 
     async def windows(

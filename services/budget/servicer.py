@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +21,10 @@ from meterwire.config.v1 import config_service_pb2 as config_pb
 from services.auth import Principal, Role, current_principal, requires
 from services.budget.records import AlertRecord, BudgetRecord, BudgetStatus, Visibility
 from services.budget.service import BudgetDraft, BudgetService
+from services.budget.snapshots import BudgetSnapshot, BudgetSnapshots
 from services.budget.webhooks import WebhookRecord, Webhooks
 from services.config.hub import ConfigHub
-from services.errors import InvalidArgumentError, NotBuiltError, PermissionDeniedError
+from services.errors import InvalidArgumentError, PermissionDeniedError
 from services.timestamps import to_timestamp
 
 ALERT_LOOKBACK_US = 30_000_000
@@ -165,6 +167,27 @@ def decision_to_proto(
     return response
 
 
+def snapshot_to_proto(snapshot: BudgetSnapshot) -> pb.BudgetSnapshot:
+    return pb.BudgetSnapshot(
+        budgets=[
+            pb.Verdict(budget=budget_to_proto(status.budget), status=status_to_proto(status))
+            for status in snapshot.statuses
+        ],
+        included_through_sequence=snapshot.included.through,
+        included_ranges=[pb.SequenceRange(first=first, last=last) for first, last in snapshot.included.ranges],
+        snapshot_time=to_timestamp(snapshot.snapshot_time),
+        leases=[
+            pb.BudgetLease(
+                budget_id=lease.budget_id,
+                window_start_time=_seconds(lease.window_start),
+                allowance=lease.allowance,
+                sharing_gateways=lease.sharing_gateways,
+            )
+            for lease in snapshot.leases
+        ],
+    )
+
+
 def alert_to_proto(alert: AlertRecord) -> pb.Alert:
     return pb.Alert(
         alert_id=alert.alert_id,
@@ -220,10 +243,15 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
         webhooks: Webhooks,
         *,
         alert_poll_interval: timedelta,
+        snapshots: BudgetSnapshots,
         configs: ConfigHub | None = None,
+        heartbeat_interval: timedelta = timedelta(seconds=10),
     ) -> None:
         self._budgets = budgets
         self._configs = configs
+        self._snapshots = snapshots
+        self._heartbeat_interval = heartbeat_interval
+        """How often snapshots are refreshed when no config hub tells an environment's heartbeat interval."""
         self._webhooks = webhooks
         self._alert_poll_s = alert_poll_interval.total_seconds()
 
@@ -320,9 +348,21 @@ class BudgetServicer(pb_grpc.BudgetServiceServicer):
     async def WatchBudgetStates(
         self, request: pb.WatchBudgetStatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchBudgetStatesResponse]:
-        current_principal().require_environment(request.environment_id)
-        raise NotBuiltError("BudgetService.WatchBudgetStates", "budget snapshots for agents")
-        yield pb.WatchBudgetStatesResponse()  # pragma: no cover - makes this an async generator, as the stream needs
+        principal = current_principal()
+        principal.require_environment(request.environment_id)
+        if principal.gateway_id is None:  # @requires(Role.GATEWAY) admits only tokens bound to a gateway
+            raise PermissionDeniedError("WatchBudgetStates needs a gateway token")
+        environment_id, gateway_id = request.environment_id, principal.gateway_id
+        configs = self._configs
+
+        def refresh_interval() -> timedelta:
+            return self._heartbeat_interval if configs is None else configs.heartbeat_interval(environment_id)
+
+        # aclosing: a call cancelled while sending still ends the watch (and its subscription) at once.
+        watch = self._snapshots.watch(environment_id, gateway_id, refresh_interval=refresh_interval)
+        async with aclosing(watch) as snapshots:
+            async for snapshot in snapshots:
+                yield pb.WatchBudgetStatesResponse(snapshot=snapshot_to_proto(snapshot))
 
     @requires(Role.ADMIN, Role.REPORTER)
     async def ListBudgetAlerts(

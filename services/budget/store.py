@@ -105,6 +105,21 @@ def active_budgets(connection: sa.Connection) -> list[BudgetRecord]:
     return [budget_from_row(row) for row in connection.execute(query)]
 
 
+async def budgets_covering(connection: AsyncConnection, environment_id: str, gateway_id: str) -> list[BudgetRecord]:
+    """Budgets not deleted whose environment and gateway selectors let this gateway's events match (its own
+    environment's and organization-wide ones), in budget id order; Scope.covers_gateway decides the rest."""
+    query = (
+        sa.select(_b)
+        .where(
+            _b.c.delete_time.is_(None),
+            sa.or_(_b.c.environment_id.is_(None), _b.c.environment_id == environment_id),
+            _b.c.gateway_id.in_(("", gateway_id)),
+        )
+        .order_by(_b.c.budget_id)
+    )
+    return [budget_from_row(row) for row in await connection.execute(query)]
+
+
 async def update_budget(
     connection: AsyncConnection, budget_id: str, *, revision: int, values: Mapping[str, Any], now: datetime
 ) -> bool:

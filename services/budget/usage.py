@@ -1,5 +1,6 @@
 """What stored usage adds to a budget, by the accounting package's one definition (BUDGET_MEASURES): in Python
-for live counting at ingest, in SQL for the backfill of stored usage when a budget is made.
+for live counting at ingest (per event: budgeting.amounts.event_amount, shared with the gateway agent), in SQL for
+the backfill of stored usage when a budget is made.
 
 SPEND adds the event's known cost (reported or derived; an unpriced event adds 0), TOKENS every token kind it
 reported, REQUESTS 1 for a gateway request's first attempt: what reports show for the same scope.
@@ -7,19 +8,22 @@ reported, REQUESTS 1 for a gateway request's first attempt: what reports show fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from budgeting.amounts import event_amount
 from budgeting.decision import Metric
 from budgeting.scope import EVENT_SELECTORS, Scope
 from budgeting.windows import Window
-from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures, budget_measures
+from services.accounting.bounds import saturated, stored_integer
+from services.accounting.measures import BUDGET_MEASURES, BudgetMeasures
 from services.accounting.sql import RAW_SUMS
 from services.storage import tables
+
+__all__ = ["MEASURE_OF_METRIC", "amount", "event_amount", "scope_conditions", "stored_usage"]
 
 MEASURE_OF_METRIC: Final = {Metric.SPEND: "spend_micros", Metric.TOKENS: "total_tokens", Metric.REQUESTS: "requests"}
 """A budget metric -> its BudgetMeasures field (accounting.measures.BUDGET_MEASURES)."""
@@ -29,17 +33,10 @@ def amount(metric: Metric, measures: BudgetMeasures) -> int:
     return int(getattr(measures, MEASURE_OF_METRIC[metric]))
 
 
-def event_amount(metric: Metric, event: Mapping[str, Any]) -> int:
-    """What a stored usage event row adds to a budget of `metric`."""
-    return amount(metric, budget_measures(event))
-
-
-def _amount_sql(metric: Metric) -> ColumnElement[Any]:
-    columns = BUDGET_MEASURES[MEASURE_OF_METRIC[metric]]
-    total: ColumnElement[Any] = sa.func.coalesce(RAW_SUMS[columns[0]], 0)
-    for column in columns[1:]:
-        total = total + sa.func.coalesce(RAW_SUMS[column], 0)
-    return total
+def _sums_sql(metric: Metric) -> list[ColumnElement[Any]]:
+    """One saturating SQL sum per measure the metric adds up; they are added in Python (saturated), since
+    adding near-limit sums in SQL would overflow (PostgreSQL: "bigint out of range")."""
+    return [sa.func.coalesce(RAW_SUMS[column], 0) for column in BUDGET_MEASURES[MEASURE_OF_METRIC[metric]]]
 
 
 def scope_conditions(scope: Scope) -> list[ColumnElement[bool]]:
@@ -78,4 +75,5 @@ async def stored_usage(connection: AsyncConnection, scope: Scope, metric: Metric
     conditions.append(e.event_time_us >= window.start_s * 1_000_000)
     if window.end_s is not None:
         conditions.append(e.event_time_us < window.end_s * 1_000_000)
-    return int(await connection.scalar(sa.select(_amount_sql(metric)).where(*conditions)) or 0)
+    sums = (await connection.execute(sa.select(*_sums_sql(metric)).where(*conditions))).one()
+    return saturated(sum(stored_integer(value) for value in sums))

@@ -8,7 +8,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,9 @@ def run(
     durability: Annotated[str, typer.Option(help="fsync (each group commit) or os_buffered.")] = "fsync",
     spool_max_bytes: Annotated[int, typer.Option(help="Spool size cap in bytes.")] = 1024**3,
     initial_fetch_timeout: Annotated[float, typer.Option(help="Seconds to wait for config at start.")] = 5.0,
+    reservation_ttl: Annotated[
+        float, typer.Option(help="Seconds an unsettled budget reservation is held before it is released.")
+    ] = 600.0,
     tls_ca: Annotated[Path | None, typer.Option(help="CA (PEM) of the control plane: use TLS.")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM): mutual TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Client key (PEM): mutual TLS.")] = None,
@@ -90,6 +93,7 @@ def run(
             durability=Durability(durability),
             spool_max_bytes=spool_max_bytes,
             initial_fetch_timeout=timedelta(seconds=initial_fetch_timeout),
+            reservation_ttl=timedelta(seconds=reservation_ttl),
         )
     except ValueError as error:
         fail(str(error), code=2)
@@ -119,7 +123,8 @@ def status(
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print a running agent daemon's status: connection, config, spool and delivery counters."""
+    """Print a running agent daemon's status: connection, config, spool and delivery counters, and its budgets
+    (figures, leases, open reservations, denials and shadow denials)."""
     import grpc
     from google.protobuf.json_format import MessageToDict
 
@@ -137,7 +142,48 @@ def status(
         return
     from services.cli.output import console, fields_table
 
+    budgets = body.pop("budgets", [])
     console.print(fields_table(body, maps=frozenset({"dropped_by_reason"})))
+    if budgets:
+        console.print(_budgets_table(budgets))
+
+
+def _budgets_table(budgets: list[dict[str, Any]]) -> Any:
+    """The agent's budgets: its figures (server's + own pending + reserved), lease, and what it denied."""
+    from rich.table import Table
+
+    table = Table(
+        "budget",
+        "mode",
+        "used",
+        "server",
+        "pending",
+        "reserved",
+        "limit",
+        "state",
+        "lease",
+        "denied",
+        "shadow denied",
+        title="budgets (as this agent enforces them)",
+    )
+    for local in budgets:
+        budget = local["budget"]
+        sharing = int(local.get("lease_sharing_gateways", 0))
+        lease = f"{local.get('lease_allowance', '0')} (1/{sharing})" if sharing else "-"
+        table.add_row(
+            f"{budget.get('display_name', '')} ({budget.get('budget_id', '')})",
+            str(budget.get("mode", "")).removeprefix("MODE_").lower(),
+            str(local.get("used", "0")),
+            str(local.get("server_used", "0")),
+            str(local.get("pending_used", "0")),
+            str(local.get("reserved", "0")),
+            str(budget.get("limit", "0")),
+            str(local.get("state", "")).removeprefix("BUDGET_STATE_").lower(),
+            lease,
+            str(local.get("denied_requests", "0")),
+            str(local.get("shadow_denied_requests", "0")),
+        )
+    return table
 
 
 @dead_letters_app.command("list")

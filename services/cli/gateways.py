@@ -56,12 +56,30 @@ def status_name(status: int) -> str:
 def ago(gateway: pb.Gateway, now: datetime) -> str:
     if not gateway.HasField("last_seen_time"):
         return "never"
-    seconds = max(0, int((now - gateway.last_seen_time.ToDatetime(tzinfo=UTC)).total_seconds()))
+    return _span_since(gateway.last_seen_time.ToDatetime(tzinfo=UTC), now) + " ago"
+
+
+def budget_state_age(state: pb.AgentState, now: datetime) -> str:
+    """How old the budget snapshot the agent enforces from is ("none": it has had none)."""
+    if not state.HasField("budget_snapshot_time"):
+        return "none"
+    return _span_since(state.budget_snapshot_time.ToDatetime(tzinfo=UTC), now) + " old"
+
+
+def denials(state: pb.AgentState) -> str:
+    """The agent's budget denials summed over its budgets: "3 denied, 5 shadow" ("-": none)."""
+    denied = sum(e.denied_requests for e in state.budget_enforcement)
+    shadow = sum(e.shadow_denied_requests for e in state.budget_enforcement)
+    return f"{denied} denied, {shadow} shadow" if denied or shadow else "-"
+
+
+def _span_since(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - moment).total_seconds()))
     if seconds < 120:
-        return f"{seconds}s ago"
+        return f"{seconds}s"
     if seconds < 7200:
-        return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago" if seconds < 172_800 else f"{seconds // 86_400}d ago"
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h" if seconds < 172_800 else f"{seconds // 86_400}d"
 
 
 def _backlog(state: pb.AgentState) -> str:
@@ -86,6 +104,8 @@ def gateway_table(gateways: list[pb.Gateway], now: datetime) -> Table:
         "config applied/desired",
         "backlog",
         "dead letters",
+        "budget state",
+        "budget denials",
         "reasons",
     )
     for g in gateways:
@@ -104,6 +124,8 @@ def gateway_table(gateways: list[pb.Gateway], now: datetime) -> Table:
             config,
             _backlog(g.state),
             str(g.state.dead_letter_count),
+            budget_state_age(g.state, now),
+            denials(g.state),
             "; ".join(g.status_reasons) if g.status != pb.GATEWAY_STATUS_NEVER_SEEN else "",
         )
     return table
@@ -215,8 +237,17 @@ def gateways_show(
     )
     for reason in gateway.status_reasons:
         console.print(f"  - {reason}")
+    state = gateway.state
+    console.print(f"budget state: {budget_state_age(state, datetime.now(UTC))}")
+    if state.budget_enforcement:
+        table = Table("budget", "denied", "shadow denied (warn-only)")
+        for entry in state.budget_enforcement:
+            table.add_row(entry.budget_id, str(entry.denied_requests), str(entry.shadow_denied_requests))
+        console.print(table)
     shown = {"environment_id", "gateway_id", "status", "status_reasons"}
-    console.print(fields_table({key: value for key, value in body.items() if key not in shown}))
+    fields = {key: value for key, value in body.items() if key not in shown}
+    fields["state"] = {key: value for key, value in fields.get("state", {}).items() if key != "budget_enforcement"}
+    console.print(fields_table(fields))
 
 
 @gateways_app.command("remove")

@@ -12,12 +12,15 @@ from google.protobuf.duration_pb2 import Duration
 
 from meterwire.heartbeat.v1 import heartbeat_service_pb2 as pb
 from services.errors import InvalidArgumentError
-from services.heartbeat.records import AgentState, GatewayChange, GatewayStatus, GatewayView
+from services.heartbeat.records import AgentState, BudgetEnforcement, GatewayChange, GatewayStatus, GatewayView
 from services.timestamps import to_timestamp
 from services.validation import require_duration, require_int, require_text, require_timestamp
 
 MAX_VERSION_BYTES: Final = 256
 MAX_CONFIG_ERROR_BYTES: Final = 4096
+MAX_BUDGET_ENFORCEMENT: Final = 100
+"""Budgets one heartbeat may report decisions for (AgentState.budget_enforcement)."""
+MAX_BUDGET_ID_BYTES: Final = 128
 MAX_BACKLOG_AGE: Final = timedelta(days=36525)
 """The oldest an unsent event may be reported: a century, longer than any agent runs, and it fits the column
 (milliseconds in 64 bits) and every date computation made with it."""
@@ -82,7 +85,33 @@ def agent_state_from_pb(state: pb.AgentState, *, field: str = "state") -> AgentS
         else None,
         spool_bytes=state.spool_bytes,
         last_acked_sequence=state.last_acked_sequence,
+        budget_snapshot_time=require_timestamp(state.budget_snapshot_time, field=f"{field}.budget_snapshot_time")
+        if state.HasField("budget_snapshot_time")
+        else None,
+        budget_enforcement=_enforcement_from_pb(state.budget_enforcement, field=f"{field}.budget_enforcement"),
     )
+
+
+def _enforcement_from_pb(entries: Iterable[pb.BudgetEnforcement], *, field: str) -> tuple[BudgetEnforcement, ...]:
+    entries = list(entries)
+    if len(entries) > MAX_BUDGET_ENFORCEMENT:
+        raise InvalidArgumentError(field, f"has {len(entries)} entries; at most {MAX_BUDGET_ENFORCEMENT}")
+    seen: set[str] = set()
+    result = []
+    for index, entry in enumerate(entries):
+        at = f"{field}[{index}]"
+        budget_id = require_text(entry.budget_id, field=f"{at}.budget_id", max_bytes=MAX_BUDGET_ID_BYTES, required=True)
+        if budget_id in seen:
+            raise InvalidArgumentError(f"{at}.budget_id", f"{budget_id!r} is listed twice")
+        seen.add(budget_id)
+        result.append(
+            BudgetEnforcement(
+                budget_id,
+                require_int(entry.denied_requests, field=f"{at}.denied_requests"),
+                require_int(entry.shadow_denied_requests, field=f"{at}.shadow_denied_requests"),
+            )
+        )
+    return tuple(result)
 
 
 def agent_state_to_pb(state: AgentState) -> pb.AgentState:
@@ -102,6 +131,14 @@ def agent_state_to_pb(state: AgentState) -> pb.AgentState:
         message.oldest_unsent_age.FromTimedelta(state.oldest_unsent_age)
     if state.connected_since is not None:
         message.connected_since.CopyFrom(to_timestamp(state.connected_since))
+    if state.budget_snapshot_time is not None:
+        message.budget_snapshot_time.CopyFrom(to_timestamp(state.budget_snapshot_time))
+    message.budget_enforcement.extend(
+        pb.BudgetEnforcement(
+            budget_id=e.budget_id, denied_requests=e.denied_requests, shadow_denied_requests=e.shadow_denied_requests
+        )
+        for e in state.budget_enforcement
+    )
     return message
 
 

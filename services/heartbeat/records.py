@@ -3,6 +3,7 @@ and its conversions to and from database rows. Protobuf stays in messages.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -23,6 +24,17 @@ class GatewayStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetEnforcement:
+    """One agent's decisions for one budget since it started."""
+
+    budget_id: str
+    denied_requests: int = 0
+    """Requests the HARD_STOP budget denied."""
+    shadow_denied_requests: int = 0
+    """Requests the WARN_ONLY budget let through that a hard stop would have denied."""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentState:
     """What an agent last reported about itself; every field range-checked at the edge (messages.py)."""
 
@@ -39,6 +51,9 @@ class AgentState:
     connected_since: datetime | None = None
     spool_bytes: int = 0
     last_acked_sequence: int = 0
+    budget_snapshot_time: datetime | None = None
+    """When the control plane last refreshed the agent's budget state; None: never (or an older agent)."""
+    budget_enforcement: tuple[BudgetEnforcement, ...] = ()
 
 
 @dataclass(slots=True)
@@ -126,7 +141,27 @@ def state_row(record: GatewayRecord, replica: str) -> dict[str, Any]:
         "dead_letter_count": state.dead_letter_count,
         "dropped_event_count": state.dropped_event_count,
         "heartbeat_interval_ms": _ms(record.interval),
+        "budget_snapshot_time": state.budget_snapshot_time,
+        "budget_enforcement": enforcement_json(state.budget_enforcement),
     }
+
+
+def enforcement_json(enforcement: tuple[BudgetEnforcement, ...]) -> str:
+    """The stored form: {budget_id: [denied, shadow_denied]} ('' for none)."""
+    if not enforcement:
+        return ""
+    return json.dumps(
+        {e.budget_id: [e.denied_requests, e.shadow_denied_requests] for e in enforcement}, separators=(",", ":")
+    )
+
+
+def enforcement_from_json(text: str) -> tuple[BudgetEnforcement, ...]:
+    if not text:
+        return ()
+    counts = json.loads(text)
+    return tuple(
+        BudgetEnforcement(budget_id, int(denied), int(shadow)) for budget_id, (denied, shadow) in counts.items()
+    )
 
 
 def state_from_row(row: Any) -> AgentState:
@@ -143,6 +178,8 @@ def state_from_row(row: Any) -> AgentState:
         dead_letter_count=row.dead_letter_count,
         dropped_event_count=row.dropped_event_count,
         connected_since=row.connected_since,
+        budget_snapshot_time=row.budget_snapshot_time,
+        budget_enforcement=enforcement_from_json(row.budget_enforcement),
     )
 
 

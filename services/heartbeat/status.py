@@ -20,6 +20,8 @@ class StatusThresholds:
     """Silent for more than this many intervals: OFFLINE."""
     degraded_backlog: timedelta
     """An oldest unsent usage event older than this: DEGRADED."""
+    budget_stale_intervals: float = 3.0
+    """A budget snapshot the agent enforces from older than this many intervals: DEGRADED."""
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> StatusThresholds:
@@ -27,6 +29,7 @@ class StatusThresholds:
             stale_intervals=settings.heartbeat_stale_intervals,
             offline_intervals=settings.heartbeat_offline_intervals,
             degraded_backlog=settings.heartbeat_degraded_backlog,
+            budget_stale_intervals=settings.heartbeat_budget_stale_intervals,
         )
 
 
@@ -97,6 +100,20 @@ def derive_status(
         reasons.append(f"{state.dead_letter_count} usage events rejected by the control plane (dead letters)")
     if state.dropped_event_count > 0:
         reasons.append(f"{state.dropped_event_count} usage events dropped by the agent (spool or disk full)")
+    recheck_at = stale_at
+    snapshot = state.budget_snapshot_time
+    if snapshot is not None:
+        # Alive, but deciding budgets from what the control plane said long ago (its snapshot stream is down):
+        # hard-stop budgets may be overspent up to its leases, so operators should find it.
+        budget_stale_after = interval * thresholds.budget_stale_intervals
+        age = now - snapshot
+        if age > budget_stale_after:
+            reasons.append(
+                f"enforcing budgets from state {_span(timedelta(seconds=int(age.total_seconds())))} old "
+                f"(limit {_span(budget_stale_after)})"
+            )
+        else:
+            recheck_at = min(stale_at, (snapshot + budget_stale_after).timestamp())
     if reasons:
-        return StatusVerdict(GatewayStatus.DEGRADED, tuple(reasons), stale_at)
-    return StatusVerdict(GatewayStatus.HEALTHY, (), stale_at)
+        return StatusVerdict(GatewayStatus.DEGRADED, tuple(reasons), recheck_at)
+    return StatusVerdict(GatewayStatus.HEALTHY, (), recheck_at)

@@ -28,6 +28,8 @@ STATE_COLUMNS: Final = (
     "dead_letter_count",
     "dropped_event_count",
     "heartbeat_interval_ms",
+    "budget_snapshot_time",
+    "budget_enforcement",
 )
 """What a flush writes: the latest heartbeat state (last_acked_sequence belongs to telemetry ingest)."""
 
@@ -117,6 +119,8 @@ async def mark_deleted(conn: AsyncConnection, *, environment_id: str, gateway_id
         agent_version="",
         gateway_version="",
         config_error="",
+        budget_snapshot_time=None,
+        budget_enforcement="",
         delete_time=now,
     )
     statement = (

@@ -119,6 +119,24 @@ gateways: Final = Table(
         comment="Set when an operator removed the gateway; the row stays because usage refers to its key.",
     ),
     _text_or_empty("heartbeat_replica", comment="The control-plane process that last wrote the heartbeat state."),
+    _zero(
+        "included_through_sequence",
+        comment="Every spool sequence number up to this one is stored (budget snapshots include it).",
+    ),
+    _text_or_empty(
+        "included_ranges",
+        comment="Sequence ranges stored above included_through_sequence: 'first-last,first-last'.",
+    ),
+    Column(
+        "budget_snapshot_time",
+        UtcDateTime,
+        nullable=True,
+        comment="The agent's last budget snapshot (heartbeat); NULL: none reported.",
+    ),
+    _text_or_empty(
+        "budget_enforcement",
+        comment="The agent's denials per budget (heartbeat), JSON: {budget_id: [denied, shadow_denied]}.",
+    ),
     UniqueConstraint("environment_id", "gateway_id"),
 )
 

@@ -15,8 +15,9 @@ loop, or with ``ingest_workers`` in worker processes (IngestWorkers), so one ser
 while the event loop keeps gRPC and the writer; handing batches over costs CPU and latency of its own.
 
 Commit-then-ack. Batches go to one group-commit writer per process (writer.py), which stores the raw events,
-their tags, the per-minute rollups and the gateway's acked spool sequence in ONE transaction and only then
-resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
+their tags, the per-minute rollups, the budget windows they count toward, the gateway's acked spool sequence and
+its included set (which of its sequence numbers are stored: services/budget/included.py) in ONE transaction and
+only then resolves each batch's ack. A failed transaction stores nothing of its batches and fails their calls with
 UNAVAILABLE; the agent resends them.
 
 What an event counts toward. Each NEW event is added into ``usage_rollup_1m`` (keyed by minute and
@@ -32,7 +33,7 @@ import functools
 import multiprocessing
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -44,14 +45,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterwire.telemetry.v1 import telemetry_service_pb2 as pb
 from services.auth import Principal
-from services.errors import MeterwireError, PermissionDeniedError
+from services.budget.changes import BudgetChanges
+from services.errors import InvalidArgumentError, MeterwireError, PermissionDeniedError
 from services.gateway_registry import GatewayKeys
 from services.pricing import PriceBooks
 from services.settings import ServerSettings
 from services.telemetry import metrics
 from services.telemetry.prepare import PreparedEvents, prepare_events, prepare_serialized, start_worker
 from services.telemetry.transaction import PreparedBatch, StoredCounts
-from services.telemetry.validation import BatchLimits, check_batch
+from services.telemetry.validation import MAX_SEQUENCE, BatchLimits, check_batch
 from services.telemetry.writer import BatchNotStoredError, GroupCommitWriter
 
 log = structlog.get_logger("meterwire.telemetry")
@@ -168,14 +170,28 @@ class IngestWorkers:
 class UsageIngest:
     """Turns usage batches into acks: validation and pricing here, storage in the group-commit writer."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings, prices: PriceBooks) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: ServerSettings,
+        prices: PriceBooks,
+        *,
+        budget_changes: BudgetChanges | None = None,
+    ) -> None:
         self._limits = BatchLimits.of(settings)
+        on_commit = None
+        if budget_changes is not None:
+
+            def on_commit(group: Sequence[PreparedBatch], budget_ids: frozenset[str]) -> None:
+                budget_changes.usage_committed({(b.environment_id, b.gateway_id) for b in group}, budget_ids)
+
         self._writer = GroupCommitWriter(
             engine,
             linger_s=settings.ingest_commit_linger.total_seconds(),
             max_events=settings.ingest_commit_max_events,
             checkpoint_interval_s=settings.sqlite_checkpoint_interval.total_seconds(),
             wal_truncate_bytes=settings.sqlite_wal_truncate_bytes,
+            on_commit=on_commit,
         )
         self._gateway_keys = GatewayKeys(engine)
         self._prices = prices
@@ -207,6 +223,8 @@ class UsageIngest:
         batch_sequence = request.batch_sequence
         try:
             check_batch(len(request.events), request.ByteSize(), self._limits)
+            if request.committed_through_sequence > MAX_SEQUENCE:
+                raise InvalidArgumentError("committed_through_sequence", f"must be at most {MAX_SEQUENCE}")
         except MeterwireError as error:
             metrics.BATCHES_REFUSED.inc()
             log.info(
@@ -255,6 +273,7 @@ class UsageIngest:
             gateway_key=gateway.gateway_key,
             batch_sequence=batch_sequence,
             events=events,
+            committed_through=request.committed_through_sequence,
         )
         return QueuedBatch(batch_sequence, events.rejected, self._writer.submit(batch))
 

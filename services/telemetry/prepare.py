@@ -28,7 +28,7 @@ from services.telemetry.rows import (
     usage_event_row,
     usage_event_tag_rows,
 )
-from services.telemetry.validation import BatchLimits, priced_rejection, rejection_of
+from services.telemetry.validation import MAX_SEQUENCE, BatchLimits, priced_rejection, rejection_of
 
 _WIDTH: Final = len(EVENT_COLUMNS)
 
@@ -48,6 +48,9 @@ class PreparedEvents:
     rejected: list[pb.RejectedEvent]
     max_sequence: int
     """Highest agent spool sequence among the valid events (0: none)."""
+    sequence_range: tuple[int, int] | None = None
+    """(lowest, highest) spool sequence among ALL the batch's events that carry one, rejected ones too: what
+    the batch adds to the gateway's included set (services.budget.included). None: no event carries one."""
 
     @property
     def count(self) -> int:
@@ -83,9 +86,15 @@ def prepare_events(
     rollups: dict[RollupKey, RollupRow] = {}
     rejected: list[pb.RejectedEvent] = []
     max_sequence = 0
+    lowest = MAX_SEQUENCE + 1
+    highest = 0
     for index, event in enumerate(events):
         tags = tag_items(event)
         row = usage_event_row(event, environment_id=environment_id, gateway_key=gateway_key, tags=tags)
+        sequence = row["sequence"]
+        if 0 < sequence <= MAX_SEQUENCE:
+            lowest = min(lowest, sequence)
+            highest = max(highest, sequence)
         rejection = rejection_of(event, row, tags, index, now_us, limits)
         if rejection is not None:
             rejected.append(rejection)
@@ -99,8 +108,8 @@ def prepare_events(
             tag_rows[len(values) // _WIDTH] = usage_event_tag_rows(tags, row)
         values.extend(row.values())  # EVENT_COLUMNS order (rows.event_values)
         add_to_rollup(rollups, row)
-        max_sequence = max(max_sequence, row["sequence"])
-    return PreparedEvents(values, tag_rows, rollups, rejected, max_sequence)
+        max_sequence = max(max_sequence, sequence)
+    return PreparedEvents(values, tag_rows, rollups, rejected, max_sequence, (lowest, highest) if highest else None)
 
 
 # --- in a worker process ------------------------------------------------------------------------------------

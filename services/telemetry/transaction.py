@@ -1,5 +1,6 @@
-"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups and
-acked sequences, compiled once per engine, and how a group is written with them (exactly once per event)."""
+"""One usage transaction: the statements that store a group of prepared batches' events, tags, rollups, budget
+windows, acked sequences and included sets, compiled once per engine, and how a group is written with them
+(exactly once per event)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Dialect
 from services.accounting.measures import COUNT_COLUMNS
 from services.accounting.rollup import ROLLUP_COLUMNS, RollupKey, RollupRow, add_to_rollup, merge_rollups, rollup_rows
 from services.budget.counting import BudgetCounter
+from services.budget.included import IncludedSet, SequenceRange
 from services.storage import dialect as storage_dialect
 from services.storage import tables
 from services.telemetry.prepare import PreparedEvents
@@ -42,6 +44,14 @@ class StoredCounts:
 NOTHING_STORED: Final = StoredCounts(accepted=0, duplicate=0)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredGroup:
+    """What one usage transaction did: each batch's counts, and the budgets whose windows it moved."""
+
+    counts: list[StoredCounts]
+    budget_ids: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True, eq=False)
 class PreparedBatch:
     """One validated, priced batch as rows, waiting for the writer."""
@@ -51,6 +61,8 @@ class PreparedBatch:
     gateway_key: int
     batch_sequence: int
     events: PreparedEvents
+    committed_through: int = 0
+    """The agent's committed_through_sequence (0: none): its events up to it are all stored."""
     future: asyncio.Future[StoredCounts] = field(init=False)
 
 
@@ -99,20 +111,30 @@ class UsageTransaction:
             ROLLUP_COLUMNS,
         )
         gateways = tables.gateways
-        new_sequence = sa.bindparam("new_sequence", type_=sa.BigInteger)
-        self._advance_sequence = DriverStatement(
+        # Each gateway's acked sequence and included set (services.budget.included): read, merged in Python,
+        # written back. PostgreSQL locks the rows first (replicas may store one gateway's batches at once);
+        # SQLite's transaction holds the write lock already.
+        sequences = sa.select(
+            gateways.c.gateway_key,
+            gateways.c.last_acked_sequence,
+            gateways.c.included_through_sequence,
+            gateways.c.included_ranges,
+        ).where(gateways.c.gateway_key.in_(sa.bindparam("keys", expanding=True)))
+        # FOR NO KEY UPDATE, not FOR UPDATE: the events' foreign key already holds FOR KEY SHARE on the row, which
+        # FOR UPDATE would wait for (two transactions of one gateway would deadlock); this still serializes them.
+        self._read_sequences = sequences if sqlite else sequences.with_for_update(key_share=True)
+        self._write_sequences = DriverStatement(
             gateways.update()
             .where(gateways.c.gateway_key == sa.bindparam("key", type_=sa.Integer))
             .values(
-                last_acked_sequence=sa.case(
-                    (gateways.c.last_acked_sequence < new_sequence, new_sequence),
-                    else_=gateways.c.last_acked_sequence,
-                )
+                last_acked_sequence=sa.bindparam("acked", type_=sa.BigInteger),
+                included_through_sequence=sa.bindparam("through", type_=sa.BigInteger),
+                included_ranges=sa.bindparam("ranges", type_=sa.Text),
             ),
             dialect,
         )
 
-    def write(self, connection: sa.Connection, group: Sequence[PreparedBatch]) -> list[StoredCounts]:
+    def write(self, connection: sa.Connection, group: Sequence[PreparedBatch]) -> StoredGroup:
         """The transaction's statements (the caller begins and commits): events, tags, rollups, sequences.
 
         Nearly every event is new, so the events of the whole group are inserted first as they are, and when
@@ -141,15 +163,16 @@ class UsageTransaction:
         else:
             results, tag_rows, rollups = self._write_exactly(connection, _plan(group, now_us), tagged)
         self._write_the_rest(connection, group, tag_rows, rollups)
-        if budgets.active:
-            budgets.count(
-                connection,
-                rollups=rollups.values(),
-                tagged_events=tagged or (),
-                gateways={batch.gateway_key: (batch.environment_id, batch.gateway_id) for batch in group},
-                now=datetime.fromtimestamp(now_us / 1_000_000, tz=UTC),
-            )
-        return results
+        if not budgets.active:
+            return StoredGroup(results)
+        counted = budgets.count(
+            connection,
+            rollups=rollups.values(),
+            tagged_events=tagged or (),
+            gateways={batch.gateway_key: (batch.environment_id, batch.gateway_id) for batch in group},
+            now=datetime.fromtimestamp(now_us / 1_000_000, tz=UTC),
+        )
+        return StoredGroup(results, counted.budget_ids)
 
     def _insert_all(self, connection: sa.Connection, group: Sequence[PreparedBatch], now_us: int) -> bool:
         """Inserts every event of the group, skipping ids stored already, and tells whether all went in; if
@@ -218,16 +241,35 @@ class UsageTransaction:
             # asyncpg sends an executemany as one pipeline of plain values; unnest's arrays would cost it a type
             # check per element, 133 per rollup row (paced ingest: 64 -> 47-49 µs CPU per event).
             connection.exec_driver_sql(self._upsert_rollups.sql, rows)
-        sequences: dict[int, int] = {}
+        self._record_sequences(connection, group)
+
+    def _record_sequences(self, connection: sa.Connection, group: Sequence[PreparedBatch]) -> None:
+        """Each gateway's highest acked sequence and its included set: the agent's committed-through promise
+        and the sequence range of every batch, stored, duplicate or rejected (services.budget.included)."""
+        changes: dict[int, _SequenceChange] = {}
         for batch in group:
-            if batch.events.max_sequence > sequences.get(batch.gateway_key, 0):
-                sequences[batch.gateway_key] = batch.events.max_sequence
-        if sequences:
-            advance = self._advance_sequence
-            connection.exec_driver_sql(
-                advance.sql,
-                [advance.parameters(key=key, new_sequence=sequence) for key, sequence in sequences.items()],
+            events = batch.events
+            if not (events.max_sequence or events.sequence_range or batch.committed_through):
+                continue
+            change = changes.setdefault(batch.gateway_key, _SequenceChange())
+            change.acked = max(change.acked, events.max_sequence)
+            change.through = max(change.through, batch.committed_through)
+            if events.sequence_range is not None:
+                change.ranges.append(events.sequence_range)
+        if not changes:
+            return
+        write = self._write_sequences
+        updates = []
+        for key, acked, through, ranges in connection.execute(self._read_sequences, {"keys": sorted(changes)}):
+            change = changes[key]
+            included = IncludedSet.decode(int(through), ranges).adding(through=change.through, batches=change.ranges)
+            updates.append(
+                write.parameters(
+                    key=key, acked=max(int(acked), change.acked), through=included.through, ranges=included.encode()
+                )
             )
+        if updates:
+            connection.exec_driver_sql(write.sql, updates)
 
     def _insert_new_events(self, connection: sa.Connection, plan: _Plan) -> set[_EventKey]:
         """Inserts the plan's events that are not stored yet; returns the keys of those that were (duplicates).
@@ -256,6 +298,15 @@ class UsageTransaction:
         for sql, parameters in self._insert_events.chunks(rows):
             connection.exec_driver_sql(sql, parameters)
         return stored
+
+
+@dataclass(slots=True)
+class _SequenceChange:
+    """What one transaction's batches of one gateway add to its sequences."""
+
+    acked: int = 0
+    through: int = 0
+    ranges: list[SequenceRange] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

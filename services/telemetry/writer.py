@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -22,9 +23,12 @@ from services.storage.checkpoint import WalCheckpointer
 from services.storage.engine import create_sqlite_thread_engine
 from services.storage.uow import UnitOfWork
 from services.telemetry import metrics
-from services.telemetry.transaction import NOTHING_STORED, PreparedBatch, StoredCounts, UsageTransaction
+from services.telemetry.transaction import NOTHING_STORED, PreparedBatch, StoredCounts, StoredGroup, UsageTransaction
 
 log = structlog.get_logger("meterwire.telemetry.writer")
+
+CommitListener = Callable[[Sequence[PreparedBatch], frozenset[str]], None]
+"""Told after every usage transaction commits: its batches, and the budgets whose windows it moved."""
 
 
 class BatchNotStoredError(MeterwireError):
@@ -59,8 +63,10 @@ class GroupCommitWriter:
         max_events: int,
         checkpoint_interval_s: float,
         wal_truncate_bytes: int,
+        on_commit: CommitListener | None = None,
     ) -> None:
         self._engine = engine
+        self._on_commit = on_commit
         self._linger_s = linger_s
         self._max_events = max_events
         self._queue: deque[PreparedBatch] = deque()
@@ -95,8 +101,10 @@ class GroupCommitWriter:
         future.add_done_callback(_retrieve_exception)
         batch.future = future
         metrics.BATCHES_IN_FLIGHT.inc()
-        if not batch.events.count:
-            # Every event was rejected: there is nothing to make durable, so the ack is final now.
+        events = batch.events
+        if not events.count and events.sequence_range is None and not batch.committed_through:
+            # Every event was rejected and none carries a sequence: there is nothing to make durable, so the ack
+            # is final now. (One that does goes through a transaction: its range joins the included set.)
             self._resolve(batch, NOTHING_STORED)
             return future
         self._queue.append(batch)
@@ -184,16 +192,21 @@ class GroupCommitWriter:
             # The whole transaction is one hop to the writer's own thread: no statement waits for a turn of
             # the event loop (busy receiving and validating the next batches), and SQLite's work overlaps it.
             sqlite, thread = self._sqlite
-            results = await asyncio.get_running_loop().run_in_executor(thread, self._in_sqlite_thread, sqlite, group)
+            stored = await asyncio.get_running_loop().run_in_executor(thread, self._in_sqlite_thread, sqlite, group)
         else:
             async with UnitOfWork(self._engine) as uow:
-                results = await uow.connection.run_sync(self._transaction.write, group)
+                stored = await uow.connection.run_sync(self._transaction.write, group)
                 await uow.commit()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.TRANSACTION_EVENTS.observe(sum(batch.events.count for batch in group))
-        return results
+        if self._on_commit is not None:
+            try:
+                self._on_commit(group, stored.budget_ids)
+            except Exception:  # a listener's bug must not fail batches that are stored
+                log.exception("a usage commit listener failed")
+        return stored.counts
 
-    def _in_sqlite_thread(self, engine: sa.Engine, group: list[PreparedBatch]) -> list[StoredCounts]:
+    def _in_sqlite_thread(self, engine: sa.Engine, group: list[PreparedBatch]) -> StoredGroup:
         with engine.begin() as connection:
             return self._transaction.write(connection, group)
 

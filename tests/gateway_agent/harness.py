@@ -83,11 +83,11 @@ def server_event_ids(server_data_dir: Path) -> list[str]:
 class AgentProcess:
     """`meterwire agent run` as a real process, reachable on a loopback port."""
 
-    def __init__(self, cp_address: str, token: str, data_dir: Path, *extra: str) -> None:
+    def __init__(self, cp_address: str, token: str, data_dir: Path, *extra: str, listen: str | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         token_file = data_dir / "gateway.token"
         token_file.write_text(token)
-        self.address = f"127.0.0.1:{free_port()}"
+        self.address = listen or f"127.0.0.1:{free_port()}"
         self.log_path = data_dir / f"agent-{time.time_ns()}.log"
         self._log = self.log_path.open("w")
         command = [

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from gateway_agent import BUDGETS_NOT_ENFORCED, AgentClosedError, CheckRequest, GatewayAgent
+from gateway_agent import AgentClosedError, CheckRequest, GatewayAgent
 from gateway_agent.agent import CONFIG_DIR, new_event_id
 from gateway_agent.config_cache import CURRENT, PREVIOUS, ConfigCache
 from gateway_agent.control import validate_config
@@ -81,8 +81,11 @@ async def test_check_allows_without_budgets_and_denies_keys_disabled_by_cached_c
         allowed = agent.check(CheckRequest(api_key_id="key-good"))
         denied = agent.check(CheckRequest(api_key_id="key-bad"))
         status = agent.status()
-    assert (allowed.allowed, allowed.reason, allowed.config_version) == (True, BUDGETS_NOT_ENFORCED, 4)
+    assert (allowed.allowed, allowed.config_version, allowed.budgets) == (True, 4, ())
+    assert "no budget state" in allowed.reason
     assert (denied.allowed, denied.http_status) == (False, 403)
+    assert denied.response_headers["content-type"] == "application/json"
+    assert '"api_key_disabled"' in denied.response_body
     assert "key-bad" in denied.reason
     assert status.config_source == "cache"
     assert status.config_state_message.startswith("serving cached config version 4 from ")

@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meterwire.budget.v1 import budget_service_pb2 as budget_pb
+from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
 from meterwire.common.v1 import filter_pb2, usage_pb2
 from meterwire.config.v1 import config_service_pb2 as config_pb
 from meterwire.config.v1 import config_service_pb2_grpc as config_grpc
@@ -23,6 +25,7 @@ from meterwire.reporting.v1 import reporting_service_pb2_grpc as reporting_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from services.accounting.bounds import INT64_MAX, MAX_ABS_MICROS, MAX_PRICE_MICROS_PER_MILLION, MAX_TOKENS
 from services.accounting.compaction import compact
+from services.accounting.measures import TOKEN_KINDS
 from services.server import ControlPlane
 from services.storage import tables
 from tests.clients import Tokens, bearer
@@ -240,3 +243,28 @@ async def test_a_reservation_id_over_64_bytes_is_rejected_naming_the_field(
     ack = await report(channel, gateway_secret, [long, fine])
     assert (ack.accepted_count, ack.rejected_count) == (1, 1)
     assert (ack.rejected[0].index, ack.rejected[0].field) == (0, "reservation_id")
+
+
+async def test_a_budget_made_over_token_sums_near_int64_backfills_the_saturated_total(
+    channel: grpc.aio.Channel, gateway_secret: str, admin_secret: str, control_plane: ControlPlane
+) -> None:
+    """A TOKENS budget adds five token kinds. Stored sums near int64 take ~10^8 events at the per-event maximum;
+    two events holding 2^62 of each kind stand in for them. Adding the kinds' sums in SQL overflowed
+    ("bigint out of range" on PostgreSQL): the backfill now saturates, and the budget is made."""
+    await _report_all(channel, gateway_secret, _events(2, at=_minute_ago(2), tokens=usage_pb2.TokenCounts(input=1)))
+    async with control_plane.deps.engine.begin() as connection:
+        await connection.execute(tables.usage_events.update().values(**dict.fromkeys(TOKEN_KINDS, 2**62)))
+    created = await budget_grpc.BudgetServiceStub(channel).CreateBudget(
+        budget_pb.CreateBudgetRequest(
+            budget=budget_pb.Budget(
+                display_name="all tokens",
+                scope=budget_pb.Scope(environment_id=ENVIRONMENT),
+                metric=budget_pb.METRIC_TOKENS,
+                limit=1_000,
+                period=budget_pb.PERIOD_TOTAL,
+                mode=budget_pb.MODE_WARN_ONLY,
+            )
+        ),
+        metadata=bearer(admin_secret),
+    )
+    assert (created.status.used, created.status.state) == (INT64_MAX, budget_pb.BUDGET_STATE_EXCEEDED)

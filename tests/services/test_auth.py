@@ -236,17 +236,17 @@ async def test_a_token_revoked_on_another_replica_cannot_reconnect_from_a_cached
     assert f"token {created.token.token_id} was revoked" in (refused.value.details() or "")
 
 
-async def test_rpcs_not_built_yet_answer_unimplemented_with_a_reason(channel: grpc.aio.Channel, tokens: Tokens) -> None:
+async def test_only_a_gateway_token_watches_budget_state(channel: grpc.aio.Channel, tokens: Tokens) -> None:
     await tokens.environment("prod")
     gateway = await tokens.gateway("prod", "gw-1")
     budget = budget_grpc.BudgetServiceStub(channel)
-    stream = budget.WatchBudgetStates(
-        budget_pb.WatchBudgetStatesRequest(environment_id="prod"), metadata=bearer(gateway)
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stream.read()
-    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert refused.value.details() == (
-        "BudgetService.WatchBudgetStates is not available in this version of meterwire: "
-        "budget snapshots for agents is not built yet"
-    )
+    request = budget_pb.WatchBudgetStatesRequest(environment_id="prod")
+    stream = budget.WatchBudgetStates(request, metadata=bearer(gateway))
+    first = await stream.read()
+    stream.cancel()
+    assert isinstance(first, budget_pb.WatchBudgetStatesResponse)
+    assert first.snapshot.HasField("snapshot_time")
+    refused = budget.WatchBudgetStates(request, metadata=bearer(tokens.admin))
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await refused.read()
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED

@@ -18,7 +18,7 @@ _ROLLUP_JOB = "rollup-maintenance"
     ("services", "jobs"),
     [
         ("admin", ["revocation-poll"]),
-        ("budget", ["revocation-poll", "config-poll", "webhook-delivery"]),
+        ("budget", ["revocation-poll", "config-poll", "webhook-delivery", "budget-snapshot-poll"]),
         ("telemetry", ["revocation-poll", "config-poll", _ROLLUP_JOB]),
         ("reporting", ["revocation-poll", "config-poll", _ROLLUP_JOB]),
         ("heartbeat", ["revocation-poll", "config-poll", *_FLEET_JOBS]),
@@ -45,5 +45,5 @@ async def test_every_service_hosted_runs_each_job_once(database_url: str, tmp_pa
     )
     async with ControlPlane(settings) as plane:
         assert sorted(plane.job_names) == sorted(
-            ["revocation-poll", "config-poll", *_FLEET_JOBS, _ROLLUP_JOB, "webhook-delivery"]
+            ["revocation-poll", "config-poll", *_FLEET_JOBS, _ROLLUP_JOB, "webhook-delivery", "budget-snapshot-poll"]
         )

@@ -24,6 +24,8 @@ GATEWAY_COLUMNS = [
     "config applied/desired",
     "backlog",
     "dead letters",
+    "budget state",
+    "budget denials",
     "reasons",
 ]
 LINE_TIMEOUT_S = 30.0
