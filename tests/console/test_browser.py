@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.budget.v1 import budget_service_pb2_grpc as budget_grpc
+from meterwire.heartbeat.v1 import heartbeat_service_pb2 as heartbeat_pb
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.usage_terms.figures import money
@@ -79,9 +80,16 @@ async def _populate(served: ThreadedControlPlane, now: datetime) -> tuple[str, s
             mode=budget_pb.MODE_HARD_STOP,
             alert_threshold_percents=[50, 80, 100],
         )
-        await budget_grpc.BudgetServiceStub(channel).CreateBudget(
+        created = await budget_grpc.BudgetServiceStub(channel).CreateBudget(
             budget_pb.CreateBudgetRequest(budget=budget), metadata=bearer(admin)
         )
+        # An agent enforcing it reports its decisions in a heartbeat (AgentState.budget_enforcement).
+        stream = GatewayStream(channel, await tokens.gateway("alpha", "gw-enforcing"))
+        enforcement = heartbeat_pb.BudgetEnforcement(
+            budget_id=created.budget.budget_id, denied_requests=3, shadow_denied_requests=5
+        )
+        await stream.beat(heartbeat_pb.AgentState(agent_version="0.1.0", budget_enforcement=[enforcement]))
+        await stream.close()
         return admin, await tokens.reporter("alpha")
 
 
@@ -284,6 +292,7 @@ def test_budgets_show_spent_against_limit(page: Page, console: Fixture) -> None:
     expect(row).to_have_count(1)
     expect(row.locator("meter")).to_have_attribute("max", "500000000")
     expect(row).to_contain_text("500.0000")
+    expect(row.locator("[data-denials]")).to_have_text("3 · 5 (1 gw)")  # from the enforcing agent's heartbeat
     # Its month to date counted at creation went past 50 %: the alert is listed.
     alert = page.locator("table.alerts tr", has=page.locator("td:text-is('alpha monthly spend')"))
     expect(alert.first).to_contain_text("50 %")

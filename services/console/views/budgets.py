@@ -19,8 +19,22 @@ ALERTS_SHOWN = 50
 
 
 @dataclass(frozen=True, slots=True)
+class Denials:
+    """What agents enforcing a budget decided since they started (AgentState.budget_enforcement)."""
+
+    denied: int
+    """Requests a hard-stop budget denied."""
+    shadow_denied: int
+    """Requests a warn-only budget let through that a hard stop would have denied."""
+    gateways: int
+    """Gateways that reported them."""
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetLine:
     status: BudgetStatus
+    denials: Denials | None
+    """None: no gateway reported decisions for this budget."""
     used: str
     limit: str
     percent: float
@@ -31,11 +45,26 @@ def _amount(value: int, metric: Metric, currency: str) -> str:
     return money(value, currency) if metric is Metric.SPEND else f"{value:,} {metric.name.lower()}"
 
 
-def _line(status: BudgetStatus) -> BudgetLine:
+async def _denials(console: Console, environment_ids: frozenset[str] | None) -> dict[str, Denials]:
+    """Budget id -> the denials the visible gateways' agents reported in their latest heartbeats, summed."""
+    totals: dict[str, Denials] = {}
+    for record in await console.fleet.gateways(environment_ids):
+        for entry in record.state.budget_enforcement:
+            known = totals.get(entry.budget_id, Denials(0, 0, 0))
+            totals[entry.budget_id] = Denials(
+                known.denied + entry.denied_requests,
+                known.shadow_denied + entry.shadow_denied_requests,
+                known.gateways + 1,
+            )
+    return totals
+
+
+def _line(status: BudgetStatus, denials: Denials | None) -> BudgetLine:
     rule, figures = status.budget.rule, status.figures
     end_s = figures.window.end_s
     return BudgetLine(
         status=status,
+        denials=denials,
         used=_amount(figures.used, rule.metric, status.budget.currency),
         limit=_amount(rule.limit, rule.metric, status.budget.currency),
         percent=figures.used / rule.limit * 100 if rule.limit else 0.0,
@@ -57,7 +86,8 @@ async def budgets_page(console: Console, request: Request, viewer: Viewer) -> Re
     alerts, _ = await console.webhooks.alerts(
         visibility=visibility, budget_id="", requested_page_size=ALERTS_SHOWN, page_token=""
     )
-    lines = [_line(status) for status in statuses]
+    denials = await _denials(console, visibility.environment_ids)
+    lines = [_line(status, denials.get(status.budget.budget_id)) for status in statuses]
     units = {line.status.budget.budget_id: line.status for line in lines}
 
     def alert_amount(budget_id: str, value: int) -> str:
