@@ -26,8 +26,11 @@ protos/.generated: $(VENV)/.installed $(PROTOS) hatch_build.py
 proto: $(VENV)/.installed
 	$(PY) hatch_build.py --force
 
+# The usage console is on at $(HTTP_LISTEN) (its URL is printed once serving); HTTP_LISTEN= turns it off.
+HTTP_LISTEN ?= 127.0.0.1:8080
+
 run: install
-	$(VENV)/bin/meterwire serve $(ARGS)
+	$(VENV)/bin/meterwire serve $(if $(HTTP_LISTEN),--http-listen $(HTTP_LISTEN)) $(ARGS)
 
 # Outside CI a LiteLLM virtualenv that cannot be built (no registry) is not fatal: tests/litellm then skip, saying so.
 test: install

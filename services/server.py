@@ -7,7 +7,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -52,6 +52,9 @@ from services.storage.engine import check_connection, create_engine, maintenance
 from services.storage.migrate import prepare_schema
 from services.telemetry.ingest import UsageIngest
 from services.telemetry.servicer import TelemetryServicer
+
+if TYPE_CHECKING:
+    from services.console.server import ConsoleServer
 
 log = structlog.get_logger("meterwire.server")
 
@@ -100,6 +103,14 @@ _TRACKS_FLEET = frozenset({ServiceName.HEARTBEAT, ServiceName.CONFIG})
 """Services that read or change the fleet: heartbeats, and WatchConfig's ACK/NACKs."""
 _KEEPS_ROLLUPS = frozenset({ServiceName.TELEMETRY, ServiceName.REPORTING})
 """Services whose replicas compact and prune the rollups (ingest writes them, reports read them)."""
+_CONSOLE_READS = frozenset({ServiceName.REPORTING, ServiceName.HEARTBEAT})
+"""The usage console (--http-listen) reads reports (prices through the config hub) and the fleet, so a replica
+serving it loads and keeps those up to date as if it hosted them."""
+
+
+def _kept_up(settings: ServerSettings) -> frozenset[ServiceName]:
+    """The services whose shared state and jobs this replica keeps: the hosted ones, and the console's reads."""
+    return settings.services | _CONSOLE_READS if settings.http_listen else settings.services
 
 
 def _jobs(deps: ServiceDeps, hosted: frozenset[ServiceName]) -> list[PeriodicJob]:
@@ -230,6 +241,7 @@ class ControlPlane(Managed):
         self._lifecycles: list[Lifecycle] = []
         self._deps: ServiceDeps | None = None
         self._jobs = JobRunner()
+        self._console: ConsoleServer | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -257,6 +269,7 @@ class ControlPlane(Managed):
             deps = self._deps = ServiceDeps.build(settings, self._engine)
             self._server = self._build_server(deps)
             self.port = self._bind(self._server)
+            self._bind_console(deps)
             self._start_metrics()
             await check_connection(self._engine)
             schema = await prepare_schema(self._engine)
@@ -268,13 +281,15 @@ class ControlPlane(Managed):
                     "created the first admin token; keep it secret",
                     path=str(settings.admin_token_path.resolve()),
                 )
-            await _load_shared(deps, settings.services)
+            await _load_shared(deps, _kept_up(settings))
             for component in self._lifecycles:
                 await component.start()
-            for job in _jobs(deps, settings.services):
+            for job in _jobs(deps, _kept_up(settings)):
                 self._jobs.add(job)
             await self._jobs.start()
             await self._server.start()
+            if self._console is not None:
+                await self._console.start()
             for name in [*self._hosted_names(), ""]:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
@@ -287,6 +302,7 @@ class ControlPlane(Managed):
             tls=settings.tls_cert is not None,
             mutual_tls=settings.tls_client_ca is not None,
             metrics=settings.metrics_listen,
+            console=self.console_url,
         )
 
     def _hosted_names(self) -> list[str]:
@@ -362,6 +378,23 @@ class ControlPlane(Managed):
             raise StartupError(f"listen: cannot listen on {s.listen} (address in use or not permitted)")
         return port
 
+    def _bind_console(self, deps: ServiceDeps) -> None:
+        """Takes the console's port (--http-listen); its HTTP stack is imported only when it is turned on."""
+        if self.settings.http_listen is None:
+            return
+        from services.console.server import ConsoleServer
+
+        self._console = ConsoleServer(deps)
+        try:
+            self._console.bind()
+        except OSError as error:
+            raise StartupError(str(error)) from None
+
+    @property
+    def console_url(self) -> str | None:
+        """The usage console's address (None: --http-listen is off)."""
+        return None if self._console is None else self._console.url
+
     def _start_metrics(self) -> None:
         if self.settings.metrics_listen is None:
             return
@@ -409,6 +442,9 @@ class ControlPlane(Managed):
         log.info("control plane stopped")
 
     async def _close_resources(self) -> None:
+        if self._console is not None:  # first: its pages read through everything below
+            await self._console.shutdown()
+            self._console = None
         while self._lifecycles:
             await self._lifecycles.pop().shutdown()
         await self._jobs.shutdown()  # after the services: final steps (the fleet's last flush) see their last writes

@@ -158,7 +158,7 @@ class ServerSettings(BaseSettings):
             return parse_duration(value, setting=info.field_name or "duration")
         return value
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "http_listen")
     @classmethod
     def _check_address(cls, value: str | None) -> str | None:
         if value is not None:
@@ -251,3 +251,11 @@ class ServerSettings(BaseSettings):
             if long < short:
                 raise ValueError(f"{longer} must be at least {shorter}")
         return self
+
+    # The usage console (services/console)
+    http_listen: str | None = None
+    """host:port for the web usage console over HTTP; unset: no console. Served from the same process."""
+    console_session_idle: timedelta = timedelta(hours=8)
+    """A console session unused for this long is signed out."""
+    console_export_dir: Path | None = None
+    """Where console exports are written until downloaded; default: data_dir/console-exports."""

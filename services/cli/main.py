@@ -82,6 +82,9 @@ def serve(
         Path | None, typer.Option(help="Client CA (PEM): require mutual TLS [MW_TLS_CLIENT_CA].")
     ] = None,
     log_format: Annotated[str | None, typer.Option(help="console or json [MW_LOG_FORMAT].")] = None,
+    http_listen: Annotated[
+        str | None, typer.Option(help="Web usage console address host:port [MW_HTTP_LISTEN; off].")
+    ] = None,
 ) -> None:
     """Run the control plane. SIGTERM/SIGINT drain it: health NOT_SERVING, a grace period, exit 0."""
     settings = _settings(
@@ -94,6 +97,7 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         log_format=log_format,
+        http_listen=http_listen,
     )
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     asyncio.run(_serve(settings))
@@ -112,6 +116,8 @@ async def _serve(settings: ServerSettings) -> None:
     except (StartupError, StorageError, SettingsError) as error:
         fail(str(error))
     tune_garbage_collector()
+    if control_plane.console_url is not None:
+        print(f"usage console: {control_plane.console_url} (sign in with a reporter or admin token)", flush=True)
     await control_plane.run()
 
 
