@@ -112,7 +112,7 @@ async def budget_plane(migrated_database_url: str, tmp_path: Path, *gateways: st
     settings = ServerSettings(
         listen=f"127.0.0.1:{free_port()}",
         data_dir=tmp_path / "var",
-        migrated_database_url=migrated_database_url,
+        database_url=migrated_database_url,
         drain_delay=timedelta(0),
         ingest_workers=0,
         shutdown_grace=timedelta(seconds=1),
