@@ -92,10 +92,17 @@ async def _keep_recording(agent: GatewayAgent, ids: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
+SERVICES_WITHOUT_BUDGETS = '["telemetry", "heartbeat", "config", "reporting", "admin"]'
+"""Budget snapshots arrive every heartbeat interval; what a link receives makes grpc probe it with pings (BDP), and
+an unanswered probe also ends the streams after keepalive_timeout. Without them, only the heartbeat is watched."""
+
+
 async def test_an_unanswered_heartbeat_marks_the_agent_not_connected_before_any_stream_fails(tmp_path: Path) -> None:
     # Keepalive is slow here (60 s): the heartbeat the server leaves unanswered for keepalive_timeout is what
     # shows the link is suspect.
-    with serve(tmp_path / "cp", env={"MW_HEARTBEAT_INTERVAL": "1s"}) as process:
+    with serve(
+        tmp_path / "cp", env={"MW_HEARTBEAT_INTERVAL": "1s", "MW_SERVICES": SERVICES_WITHOUT_BUDGETS}
+    ) as process:
         token = create_gateway_token(process)
         async with BlackHoleProxy(process.address) as proxy:
             settings = agent_settings(
