@@ -74,7 +74,8 @@ class AgentSettings:
     backoff_max: timedelta = timedelta(seconds=30)
     """Largest reconnect delay cap."""
     keepalive_time: timedelta = timedelta(seconds=15)
-    """HTTP/2 ping interval after the last byte received; the server permits pings every 10 s or more."""
+    """HTTP/2 ping interval after the last byte received; the server permits pings every 10 s or more
+    (`MW_MIN_CLIENT_PING_INTERVAL`): shorter, and an idle connection gets GOAWAY too_many_pings."""
     keepalive_timeout: timedelta = timedelta(seconds=10)
     """A ping unanswered this long closes the connection, so a dead link (accepted, nothing comes back) fails
     every stream within keepalive_time + keepalive_timeout (25 s) and they reconnect. A heartbeat unanswered

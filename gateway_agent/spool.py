@@ -30,6 +30,17 @@ _OLDEST_EVENT = "SELECT seq, enqueue_us FROM events ORDER BY seq LIMIT 1"
 _DIGEST_PARAMS: Final = ", ".join("?" * 12)
 
 
+def _numbering_floor() -> int:
+    """Where a new spool file's numbering starts (its first event gets one more): microseconds since the epoch.
+
+    A gateway reinstalled with a fresh data directory, or whose spool was set aside as corrupt, must not reuse
+    numbers the control plane already includes for it (its snapshots would claim the new events). An earlier
+    spool numbered from an earlier start and, recording fewer than 10^6 events a second on average since, never
+    reached this one's start.
+    """
+    return time.time_ns() // 1000
+
+
 class SpooledEvent(NamedTuple):
     """One committed spool row as the sender reads it (a named tuple: a drain makes one per spooled event)."""
 
@@ -147,7 +158,13 @@ class Spool:
         self._writer = writer
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # Sequence numbers are never reused: the meta row remembers the highest even after its events are gone.
-        self.next_sequence = max(max_event, max_dead, meta.get("high_sequence", 0)) + 1
+        high = meta.get("high_sequence")
+        if high is None and not max_event and not max_dead:
+            # A new file (a new install, or a data directory lost): the control plane may already include an
+            # earlier spool's numbers for this gateway, so start above any of them (see _numbering_floor).
+            high = _numbering_floor()
+            writer.execute("INSERT OR REPLACE INTO meta VALUES ('high_sequence', ?)", (high,))
+        self.next_sequence = max(max_event, max_dead, high or 0) + 1
         self.committed_through = self.next_sequence - 1
         self.last_acked_sequence = meta.get("last_acked_sequence", 0)
         self.corrupt_set_aside = max(self.corrupt_set_aside, meta.get("corrupt_set_aside", 0))
@@ -167,9 +184,9 @@ class Spool:
             corrupt_spools_set_aside=self.corrupt_set_aside,
         )
         floor = self.next_sequence
+        # The old file's sequence numbers are unknown; the fresh file starts above them (_numbering_floor).
         self._open_file()
-        # The old file's sequence numbers are unknown; microseconds since the epoch exceed any count it reached.
-        self.next_sequence = max(floor, time.time_ns() // 1000, self.next_sequence)
+        self.next_sequence = max(floor, self.next_sequence)
         self.committed_through = self.next_sequence - 1
         assert self._writer is not None
         self._writer.executemany(

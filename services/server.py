@@ -346,8 +346,10 @@ class ControlPlane(Managed):
             # dead agent link would be closed only after about a minute.
             ("grpc.http2.ping_timeout_ms", ms(s.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", 1),
-            # Agents ping every ~15 s to notice a dead server; accept pings that often.
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # Agents ping every ~15 s to notice a dead server; accept pings that often. The key is grpc core's
+            # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; an unknown key is silently ignored, and grpc's
+            # 5 minute default then answers the third idle ping with GOAWAY "too_many_pings".
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(s.min_client_ping_interval)),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_connection_age_ms", ms(s.max_connection_age)),
             ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace)),

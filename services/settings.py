@@ -78,6 +78,9 @@ class ServerSettings(BaseSettings):
     """Server pings idle connections this often, so dead peers are found (agents expect < 30 s)."""
     keepalive_timeout: timedelta = timedelta(seconds=10)
     """A ping unanswered for this long closes the connection."""
+    min_client_ping_interval: timedelta = timedelta(seconds=10)
+    """Clients may ping this often while the server sends nothing (agents: every keepalive_time, 15 s); the third
+    ping sooner than this closes the connection with GOAWAY too_many_pings (grpc core's ping strikes)."""
     max_connection_age: timedelta = timedelta(minutes=30)
     """Connections are closed (GOAWAY) after this long, so agents rebalance across replicas."""
     max_connection_age_grace: timedelta = timedelta(minutes=1)

@@ -89,10 +89,10 @@ class BudgetPlane:
         )
         return int(response.status.used)
 
-    async def put_config(self, **enforcement: object) -> None:
+    async def put_config(self, *, heartbeat_interval: timedelta = HEARTBEAT, **enforcement: object) -> None:
         assert self.channel is not None
         config = config_pb.EnvironmentConfig(
-            agent=config_pb.AgentSettings(heartbeat_interval=_duration(HEARTBEAT)),
+            agent=config_pb.AgentSettings(heartbeat_interval=_duration(heartbeat_interval)),
             budget_enforcement=config_pb.BudgetEnforcement(**enforcement),  # type: ignore[arg-type]
         )
         await config_grpc.ConfigServiceStub(self.channel).PutConfig(
@@ -107,8 +107,11 @@ def _duration(delta: timedelta) -> Duration:
 
 
 @contextlib.asynccontextmanager
-async def budget_plane(migrated_database_url: str, tmp_path: Path, *gateways: str) -> AsyncIterator[BudgetPlane]:
-    """A running control plane with the test environment, a token per gateway and a 1 s heartbeat interval."""
+async def budget_plane(
+    migrated_database_url: str, tmp_path: Path, *gateways: str, **server_settings: object
+) -> AsyncIterator[BudgetPlane]:
+    """A running control plane with the test environment, a token per gateway and a 1 s heartbeat interval
+    (`server_settings` override ServerSettings fields)."""
     settings = ServerSettings(
         listen=f"127.0.0.1:{free_port()}",
         data_dir=tmp_path / "var",
@@ -118,7 +121,7 @@ async def budget_plane(migrated_database_url: str, tmp_path: Path, *gateways: st
         shutdown_grace=timedelta(seconds=1),
         heartbeat_interval=HEARTBEAT,
     )
-    plane = BudgetPlane(settings)
+    plane = BudgetPlane(settings.model_copy(update=server_settings))
     await plane.start()
     try:
         assert plane.channel is not None
@@ -133,14 +136,9 @@ async def budget_plane(migrated_database_url: str, tmp_path: Path, *gateways: st
 
 
 def settings_for(plane: BudgetPlane, gateway: str, data_dir: Path, **overrides: object) -> AgentSettings:
+    values: dict[str, object] = {"heartbeat_interval": HEARTBEAT, "backoff_max": timedelta(milliseconds=500)}
     return agent_settings(
-        plane.address,
-        plane.gateway_tokens[gateway],
-        data_dir,
-        gateway_id=gateway,
-        heartbeat_interval=HEARTBEAT,
-        backoff_max=timedelta(milliseconds=500),
-        **overrides,
+        plane.address, plane.gateway_tokens[gateway], data_dir, gateway_id=gateway, **values | overrides
     )
 
 

@@ -54,12 +54,14 @@ async def test_record_assigns_ids_and_sequences_that_continue_after_a_restart(tm
         given = await agent.record(usage_pb2.UsageEvent(event_id="my-id", request_id="r", attempt=2))
     assert first.committed
     assert uuid.UUID(first.event_id).version == 7
-    assert (first.sequence, given.sequence, given.event_id) == (1, 2, "my-id")
+    # A new spool numbers from microseconds since the epoch, above any earlier install of the gateway.
+    assert first.sequence > 1_000_000_000_000
+    assert (given.sequence, given.event_id) == (first.sequence + 1, "my-id")
 
     async with offline_agent(tmp_path) as agent:
         third = await agent.record(usage_pb2.UsageEvent(request_id="r", attempt=3))
         assert agent.status().spool_depth == 3
-    assert third.sequence == 3
+    assert third.sequence == first.sequence + 2
 
 
 async def test_record_after_shutdown_is_refused_and_shutdown_is_safe_twice(tmp_path: Path) -> None:
@@ -179,8 +181,8 @@ async def test_the_daemon_serves_the_local_api_on_a_unix_socket(tmp_path: Path) 
         config = await stub.GetConfig(agent_pb.GetConfigRequest())
         status = (await stub.GetStatus(agent_pb.GetStatusRequest())).status
     assert recorded.outcome == agent_pb.RECORD_OUTCOME_COMMITTED
-    assert recorded.sequence == 1
-    assert (streamed.recorded_count, streamed.first_sequence, streamed.last_sequence) == (5, 2, 6)
+    first = recorded.sequence
+    assert (streamed.recorded_count, streamed.first_sequence, streamed.last_sequence) == (5, first + 1, first + 5)
     assert (check.allowed, check.http_status, check.config_version) == (False, 403, 9)
     assert (config.config_version.version, config.source) == (9, agent_pb.CONFIG_SOURCE_CACHE)
     assert status.state.spool_depth == 6

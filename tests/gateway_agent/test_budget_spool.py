@@ -31,28 +31,31 @@ async def test_acked_digests_and_the_snapshot_survive_a_restart_and_count_exactl
     view.apply_snapshot(snapshot([(limit_budget, 0)], now_s=now))
     spool = await open_spool(tmp_path / "spool.db")
     spool.ack_digests = view.acknowledged
+    base = spool.next_sequence - 1  # a new spool numbers from microseconds since the epoch; events are base + 1-6
     events = []
-    for _ in range(6):
-        event = usage_event(spool.next_sequence, cost_micros=100 * spool.next_sequence, now_s=now)
+    for n in range(1, 7):
+        event = usage_event(base + n, cost_micros=100 * n, now_s=now)
         spool.next_sequence += 1
         assert spool.enqueue(event.sequence, event.event_id, event.SerializeToString()) is None
         view.count_event(event)
         events.append(event)
-    assert await spool.wait_committed(6)
+    assert await spool.wait_committed(base + 6)
     # Batch 1-4 acked (3 rejected); the server's snapshot then includes 1-2 (and 6, committed out of order).
-    spool.acknowledge([1, 2, 3, 4], 0, [Rejection(3, "INVALID", "tokens", "bad")])
-    server_snapshot = snapshot([(limit_budget, 100 * (1 + 2 + 6))], now_s=now, through=2, ranges=[(6, 6)])
+    spool.acknowledge([base + n for n in (1, 2, 3, 4)], 0, [Rejection(base + 3, "INVALID", "tokens", "bad")])
+    server_snapshot = snapshot(
+        [(limit_budget, 100 * (1 + 2 + 6))], now_s=now, through=base + 2, ranges=[(base + 6, base + 6)]
+    )
     view.apply_snapshot(server_snapshot)
-    spool.save_budget_snapshot(server_snapshot.SerializeToString(), 2, [(6, 6)])
+    spool.save_budget_snapshot(server_snapshot.SerializeToString(), base + 2, [(base + 6, base + 6)])
     assert view.budgets()[0].used == 100 * (1 + 2 + 4 + 5 + 6)
     await asyncio.to_thread(spool.close)
 
     reopened = await open_spool(tmp_path / "spool.db")
     stored, digest_rows = await asyncio.to_thread(reopened.load_budget_state)
     payloads = [p for chunk in await asyncio.to_thread(list, reopened.spooled_payloads(chunk=1)) for p in chunk]
-    assert [row[0] for row in digest_rows] == [4]  # acked, not rejected, not included (1-2 went with the snapshot)
+    assert [row[0] for row in digest_rows] == [base + 4]  # acked, not rejected, not included (1-2: the snapshot)
     assert len(payloads) == 2  # 5 and 6 were never acked
-    assert reopened.acked_floor == 4
+    assert reopened.acked_floor == base + 4
     restored = BudgetView()
     restored.apply_config(priced_config())
     digests = [UsageDigest.from_row(row) for row in digest_rows] + restored.digest_payloads(payloads)
@@ -70,17 +73,18 @@ async def test_a_saved_snapshot_deletes_the_digests_it_includes(tmp_path: Path) 
     view.apply_snapshot(snapshot([(budget("b", limit=10**9), 0)], now_s=now))
     spool = await open_spool(tmp_path / "spool.db")
     spool.ack_digests = view.acknowledged
-    for sequence in (1, 2, 3):
+    base = spool.next_sequence - 1
+    for sequence in (base + 1, base + 2, base + 3):
         event = usage_event(sequence, cost_micros=10, now_s=now)
         spool.next_sequence += 1
         assert spool.enqueue(sequence, event.event_id, event.SerializeToString()) is None
         view.count_event(event)
-    assert await spool.wait_committed(3)
-    spool.acknowledge([1, 2, 3], 0, [])
-    spool.save_budget_snapshot(b"", 1, [(3, 3)])
+    assert await spool.wait_committed(base + 3)
+    spool.acknowledge([base + 1, base + 2, base + 3], 0, [])
+    spool.save_budget_snapshot(b"", base + 1, [(base + 3, base + 3)])
     await asyncio.to_thread(spool.close)
     reopened = await open_spool(tmp_path / "spool.db")
     _, digest_rows = await asyncio.to_thread(reopened.load_budget_state)
     payloads = [p for chunk in await asyncio.to_thread(list, reopened.spooled_payloads()) for p in chunk]
-    assert ([row[0] for row in digest_rows], payloads, reopened.acked_floor) == ([2], [], 3)
+    assert ([row[0] for row in digest_rows], payloads, reopened.acked_floor) == ([base + 2], [], base + 3)
     await asyncio.to_thread(reopened.close)

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,10 @@ from prometheus_client import generate_latest
 
 from budgeting.decision import Verdict
 from gateway_agent import CheckRequest, Decision, GatewayAgent, UsageEstimate
+from gateway_agent.agent import SPOOL_FILE
 from gateway_agent.metrics import agent_registry
+from gateway_agent.settings import Durability
+from gateway_agent.spool import Spool
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2 as telemetry_pb
 from meterwire.telemetry.v1 import telemetry_service_pb2_grpc as telemetry_grpc
@@ -132,13 +136,31 @@ async def test_after_reconnecting_spooled_usage_is_delivered_and_a_fresh_snapsho
             print(f"converged {converged_s:.2f}s after the control plane came back (heartbeat interval 1 s)")
 
 
+def first_sequence_of_a_new_spool(data_dir: Path) -> int:
+    """Creates a new agent's spool in `data_dir` now; returns the sequence number its first event will get."""
+    spool = Spool(
+        data_dir / SPOOL_FILE,
+        durability=Durability.OS_BUFFERED,
+        max_bytes=1 << 20,
+        max_pending=10,
+        commit_linger=timedelta(0),
+        commit_max_events=10,
+    )
+    spool.open()
+    try:
+        return spool.next_sequence
+    finally:
+        spool.close()
+
+
 async def test_a_later_batch_committed_first_is_counted_once(migrated_database_url: str, tmp_path: Path) -> None:
     """Events 5-6 of the agent's spool reach the control plane before 1-4 (as a resent batch would): the snapshot
     includes them by range, the agent counts only 1-4 itself, and nothing is counted twice at any point."""
     async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
         hard = await plane.create_budget("hard", limit=10**9, requested_model=HARD)
         events = [spend_event(HARD, 100 * n, event_id=f"00000000-0000-7000-8000-00000000000{n}") for n in range(1, 7)]
-        for sequence, event in enumerate(events, start=1):
+        first = await asyncio.to_thread(first_sequence_of_a_new_spool, tmp_path / "agent")
+        for sequence, event in enumerate(events, start=first):
             event.sequence = sequence
             event.event_time.GetCurrentTime()
         assert plane.channel is not None
@@ -153,11 +175,38 @@ async def test_a_later_batch_committed_first_is_counted_once(migrated_database_u
             for event in events:
                 event.ClearField("sequence")
                 result = await agent.record(event)
-                assert result.sequence == int(event.event_id[-1])
+                assert result.sequence == first + int(event.event_id[-1]) - 1
                 assert figures_of(agent, hard)[0] <= total
             assert figures_of(agent, hard)[:3] == (total, 1_100, 1_000)
             await snapshot_shows(agent, hard, server_used=total, pending=0)
             assert await plane.server_used(hard) == total
+
+
+async def test_a_gateway_reinstalled_with_a_fresh_data_dir_counts_its_new_events_while_cut_off(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    """A gateway's first install delivered 20 events; a new install (a fresh data dir, as a container without a
+    volume gets) must not number its events into the included set the control plane keeps for the old one: after
+    its first snapshot, cut off, its own events count locally and the hard stop denies once they reach it."""
+    async with budget_plane(migrated_database_url, tmp_path, GATEWAY) as plane:
+        hard = await plane.create_budget("hard", limit=10_000, requested_model=HARD)
+        async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "first-install")) as first:
+            for _ in range(20):
+                await first.record(spend_event(HARD, 100))
+            await snapshot_shows(first, hard, server_used=2_000)
+        async with GatewayAgent(settings_for(plane, GATEWAY, tmp_path / "second-install")) as second:
+            await snapshot_shows(second, hard, server_used=2_000)
+            await plane.stop()
+            admitted = 0
+            while admitted <= 8 and second.check(checking(HARD)).allowed:
+                await second.record(spend_event(HARD, 1_000), wait_for_commit=True)
+                admitted += 1
+            assert admitted == 8
+            assert figures_of(second, hard) == (10_000, 2_000, 8_000, 0)
+            denied = second.check(checking(HARD))
+            assert (denied.allowed, denied.denied_by_budget_id) == (False, hard)
+        await plane.start()
+        assert await plane.server_used(hard) == 2_000  # the second install's events are still in its spool
 
 
 async def test_three_agents_cut_off_overspend_a_shared_hard_stop_no_more_than_the_bound(

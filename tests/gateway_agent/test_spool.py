@@ -49,11 +49,12 @@ async def add(spool: Spool, count: int, payload: bytes = b"x" * 10) -> list[int]
 
 async def test_sequence_numbers_continue_after_a_restart(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path / "spool.db")
-    assert await add(spool, 5) == [1, 2, 3, 4, 5]
+    first = spool.next_sequence
+    assert await add(spool, 5) == [first, first + 1, first + 2, first + 3, first + 4]
     await asyncio.to_thread(spool.close)
 
     reopened = await open_spool(tmp_path / "spool.db")
-    assert reopened.next_sequence == 6
+    assert reopened.next_sequence == first + 5
     assert reopened.depth == 5
     await asyncio.to_thread(reopened.close)
 
@@ -66,8 +67,29 @@ async def test_sequence_numbers_are_not_reused_after_every_event_was_acked(tmp_p
 
     reopened = await open_spool(tmp_path / "spool.db")
     assert reopened.depth == 0
-    assert reopened.next_sequence == 4
-    assert reopened.last_acked_sequence == 3
+    assert reopened.next_sequence == sequences[-1] + 1
+    assert reopened.last_acked_sequence == sequences[-1]
+    await asyncio.to_thread(reopened.close)
+
+
+async def test_a_new_spool_numbers_above_any_earlier_spool_of_the_gateway(tmp_path: Path) -> None:
+    """A reinstall with a fresh data dir must not reuse the numbers the control plane includes for the old one:
+    a new file starts at microseconds since the epoch, so a later one starts above every number an earlier one
+    gave (at fewer than 10^6 events a second since it started), and an empty one keeps its start."""
+    before_us = time.time_ns() // 1000
+    old = await open_spool(tmp_path / "old" / "spool.db")
+    old_sequences = await add(old, 50)
+    await asyncio.to_thread(old.close)
+    assert old_sequences[0] > before_us
+
+    new = await open_spool(tmp_path / "new" / "spool.db")
+    start = new.next_sequence
+    assert start > old_sequences[-1]
+    assert (new.committed_through, new.acked_floor) == (start - 1, start - 1)
+    await asyncio.to_thread(new.close)
+    reopened = await open_spool(tmp_path / "new" / "spool.db")
+    assert reopened.next_sequence == start
+    assert await add(reopened, 2) == [start, start + 1]
     await asyncio.to_thread(reopened.close)
 
 
@@ -113,14 +135,14 @@ async def test_a_bounded_queue_drops_when_the_writer_falls_behind(tmp_path: Path
 
 async def test_reads_respect_the_batch_limits_and_always_make_progress(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path / "spool.db")
-    await add(spool, 10, payload=b"z" * 100)
+    s = await add(spool, 10, payload=b"z" * 100)
 
     by_count = await spool.read_after(0, max_events=4, max_bytes=1 << 20)
-    assert [e.sequence for e in by_count] == [1, 2, 3, 4]
-    by_bytes = await spool.read_after(4, max_events=100, max_bytes=250)
-    assert [e.sequence for e in by_bytes] == [5, 6]
+    assert [e.sequence for e in by_count] == s[:4]
+    by_bytes = await spool.read_after(s[3], max_events=100, max_bytes=250)
+    assert [e.sequence for e in by_bytes] == s[4:6]
     oversized = await spool.read_after(0, max_events=100, max_bytes=10)
-    assert [e.sequence for e in oversized] == [1]  # one event over the byte limit still goes alone
+    assert [e.sequence for e in oversized] == s[:1]  # one event over the byte limit still goes alone
     await asyncio.to_thread(spool.close)
 
 
@@ -128,18 +150,19 @@ async def test_acked_events_are_deleted_and_rejected_ones_dead_lettered(tmp_path
     path = tmp_path / "spool.db"
     spool = await open_spool(path)
     sequences = await add(spool, 4)
-    spool.acknowledge(sequences[:3], 30, [Rejection(2, "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")])
-    await add(spool, 1)  # the ack's deletes commit with the next group
+    rejected = Rejection(sequences[1], "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")
+    spool.acknowledge(sequences[:3], 30, [rejected])
+    sequences += await add(spool, 1)  # the ack's deletes commit with the next group
 
     remaining = await spool.read_after(0, max_events=100, max_bytes=1 << 20)
-    assert [e.sequence for e in remaining] == [4, 5]
+    assert [e.sequence for e in remaining] == sequences[3:]
     assert spool.dead_letter_count == 1
-    assert spool.last_acked_sequence == 3
+    assert spool.last_acked_sequence == sequences[2]
     await asyncio.to_thread(spool.close)
 
     dead = list(iter_dead_letters(path))
     assert [(d.sequence, d.event_id, d.reason, d.field) for d in dead] == [
-        (2, "id-2", "REJECTION_REASON_INVALID_FIELD", "request_id")
+        (sequences[1], f"id-{sequences[1]}", "REJECTION_REASON_INVALID_FIELD", "request_id")
     ]
     assert dead[0].payload == b"x" * 10
 
@@ -216,7 +239,8 @@ async def test_a_new_spool_its_wal_and_its_directory_are_private(tmp_path: Path)
     data_dir = tmp_path / "agent"
     spool = await open_spool(data_dir / "spool.db")
     sequences = await add(spool, 3)
-    spool.acknowledge(sequences[:1], 10, [Rejection(1, "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")])
+    rejected = Rejection(sequences[0], "REJECTION_REASON_INVALID_FIELD", "request_id", "empty")
+    spool.acknowledge(sequences[:1], 10, [rejected])
     await settled(spool)
     # SQLite made the -wal and -shm files on the first connection in WAL mode; they exist while it is open.
     modes = {name: mode_of(data_dir / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")}
