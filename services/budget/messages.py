@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from budgeting.decision import Decision, State, Verdict
+from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Decision, State, Verdict
 from budgeting.scope import EVENT_SELECTORS, RequestAttributes, Scope
 from meterwire.budget.v1 import budget_service_pb2 as pb
 from meterwire.config.v1 import config_service_pb2 as config_pb
@@ -17,8 +17,6 @@ from services.budget.service import BudgetDraft
 from services.budget.snapshots import BudgetSnapshot
 from services.budget.webhooks import WebhookRecord
 from services.timestamps import to_timestamp
-
-DEFAULT_DENY_HTTP_STATUS = 429
 
 
 def _seconds(moment_s: int) -> Timestamp:
