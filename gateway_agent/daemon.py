@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 from prometheus_client import start_http_server
 
+from budgeting.decision import Verdict
 from gateway_agent.agent import GatewayAgent, RecordResult
 from gateway_agent.budget_decision import BudgetFigures, CheckRequest, Decision, UsageEstimate
 from gateway_agent.interceptor import UndecodableBodies
@@ -80,26 +81,7 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
     async def CheckRequest(
         self, request: agent_pb.CheckRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb.CheckRequestResponse:
-        estimate = None
-        if request.HasField("estimate"):
-            given = request.estimate
-            estimate = UsageEstimate(
-                cost_micros=given.cost_micros if given.HasField("cost_micros") else None,
-                input_tokens=given.input_tokens,
-                max_output_tokens=given.max_output_tokens,
-                model=given.model,
-            )
-        decision = self._agent.check(
-            CheckRequest(
-                api_key_id=request.api_key_id,
-                user_id=request.user_id,
-                requested_model=request.requested_model,
-                route=request.route,
-                tags=dict(request.tags),
-                estimate=estimate,
-            )
-        )
-        return check_response(decision)
+        return check_response(self._agent.check(check_request(request)))
 
     async def ReleaseReservation(
         self, request: agent_pb.ReleaseReservationRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -177,26 +159,85 @@ def local_budget(figures: BudgetFigures) -> agent_pb.LocalBudget:
     return local
 
 
+_REQUEST_FIELDS: Final = ("api_key_id", "user_id", "requested_model", "route")
+"""The fields a CheckRequest and a CheckRequestRequest carry alike (check_question and check_request)."""
+_ESTIMATE_FIELDS: Final = ("input_tokens", "max_output_tokens", "model")
+"""Likewise for UsageEstimate and CheckRequestRequest.estimate, but for the optional cost_micros."""
+
+
+def check_question(request: CheckRequest) -> agent_pb.CheckRequestRequest:
+    """A gateway's CheckRequest as the daemon's CheckRequestRequest (check_request's inverse)."""
+    question = agent_pb.CheckRequestRequest(
+        tags=dict(request.tags), **{name: getattr(request, name) for name in _REQUEST_FIELDS}
+    )
+    estimate = request.estimate
+    if estimate is not None:
+        question.estimate.SetInParent()  # an estimate of all zeros is still an estimate
+        for name in _ESTIMATE_FIELDS:
+            setattr(question.estimate, name, getattr(estimate, name))
+        if estimate.cost_micros is not None:
+            question.estimate.cost_micros = estimate.cost_micros
+    return question
+
+
+def check_request(question: agent_pb.CheckRequestRequest) -> CheckRequest:
+    """The CheckRequest a CheckRequestRequest asks about."""
+    estimate = None
+    if question.HasField("estimate"):
+        given = question.estimate
+        estimate = UsageEstimate(
+            cost_micros=given.cost_micros if given.HasField("cost_micros") else None,
+            **{name: getattr(given, name) for name in _ESTIMATE_FIELDS},
+        )
+    return CheckRequest(
+        tags=dict(question.tags), estimate=estimate, **{name: getattr(question, name) for name in _REQUEST_FIELDS}
+    )
+
+
+_DECISION_FIELDS: Final = (
+    "allowed",
+    "reason",
+    "http_status",
+    "message",
+    "config_version",
+    "denied_by_budget_id",
+    "reservation_id",
+    "response_body",
+)
+"""The fields a Decision and a CheckRequestResponse carry alike, under the same names (check_response and
+decision_from_response copy them both ways)."""
+
+
 def check_response(decision: Decision) -> agent_pb.CheckRequestResponse:
     """A decision as CheckRequestResponse, with the ready-to-send denial."""
     response = agent_pb.CheckRequestResponse(
-        allowed=decision.allowed,
-        reason=decision.reason,
-        http_status=decision.http_status,
-        message=decision.message,
-        config_version=decision.config_version,
         decision=budget_pb.Decision.ValueType(int(decision.verdict)),
         budgets=[local_budget(figures) for figures in decision.budgets],
-        denied_by_budget_id=decision.denied_by_budget_id,
-        reservation_id=decision.reservation_id,
-        response_body=decision.response_body,
         response_headers=dict(decision.response_headers),
+        **{name: getattr(decision, name) for name in _DECISION_FIELDS},
     )
     if decision.retry_after_s is not None:
         response.retry_after.FromSeconds(decision.retry_after_s)
     if decision.reservation_expire_s is not None:
         response.reservation_expire_time.FromNanoseconds(int(decision.reservation_expire_s * 1e9))
     return response
+
+
+def decision_from_response(response: agent_pb.CheckRequestResponse) -> Decision:
+    """The Decision a daemon's CheckRequestResponse carries (check_response's inverse, less the budgets' figures,
+    which a gateway reads with GetStatus)."""
+    return Decision(
+        # Same numbers; an older daemon answers 0 (unspecified): ALLOW or DENY as it decided.
+        verdict=Verdict(response.decision)
+        if response.decision
+        else (Verdict.ALLOW if response.allowed else Verdict.DENY),
+        retry_after_s=response.retry_after.seconds if response.HasField("retry_after") else None,
+        reservation_expire_s=response.reservation_expire_time.ToNanoseconds() / 1e9
+        if response.HasField("reservation_expire_time")
+        else None,
+        response_headers=dict(response.response_headers),
+        **{name: getattr(response, name) for name in _DECISION_FIELDS},
+    )
 
 
 def check_listen(listen: str) -> str:

@@ -1,13 +1,21 @@
-"""Conversions between aware UTC datetimes and google.protobuf.Timestamp."""
+"""Aware UTC datetimes: the clock services read, and conversions to and from google.protobuf.Timestamp."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+Clock = Callable[[], datetime]
+"""What a service reads the time from: utc_now, or a test's clock."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def to_timestamp(moment: datetime) -> Timestamp:

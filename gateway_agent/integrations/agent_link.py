@@ -9,9 +9,9 @@ from typing import Protocol
 import grpc
 import structlog
 
-from budgeting.decision import Verdict
 from gateway_agent.agent import AgentClosedError, GatewayAgent
 from gateway_agent.budget_view import CheckRequest, Decision
+from gateway_agent.daemon import check_question, decision_from_response
 from gateway_agent.settings import AgentSettings
 from meterwire.agent.v1 import agent_service_pb2 as agent_pb
 from meterwire.agent.v1 import agent_service_pb2_grpc as agent_grpc
@@ -68,20 +68,7 @@ class LocalAgent:
         """Nothing to start: the channel connects on first use and reconnects by itself."""
 
     async def check(self, request: CheckRequest) -> Decision:
-        question = agent_pb.CheckRequestRequest(
-            api_key_id=request.api_key_id,
-            user_id=request.user_id,
-            requested_model=request.requested_model,
-            route=request.route,
-            tags=dict(request.tags),
-        )
-        if request.estimate is not None:
-            estimate = request.estimate
-            question.estimate.input_tokens = estimate.input_tokens
-            question.estimate.max_output_tokens = estimate.max_output_tokens
-            question.estimate.model = estimate.model
-            if estimate.cost_micros is not None:
-                question.estimate.cost_micros = estimate.cost_micros
+        question = check_question(request)
         try:
             answer: agent_pb.CheckRequestResponse = await self._stub.CheckRequest(question, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
@@ -89,21 +76,7 @@ class LocalAgent:
                 "the local agent did not answer a check; serving the request", agent=self.address, error=str(error)
             )
             return Decision(allowed=True, reason=f"local agent unreachable: {error.code().name}")
-        return Decision(
-            allowed=answer.allowed,
-            reason=answer.reason,
-            http_status=answer.http_status,
-            message=answer.message,
-            config_version=answer.config_version,
-            # Same numbers; an older daemon answers 0 (unspecified): ALLOW or DENY as it decided.
-            verdict=Verdict(answer.decision)
-            if answer.decision
-            else (Verdict.ALLOW if answer.allowed else Verdict.DENY),
-            denied_by_budget_id=answer.denied_by_budget_id,
-            reservation_id=answer.reservation_id,
-            response_body=answer.response_body,
-            response_headers=dict(answer.response_headers),
-        )
+        return decision_from_response(answer)
 
     async def record(self, event: usage_pb2.UsageEvent) -> None:
         try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -20,14 +20,10 @@ from services.pagination import Page, encode_page_token, is_text, page_position,
 from services.revocation import Revocations
 from services.storage.engine import PRIVATE_DIRECTORY_MODE
 from services.storage.uow import UnitOfWork
+from services.timestamps import Clock, utc_now
 from services.validation import require_slug, require_text
 
-Clock = Callable[[], datetime]
 MAX_DESCRIPTION_BYTES = 1024
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AdminService:

@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from budgeting.decision import Metric
+from budgeting.scope import SELECTORS
 from budgeting.windows import Period
 from services.jobs import PeriodicJob
 from services.settings import ServerSettings
@@ -44,16 +45,6 @@ SIGNATURE_HEADER: Final = "X-Meterwire-Signature"
 _BASE_BACKOFF_S: Final = 1.0
 _ERROR_CHARS: Final = 300
 
-_SCOPE_COLUMNS: Final = (
-    "environment_id",
-    "gateway_id",
-    "api_key_id",
-    "user_id",
-    "requested_model",
-    "resolved_model",
-    "provider",
-    "route",
-)
 
 _d = tables.webhook_deliveries
 _h = tables.webhooks
@@ -78,7 +69,7 @@ class Delivery:
 
 def alert_body(row: Any) -> bytes:
     """The JSON an alert is delivered as (stable keys, sorted)."""
-    scope = {name: value for name in _SCOPE_COLUMNS if (value := getattr(row, name))}
+    scope = {name: value for name in SELECTORS if (value := getattr(row, name))}
     if row.tags:
         scope["tags"] = json.loads(row.tags)
     document = {
@@ -205,7 +196,7 @@ class WebhookDeliverer:
                     _b.c.period,
                     _b.c.currency,
                     _b.c.environment_id,
-                    *(_b.c[name] for name in _SCOPE_COLUMNS[1:]),
+                    *(_b.c[name] for name in SELECTORS[1:]),
                     _b.c.tags,
                 )
                 .select_from(_a.join(_b, _b.c.budget_id == _a.c.budget_id))

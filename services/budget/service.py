@@ -8,9 +8,8 @@ backfill, usage committed after is counted live by ingest with the new budget.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -30,9 +29,9 @@ from services.errors import AbortedError, InvalidArgumentError, NotFoundError
 from services.pagination import decode_page_token, encode_page_token, page_size
 from services.storage import tables
 from services.storage.uow import UnitOfWork
+from services.timestamps import Clock, utc_now
 
 log = structlog.get_logger("meterwire.budget")
-Clock = Callable[[], datetime]
 
 MAX_DISPLAY_NAME_CHARS = 200
 MAX_REQUEST_ID_CHARS = 128
@@ -41,10 +40,6 @@ MAX_LIMIT = 2**62
 _E = TypeVar("_E", Metric, Period, Mode)
 _T = TypeVar("_T", str, int)
 UPDATABLE_FIELDS = frozenset({"display_name", "limit", "mode", "alert_threshold_percents"})
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,15 +236,7 @@ class BudgetService:
             )
         async with UnitOfWork(self._engine) as uow:
             connection = uow.connection
-            await connection.run_sync(store.bump_generation)
-            current = await store.get_budget(connection, budget_id)
-            if current is None:
-                raise NotFoundError(f"budget.budget_id: no budget {budget_id!r}")
-            if revision and revision != current.revision:
-                raise AbortedError(
-                    f"budget.revision: budget {budget_id!r} is at revision {current.revision}, not {revision}; "
-                    "read it again and retry"
-                )
+            current = await _at_revision(connection, budget_id, revision, prefix="budget.")
             rule = current.rule
             merged = BudgetDraft(
                 display_name=draft.display_name if "display_name" in fields else rule.display_name,
@@ -287,12 +274,7 @@ class BudgetService:
     async def delete(self, budget_id: str, *, revision: int) -> None:
         async with UnitOfWork(self._engine) as uow:
             connection = uow.connection
-            await connection.run_sync(store.bump_generation)
-            current = await store.get_budget(connection, budget_id)
-            if current is None:
-                raise NotFoundError(f"budget_id: no budget {budget_id!r}")
-            if revision and revision != current.revision:
-                raise AbortedError(f"revision: budget {budget_id!r} is at revision {current.revision}, not {revision}")
+            await _at_revision(connection, budget_id, revision, prefix="")
             await store.delete_budget(connection, budget_id, now=self._clock())
             await uow.commit()
         self._changed()
@@ -329,6 +311,21 @@ class BudgetService:
             statuses = await self._current(uow.connection, budgets)
         decision = decide([status.figures for status in statuses])
         return decision, {status.budget.budget_id: status for status in statuses}
+
+
+async def _at_revision(connection: AsyncConnection, budget_id: str, revision: int, *, prefix: str) -> BudgetRecord:
+    """The budget about to change, after bumping the generation; `revision` 0: whatever is current. `prefix`: where
+    the request keeps budget_id and revision ("budget." in an update)."""
+    await connection.run_sync(store.bump_generation)
+    current = await store.get_budget(connection, budget_id)
+    if current is None:
+        raise NotFoundError(f"{prefix}budget_id: no budget {budget_id!r}")
+    if revision and revision != current.revision:
+        raise AbortedError(
+            f"{prefix}revision: budget {budget_id!r} is at revision {current.revision}, not {revision}; "
+            "read it again and retry"
+        )
+    return current
 
 
 def _visible_or_missing(budget: BudgetRecord | None, budget_id: str, visibility: Visibility) -> BudgetRecord:

@@ -32,10 +32,11 @@ from services.budget import store
 from services.budget.changes import BudgetChanges
 from services.budget.included import IncludedSet
 from services.budget.records import BudgetStatus
-from services.budget.service import Clock, figures_of, utc_now
+from services.budget.service import figures_of
 from services.gateway_registry import ensure_gateway
 from services.storage import tables
 from services.storage.uow import UnitOfWork
+from services.timestamps import Clock, utc_now
 
 _gw = tables.gateways
 

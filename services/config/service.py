@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -20,18 +18,14 @@ from services.config.validation import ConfigLimits, validate_config
 from services.errors import AbortedError, InvalidArgumentError, NotFoundError
 from services.pagination import Page, encode_page_token, is_count, page_position, page_size
 from services.storage.uow import UnitOfWork
+from services.timestamps import Clock, utc_now
 from services.validation import require_slug, require_text
 
 log = structlog.get_logger("meterwire.config")
-Clock = Callable[[], datetime]
 MAX_DESCRIPTION_BYTES = 1024
 _PUT_ATTEMPTS = 5
 """Concurrent puts to one environment through other replicas collide on (environment, version); the loser
 re-reads and retries. Puts through this process take turns per environment, so they never collide here."""
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ import math
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -47,15 +47,11 @@ from services.jobs import PeriodicJob
 from services.pagination import Page, encode_page_token, page_position, page_size
 from services.settings import ServerSettings
 from services.storage.uow import UnitOfWork
+from services.timestamps import Clock, utc_now
 
 log = structlog.get_logger("meterwire.heartbeat")
-Clock = Callable[[], datetime]
 
 HEARTBEATS = MetricCounter("meterwire_heartbeats_total", "Heartbeats received.")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Fleet:

@@ -105,16 +105,16 @@ class JsonLinesWriter:
 
 
 class _TableWriter(ABC):
-    """A header of every column, then one row per record (a field the record does not have: an empty cell)."""
+    """A header of every column, then one row per record (a field the record does not have: an empty cell).
+
+    The header is written on opening, so an export of nothing still names its columns."""
 
     def __init__(self, columns: Sequence[str]) -> None:
+        """Called by a subclass once `_row` can write (the header is written here)."""
         self._columns = list(columns)
-        self._header_written = False
+        self._row(self._columns)
 
     def write(self, record: Record) -> None:
-        if not self._header_written:
-            self._header_written = True
-            self._row(self._columns)
         self._row([_cell(record.get(column)) for column in self._columns])
 
     @abstractmethod
@@ -124,9 +124,9 @@ class _TableWriter(ABC):
 
 class CsvWriter(_TableWriter):
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        super().__init__(columns)
         self._file = path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
+        super().__init__(columns)
 
     def _row(self, cells: list[Any]) -> None:
         self._csv.writerow(cells)
@@ -141,10 +141,10 @@ class XlsxWriter(_TableWriter):
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         from openpyxl import Workbook  # imported here: only XLSX exports pay for it
 
-        super().__init__(columns)
         self._path = path
         self._book = Workbook(write_only=True)
         self._sheet = self._book.create_sheet("usage")
+        super().__init__(columns)
 
     def _row(self, cells: list[Any]) -> None:
         self._sheet.append(cells)

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.json_format import ParseDict
+from openpyxl import load_workbook
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.config.v1 import config_service_pb2 as config_pb
@@ -24,6 +25,7 @@ from services.cli.usage.filters import FLAGS
 from services.server import ControlPlane
 from services.settings import ServiceName
 from services.usage_terms.query import DIMENSION_NAMES, METRIC_NAMES, QueryError, time_range
+from services.usage_terms.records import EVENT_COLUMNS, grouped_columns
 from tests.clients import Tokens, bearer
 from tests.heartbeat.helpers import Cli
 from tests.reporting.settings import reporting_settings
@@ -183,3 +185,28 @@ async def test_group_and_metric_names_are_the_same_in_help_and_in_errors(priced_
     for name in ("model", "key", "env", "api-key", "tag:team"):
         grouped = await cli("usage", "top", "--by", name, "--range", "1h")
         assert grouped.exit_code == 0, grouped.output
+
+
+async def test_an_export_of_an_empty_range_still_has_its_header(priced_plane: ControlPlane, tmp_path: Path) -> None:
+    cli = Cli(priced_plane, priced_plane.settings.admin_token_path.read_text().strip())
+    empty = ["--from", "2020-01-01T00:00:00+00:00", "--to", "2020-01-02T00:00:00+00:00"]
+
+    raw_csv, raw_xlsx, raw_jsonl, grouped_csv = (
+        tmp_path / name for name in ("raw.csv", "raw.xlsx", "raw.jsonl", "grouped.csv")
+    )
+
+    results = [
+        await cli("usage", "export", "-o", str(raw_csv), "--format", "csv", *empty),
+        await cli("usage", "export", "-o", str(raw_xlsx), "--format", "xlsx", *empty),
+        await cli("usage", "export", "-o", str(raw_jsonl), "--format", "jsonl", *empty),
+        await cli("usage", "export", "-o", str(grouped_csv), "--by", "model", "--granularity", "1h", *empty),
+    ]
+
+    for result in results:
+        assert result.exit_code == 0, result.output
+        assert "wrote 0 rows" in result.output, result.output
+    assert raw_csv.read_text().splitlines() == [",".join(EVENT_COLUMNS)]
+    sheet = load_workbook(raw_xlsx, read_only=True)["usage"]
+    assert [list(row) for row in sheet.iter_rows(values_only=True)] == [list(EVENT_COLUMNS)]
+    assert raw_jsonl.read_text() == ""
+    assert grouped_csv.read_text().splitlines() == [",".join(grouped_columns(["model"]))]
