@@ -1,7 +1,7 @@
 """Which of one gateway's own usage events the control plane's figures include: a watermark and ranges above it.
 
-An agent numbers its spool's events (UsageEvent.sequence: rising, never reused, also across reinstalls) and sends them in batches, several in
-flight; a failed batch is resent later, so batches commit out of order and "the highest acknowledged sequence"
+An agent numbers its spool's events (UsageEvent.sequence: rising, never reused, also across reinstalls) and
+sends them in batches, several in flight; a failed batch is resent later, so batches commit out of order and "the highest acknowledged sequence"
 says nothing about the ones below it. The control plane therefore keeps, per gateway, the exact set of sequence
 numbers whose batches it has stored:
 
