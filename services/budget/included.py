@@ -1,8 +1,8 @@
 """Which of one gateway's own usage events the control plane's figures include: a watermark and ranges above it.
 
 An agent numbers its spool's events (UsageEvent.sequence: rising, never reused, also across reinstalls) and
-sends them in batches, several in flight; a failed batch is resent later, so batches commit out of order and "the highest acknowledged sequence"
-says nothing about the ones below it. The control plane therefore keeps, per gateway, the exact set of sequence
+sends them in batches, several in flight; a failed batch is resent later, so batches commit out of order and
+"the highest acknowledged sequence" says nothing about the ones below it. The control plane therefore keeps, per gateway, the exact set of sequence
 numbers whose batches it has stored:
 
 - `through`: every sequence number up to it is included. It moves up with the agent's promise
