@@ -2,8 +2,8 @@
 
 An agent numbers its spool's events (UsageEvent.sequence: rising, never reused, also across reinstalls) and
 sends them in batches, several in flight; a failed batch is resent later, so batches commit out of order and
-"the highest acknowledged sequence" says nothing about the ones below it. The control plane therefore keeps, per gateway, the exact set of sequence
-numbers whose batches it has stored:
+"the highest acknowledged sequence" says nothing about the ones below it. The control plane therefore keeps,
+per gateway, the exact set of sequence numbers whose batches it has stored:
 
 - `through`: every sequence number up to it is included. It moves up with the agent's promise
   (committed_through_sequence: "everything of mine up to here was acknowledged") and when the ranges reach it.
