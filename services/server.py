@@ -25,27 +25,22 @@ from meterwire.heartbeat.v1 import heartbeat_service_pb2, heartbeat_service_pb2_
 from meterwire.reporting.v1 import reporting_service_pb2, reporting_service_pb2_grpc
 from meterwire.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.accounting.maintenance import rollup_maintenance_jobs
-from services.admin.service import AdminService
 from services.admin.servicer import AdminServicer
 from services.auth import ROLES_ATTRIBUTE, Role
-from services.budget.changes import BudgetChanges
 from services.budget.delivery import WebhookDeliverer
 from services.budget.service import BudgetService
 from services.budget.servicer import BudgetServicer
 from services.budget.snapshots import BudgetSnapshots
 from services.budget.webhooks import Webhooks
-from services.config.hub import ConfigHub
 from services.config.service import ConfigService
 from services.config.servicer import ConfigServicer
 from services.config.validation import ConfigLimits
-from services.heartbeat.fleet import Fleet
+from services.deps import ServiceDeps
 from services.heartbeat.servicer import HeartbeatServicer
 from services.interceptors import ServerInterceptor
 from services.jobs import JobRunner, PeriodicJob
 from services.lifecycle import Lifecycle, Managed
-from services.pricing import PriceBooks
 from services.reporting.servicer import ReportingServicer
-from services.revocation import Revocations
 from services.settings import ServerSettings, ServiceName, parse_listen_address
 from services.storage import tables
 from services.storage.engine import check_connection, create_engine, maintenance_warnings
@@ -64,34 +59,6 @@ _REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 class StartupError(Exception):
     """The control plane cannot start; the message names the setting or resource at fault."""
-
-
-@dataclass(frozen=True)
-class ServiceDeps:
-    """The shared objects of one control plane, built once at start and handed to every servicer factory."""
-
-    settings: ServerSettings
-    engine: AsyncEngine
-    admin: AdminService
-    revocations: Revocations
-    config_hub: ConfigHub
-    """The latest config of every environment (loaded when a service that reads config is hosted)."""
-    fleet: Fleet
-    """Every gateway's heartbeat state (loaded when heartbeat or config is hosted)."""
-    prices: PriceBooks
-    """Each environment's pricing table and currency, read through the config hub."""
-    budget_changes: BudgetChanges
-    """Wakes budget snapshot streams when usage commits or budgets change (the writer and budgets tell it)."""
-
-    @classmethod
-    def build(cls, settings: ServerSettings, engine: AsyncEngine) -> ServiceDeps:
-        """Constructs the shared objects; none touches the database until loaded."""
-        revocations = Revocations(engine, poll_interval=settings.revocation_poll_interval)
-        admin = AdminService(engine, revocations=revocations, token_cache_ttl=settings.revocation_poll_interval)
-        hub = ConfigHub(engine, settings)
-        fleet = Fleet(engine, settings, hub)
-        changes = BudgetChanges(engine, poll_interval=settings.budget_snapshot_poll_interval)
-        return cls(settings, engine, admin, revocations, hub, fleet, PriceBooks(hub), changes)
 
 
 _READS_CONFIG = frozenset(

@@ -24,7 +24,7 @@ from services.reporting.reports import UsageReports
 from services.settings import parse_listen_address
 
 if TYPE_CHECKING:
-    from services.server import ServiceDeps
+    from services.deps import ServiceDeps
 
 log = structlog.get_logger("meterwire.console")
 
