@@ -237,13 +237,13 @@ async def _ranked_groups(
     if full_key:
         ranking = replace(aggregation, columns=metric_columns(query.order_by, field="order_by"))
         metric_sums = await aggregate(connection, ranking, names, plan=plan)
-        ordered = _ranked(
-            {key: sums for (_, key), sums in metric_sums.items()}, query.order_by, ascending=query.ascending
-        )
-        ranked = [key for key, _ in ordered]
+        # Ranking every group (there may be millions of users or keys) is CPU work: off the event loop.
+        ranked = await asyncio.to_thread(_ranked_keys, metric_sums, query)
         top = ranked[: query.top_n] if query.top_n else ranked
         folds = len(top) < len(ranked)
         wanted = top if folds else top[query.offset : query.offset + query.size]
+        if not wanted:
+            return RankedGroups(ranked, {})  # a page past the last group
         narrowed = _narrowed(aggregation.selection, aggregation.groupings, wanted, names)
         if narrowed is not None:
             clamped: list[str] = []
@@ -262,7 +262,12 @@ async def _ranked_groups(
                 return RankedGroups(ranked, sums, other)
     totals = await aggregate(connection, aggregation, names, plan=plan)
     groups = {key: sums for (_, key), sums in totals.items()}
-    return RankedGroups([key for key, _ in _ranked(groups, query.order_by, ascending=query.ascending)], groups)
+    return RankedGroups(await asyncio.to_thread(_ranked_keys, totals, query), groups)
+
+
+def _ranked_keys(totals: dict[tuple[int, GroupKey], Sums], query: BreakdownQuery) -> list[GroupKey]:
+    ranked = _ranked({key: sums for (_, key), sums in totals.items()}, query.order_by, ascending=query.ascending)
+    return [key for key, _ in ranked]
 
 
 def _narrowed(
