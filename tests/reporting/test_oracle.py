@@ -200,23 +200,13 @@ async def check_breakdowns(
     # Every user, page by page (no top_n: each page's users are summed in full, nothing folds).
     by_user = grouped(selected, lambda e: (e.message.user_id,))
     user_order = sorted(by_user, key=lambda key: (-Figures(by_user[key]).cost, key))
-    user_rows: list[pb.BreakdownRow] = []
-    token = ""
-    while True:
-        page = await stub.GetUsageBreakdown(
-            pb.GetUsageBreakdownRequest(
-                filter=usage_filter(start_us, end_us),
-                group_by=[pb.GroupBy(dimension=pb.DIMENSION_USER)],
-                page_size=3,
-                page_token=token,
-            ),
-            metadata=admin,
-        )
-        assert not page.HasField("other")
-        user_rows.extend(page.rows)
-        token = page.next_page_token
-        if not token:
-            break
+    user_rows = await every_page(
+        stub,
+        admin,
+        pb.GetUsageBreakdownRequest(
+            filter=usage_filter(start_us, end_us), group_by=[pb.GroupBy(dimension=pb.DIMENSION_USER)], page_size=3
+        ),
+    )
     assert [tuple(row.keys) for row in user_rows] == user_order
     for row in user_rows:
         assert_summary(row.summary, Figures(by_user[tuple(row.keys)]), seconds=seconds)
@@ -224,26 +214,33 @@ async def check_breakdowns(
     # A tag grouping (raw events) ordered by requests, read page by page.
     by_team = grouped(selected, lambda e: (e.message.tags.get("team", ""),))
     expected_order = sorted(by_team, key=lambda key: (-Figures(by_team[key]).requests, key))
-    rows: list[pb.BreakdownRow] = []
-    token = ""
-    while True:
-        page = await stub.GetUsageBreakdown(
-            pb.GetUsageBreakdownRequest(
-                filter=usage_filter(start_us, end_us),
-                group_by=[pb.GroupBy(dimension=pb.DIMENSION_TAG, tag_key="team")],
-                order_by=pb.METRIC_REQUESTS,
-                page_size=2,
-                page_token=token,
-            ),
-            metadata=admin,
-        )
-        rows.extend(page.rows)
-        token = page.next_page_token
-        if not token:
-            break
+    rows = await every_page(
+        stub,
+        admin,
+        pb.GetUsageBreakdownRequest(
+            filter=usage_filter(start_us, end_us),
+            group_by=[pb.GroupBy(dimension=pb.DIMENSION_TAG, tag_key="team")],
+            order_by=pb.METRIC_REQUESTS,
+            page_size=2,
+        ),
+    )
     assert [tuple(row.keys) for row in rows] == expected_order
     for row in rows:
         assert row.summary.cost_micros == Figures(by_team[tuple(row.keys)]).cost
+
+
+async def every_page(
+    stub: pb_grpc.ReportingServiceAsyncStub, admin: tuple[tuple[str, str], ...], request: pb.GetUsageBreakdownRequest
+) -> list[pb.BreakdownRow]:
+    """The rows of a breakdown without top_n, read page by page (no page has an "(other)" row)."""
+    rows: list[pb.BreakdownRow] = []
+    while True:
+        page = await stub.GetUsageBreakdown(request, metadata=admin)
+        assert not page.HasField("other")
+        rows.extend(page.rows)
+        if not page.next_page_token:
+            return rows
+        request.page_token = page.next_page_token
 
 
 async def check_time_series(
