@@ -221,9 +221,18 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
     breakdown = BreakdownQuery(selection, model, order_by=pb.METRIC_COST, top_n=10)
     series = SeriesRequest(selection, pb.GRANULARITY_HOUR, "UTC", (pb.METRIC_REQUESTS, pb.METRIC_COST), None, 10)
     hourly = bucket_grid(start_us, end_us, pb.GRANULARITY_HOUR, time_zone("UTC"), max_points=10_000)
+    # The console's "top users by cost" (full-key rollups: nearly a row per request and user) and its
+    # "today, 5-minute buckets" (per-minute rollups; no coarser table splits an hour).
+    users = (Grouping(pb.DIMENSION_USER),)
+    by_user = BreakdownQuery(selection, users, order_by=pb.METRIC_COST, top_n=10, size=10)
+    day_start = end_us - 86_400_000_000
+    last_day = UsageSelection(start_us=day_start, end_us=end_us, environment_ids=None)
+    five = SeriesRequest(last_day, pb.GRANULARITY_FIVE_MINUTES, "UTC", (pb.METRIC_COST,), None, 0)
+    five_grid = bucket_grid(day_start, end_us, pb.GRANULARITY_FIVE_MINUTES, time_zone("UTC"), max_points=10_000)
 
     async def raw(aggregation: Aggregation) -> None:
-        plan = QueryPlan({Source.RAW: ((start_us, end_us),)})
+        selected = aggregation.selection
+        plan = QueryPlan({Source.RAW: ((selected.start_us, selected.end_us),)})
         async with engine.connect() as connection:
             await aggregate(connection, aggregation, await KeyNames.load(connection), plan=plan)
 
@@ -249,6 +258,16 @@ async def measure(engine: AsyncEngine, start_us: int, end_us: int, *, runs: int,
             "hourly series",
             lambda: reports.time_series(series),
             lambda: raw(Aggregation(selection, hourly, (), ("request_count", "cost_micros"))),
+        ),
+        (
+            "top-10 users",
+            lambda: reports.breakdown(by_user),
+            lambda: raw(Aggregation(selection, whole_range(start_us, end_us), users)),
+        ),
+        (
+            "5-min, last day",
+            lambda: reports.time_series(five),
+            lambda: raw(Aggregation(last_day, five_grid, (), ("cost_micros",))),
         ),
     ]
     print(

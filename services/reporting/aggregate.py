@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from meterwire.common.v1 import usage_pb2
 from meterwire.reporting.v1 import reporting_service_pb2 as pb
-from services.accounting.bounds import stored_integer
+from services.accounting.bounds import INT64_MAX, INT64_MIN, stored_integer
 from services.accounting.compaction import dirty_hours
 from services.accounting.measures import COUNT_COLUMNS, StatusClass
 from services.accounting.sql import RAW_SUMS
@@ -54,12 +54,22 @@ _REQUEST_TYPES: Final[dict[int, str]] = {
     if value != usage_pb2.REQUEST_TYPE_UNSPECIFIED
 }
 
+_STORED_ENUMS: Final[dict[int, dict[str, int]]] = {
+    dimension: {name: value for value, name in names.items()}
+    for dimension, names in (
+        (pb.DIMENSION_CREDENTIAL_TYPE, _CREDENTIAL_TYPES),
+        (pb.DIMENSION_STATUS_CLASS, _STATUS_CLASSES),
+        (pb.DIMENSION_REQUEST_TYPE, _REQUEST_TYPES),
+    )
+}
+
 
 class KeyNames:
     """Turns stored dimension values into display keys: gateway ids for gateway keys, names for enums."""
 
     def __init__(self, gateway_ids: dict[int, str]) -> None:
         self._gateway_ids = gateway_ids
+        self._gateway_keys = {gateway_id: key for key, gateway_id in gateway_ids.items()}
 
     @classmethod
     async def load(cls, connection: AsyncConnection) -> KeyNames:
@@ -69,6 +79,18 @@ class KeyNames:
 
     def gateway_id(self, gateway_key: int) -> str:
         return self._gateway_ids.get(gateway_key, str(gateway_key))
+
+    def stored(self, grouping: Grouping, name: str) -> str | int | None:
+        """The stored value `name` displays (name's inverse); None where that is ambiguous or unknown: the
+        empty name (a NULL or an unknown value), tags, and gateway keys without a gateway."""
+        dimension = grouping.dimension
+        if not name or grouping.is_tag:
+            return None
+        if dimension == pb.DIMENSION_GATEWAY:
+            return name if name in self._gateway_keys else None
+        if dimension in _STORED_ENUMS:
+            return _STORED_ENUMS[dimension].get(name)
+        return name
 
     def name(self, grouping: Grouping, value: Any) -> str:
         dimension = grouping.dimension
@@ -130,9 +152,17 @@ async def plan_for(connection: AsyncConnection, aggregation: Aggregation) -> Que
 
 
 async def aggregate(
-    connection: AsyncConnection, aggregation: Aggregation, names: KeyNames, *, plan: QueryPlan | None = None
+    connection: AsyncConnection,
+    aggregation: Aggregation,
+    names: KeyNames,
+    *,
+    plan: QueryPlan | None = None,
+    clamped: list[str] | None = None,
 ) -> Totals:
-    """Sums per (bucket, group) over every source of the plan (default: the planner's), merged in Python."""
+    """Sums per (bucket, group) over every source of the plan (default: the planner's), merged in Python.
+
+    With `clamped`, the metric column of every value the database returned at an int64 bound (a saturated
+    sum, or one that may be) is appended to it."""
     plan = plan if plan is not None else await plan_for(connection, aggregation)
     totals: Totals = {}
     bounds = aggregation.grid.bounds_us
@@ -162,7 +192,10 @@ async def aggregate(
                 if value is not None:
                     # Exact ints as they are (Python's are unbounded; the answer is clamped at the edge);
                     # PostgreSQL's numeric sums and floats from older versions through stored_integer.
-                    sums[position] += value if value.__class__ is int else stored_integer(value)
+                    value = value if value.__class__ is int else stored_integer(value)
+                    sums[position] += value
+                    if clamped is not None and not INT64_MIN < value < INT64_MAX:
+                        clamped.append(SUM_COLUMNS[position])
     return totals
 
 

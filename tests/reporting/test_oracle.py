@@ -177,29 +177,70 @@ async def check_breakdowns(
     rest = [e for _, group in ranked[5:] for e in group]
     assert_summary(response.other.summary, Figures(rest), seconds=seconds)
 
+    # By API key and request type (an enum read back to its stored value), fewest requests first: the groups
+    # are ranked from the requests alone, then summed in full for the top 3 only; (other) is the rest.
+    request_types = {usage_pb2.REQUEST_TYPE_CHAT: "chat", usage_pb2.REQUEST_TYPE_EMBEDDING: "embedding"}
+    by_key_type = grouped(selected, lambda e: (e.message.api_key_id, request_types[e.message.request_type]))
+    ranked = sorted(by_key_type.items(), key=lambda item: (Figures(item[1]).requests, item[0]))
+    response = await stub.GetUsageBreakdown(
+        pb.GetUsageBreakdownRequest(
+            filter=usage_filter(start_us, end_us),
+            group_by=[pb.GroupBy(dimension=pb.DIMENSION_API_KEY), pb.GroupBy(dimension=pb.DIMENSION_REQUEST_TYPE)],
+            order_by=pb.METRIC_REQUESTS,
+            ascending=True,
+            top_n=3,
+        ),
+        metadata=admin,
+    )
+    assert [tuple(row.keys) for row in response.rows] == [key for key, _ in ranked[:3]]
+    for row, (_, group) in zip(response.rows, ranked[:3], strict=True):
+        assert_summary(row.summary, Figures(group), seconds=seconds)
+    assert_summary(response.other.summary, Figures([e for _, group in ranked[3:] for e in group]), seconds=seconds)
+
+    # Every user, page by page (no top_n: each page's users are summed in full, nothing folds).
+    by_user = grouped(selected, lambda e: (e.message.user_id,))
+    user_order = sorted(by_user, key=lambda key: (-Figures(by_user[key]).cost, key))
+    user_rows = await every_page(
+        stub,
+        admin,
+        pb.GetUsageBreakdownRequest(
+            filter=usage_filter(start_us, end_us), group_by=[pb.GroupBy(dimension=pb.DIMENSION_USER)], page_size=3
+        ),
+    )
+    assert [tuple(row.keys) for row in user_rows] == user_order
+    for row in user_rows:
+        assert_summary(row.summary, Figures(by_user[tuple(row.keys)]), seconds=seconds)
+
     # A tag grouping (raw events) ordered by requests, read page by page.
     by_team = grouped(selected, lambda e: (e.message.tags.get("team", ""),))
     expected_order = sorted(by_team, key=lambda key: (-Figures(by_team[key]).requests, key))
-    rows: list[pb.BreakdownRow] = []
-    token = ""
-    while True:
-        page = await stub.GetUsageBreakdown(
-            pb.GetUsageBreakdownRequest(
-                filter=usage_filter(start_us, end_us),
-                group_by=[pb.GroupBy(dimension=pb.DIMENSION_TAG, tag_key="team")],
-                order_by=pb.METRIC_REQUESTS,
-                page_size=2,
-                page_token=token,
-            ),
-            metadata=admin,
-        )
-        rows.extend(page.rows)
-        token = page.next_page_token
-        if not token:
-            break
+    rows = await every_page(
+        stub,
+        admin,
+        pb.GetUsageBreakdownRequest(
+            filter=usage_filter(start_us, end_us),
+            group_by=[pb.GroupBy(dimension=pb.DIMENSION_TAG, tag_key="team")],
+            order_by=pb.METRIC_REQUESTS,
+            page_size=2,
+        ),
+    )
     assert [tuple(row.keys) for row in rows] == expected_order
     for row in rows:
         assert row.summary.cost_micros == Figures(by_team[tuple(row.keys)]).cost
+
+
+async def every_page(
+    stub: pb_grpc.ReportingServiceAsyncStub, admin: tuple[tuple[str, str], ...], request: pb.GetUsageBreakdownRequest
+) -> list[pb.BreakdownRow]:
+    """The rows of a breakdown without top_n, read page by page (no page has an "(other)" row)."""
+    rows: list[pb.BreakdownRow] = []
+    while True:
+        page = await stub.GetUsageBreakdown(request, metadata=admin)
+        assert not page.HasField("other")
+        rows.extend(page.rows)
+        if not page.next_page_token:
+            return rows
+        request.page_token = page.next_page_token
 
 
 async def check_time_series(

@@ -28,7 +28,7 @@ from services.storage.migrate import (
 
 
 def test_head_revision_is_the_newest_migration() -> None:
-    assert HEAD_REVISION == "0004"
+    assert HEAD_REVISION == "0005"
 
 
 async def test_migrations_upgrade_an_empty_database(database_url: str) -> None:
