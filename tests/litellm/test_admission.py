@@ -70,20 +70,15 @@ def enforcement(serve_process: ServeProcess, budget_id: str) -> heartbeat_pb.Bud
 
 
 def require_budget_snapshots(serve_process: ServeProcess, agent_env: AgentEnv) -> None:
-    """Agents enforce budgets from the snapshots the control plane streams (BudgetService.WatchBudgetStates, the
-    control-plane half of issue #16); a control plane that does not serve them yet cannot be enforced against."""
+    """Agents enforce budgets from the snapshots the control plane streams (BudgetService.WatchBudgetStates): the
+    control plane under test must stream one, or the tests below fail here, naming why."""
     token = agent_env.token_file.read_text().strip()
     with grpc.insecure_channel(serve_process.address) as channel:
         stream = budget_grpc.BudgetServiceStub(channel).WatchBudgetStates(
             budget_pb.WatchBudgetStatesRequest(environment_id=ENVIRONMENT), metadata=bearer(token), timeout=5
         )
-        try:
-            for _ in stream:
-                break  # one snapshot is enough; closing the channel ends the stream
-        except grpc.RpcError as error:
-            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
-                pytest.skip(f"this control plane does not stream budget snapshots yet: {error.details()}")
-            raise
+        for _ in stream:
+            break  # one snapshot is enough; closing the channel ends the stream
 
 
 @pytest.fixture(scope="module")

@@ -255,20 +255,8 @@ def _sent(method: MethodDescriptor) -> st.SearchStrategy[list[bytes]]:
     return st.lists(body, min_size=1, max_size=3) if method.client_streaming else st.lists(body, min_size=1, max_size=1)
 
 
-KNOWN_FAILURES: Final[dict[str, str]] = {}
-"""RPC -> a bug this fuzz still finds with its default examples, marked as a strict xfail (a fix turns it into
-a failure until the mark goes). None is left: the last, ExportUsage's unbounded work (issue 17, class 2), is
-fixed and its case runs like every other."""
-
-
 def _cases() -> list[Any]:
-    cases = []
-    for method in CONTROL_PLANE_METHODS:
-        marks = []
-        if method.full_name in KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[method.full_name]))
-        cases.append(pytest.param(method, id=method.full_name.removeprefix("meterwire."), marks=marks))
-    return cases
+    return [pytest.param(method, id=method.full_name.removeprefix("meterwire.")) for method in CONTROL_PLANE_METHODS]
 
 
 @pytest.mark.parametrize("method", _cases())
