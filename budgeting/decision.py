@@ -143,15 +143,32 @@ class WindowFigures:
         return max(1, int(self.window.end_s - now_s + 0.999))
 
 
-def refuses(committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
-    """The one admission rule: whether a request expected to add `expected` would take a window over its limit.
+def headroom(committed: int, limit: int, own_committed: int = 0, allowance: int | None = None) -> int:
+    """How much a window can still take: `limit - committed`, less where a lease (agents) leaves this gateway less.
 
-    `committed` is used + reserved. A window at its limit refuses whatever the estimate; a lease (agents) is a
-    second limit on this gateway's own usage and reservations (`own_committed`), applied the same way.
+    `committed` is used + reserved; `own_committed` is this gateway's own usage and reservations, which a lease
+    bounds. Headroom moves one for one with committed usage (own usage moves both terms), so an agent keeps it up
+    to date as usage and reservations change rather than working it out on every check.
     """
-    if committed >= limit or committed + expected > limit:
-        return True
-    return allowance is not None and (own_committed >= allowance or own_committed + expected > allowance)
+    room = limit - committed
+    if allowance is not None and allowance - own_committed < room:
+        return allowance - own_committed
+    return room
+
+
+def needed(expected: int) -> int:
+    """The headroom a request expected to add `expected` needs to be admitted: that much, and at least 1 (a window
+    at its limit refuses whatever the estimate)."""
+    return expected if expected > 0 else 1
+
+
+def refuses(committed: int, limit: int, expected: int, own_committed: int = 0, allowance: int | None = None) -> bool:
+    """The one admission rule: a request is refused iff it needs more than the window's headroom.
+
+    That is: the window is at its limit (committed >= limit) or the request would take it over (committed +
+    expected > limit); with a lease, the same for this gateway's own usage against its allowance.
+    """
+    return needed(expected) > headroom(committed, limit, own_committed, allowance)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,23 +67,28 @@ class BudgetFigures(NamedTuple):
         return self.budget.budget_id
 
 
-_FIGURES_OF: Final = operator.attrgetter("server_used", "pending", "reserved")
+_PENDING: Final = operator.attrgetter("pending")
+_RESERVED: Final = operator.attrgetter("reserved")
 
 
 class Taken(NamedTuple):
-    """The matched budgets' figures at decision time: (server_used, pending, reserved) per entry."""
+    """The matched budgets' local figures at decision time (an entry's server figure is fixed: it is read from it)."""
 
     entries: tuple[BudgetEntry, ...]
-    values: tuple[tuple[int, int, int], ...]
+    pending: tuple[int, ...]
+    reserved: tuple[int, ...]
     counts: Callable[[str], tuple[int, int]]
 
     @classmethod
     def of(cls, entries: tuple[BudgetEntry, ...], counts: Callable[[str], tuple[int, int]]) -> Taken:
-        """The entries' figures now, in one C-level pass (call it under the view's lock)."""
-        return cls(entries, tuple(map(_FIGURES_OF, entries)), counts)
+        """The entries' figures now, in C-level passes (call it under the view's lock)."""
+        return cls(entries, tuple(map(_PENDING, entries)), tuple(map(_RESERVED, entries)), counts)
 
     def figures(self) -> tuple[BudgetFigures, ...]:
-        return tuple(_figures(e, *v, self.counts(e.budget_id)) for e, v in zip(self.entries, self.values, strict=True))
+        return tuple(
+            _figures(entry, entry.server_used, pending, reserved, self.counts(entry.budget_id))
+            for entry, pending, reserved in zip(self.entries, self.pending, self.reserved, strict=True)
+        )
 
 
 def _figures(

@@ -7,7 +7,7 @@ from typing import Final
 
 import structlog
 
-from budgeting.decision import BudgetRule, Metric, Mode, check_thresholds, warning_from
+from budgeting.decision import BudgetRule, Metric, Mode, check_thresholds, headroom, needed, warning_from
 from budgeting.scope import Scope
 from budgeting.windows import Period, UnknownTimeZoneError, Window, time_zone, window_at
 from meterwire.budget.v1 import budget_service_pb2 as budget_pb
@@ -22,21 +22,30 @@ _METRIC_INDEX: Final = {Metric.SPEND: 0, Metric.TOKENS: 1, Metric.REQUESTS: 2}
 
 class BudgetEntry:
     """One budget in force: its rule and window (fixed per snapshot and window), and the mutable local figures
-    (changed only under the BudgetView's lock)."""
+    (changed only under the BudgetView's lock).
+
+    The admission rule's headroom moves one for one with this gateway's own usage and reservations
+    (budgeting.decision.headroom), so it is worked out once per entry without them (`room`) and a check subtracts
+    `pending + reserved`: nothing derived has to be kept in step as usage and reservations change.
+    """
 
     __slots__ = (
         "allowance",
+        "amount_index",
         "budget",
         "budget_id",
         "hard",
         "limit",
         "metric_index",
         "pending",
+        "quiet_below",
         "reserved",
+        "room",
         "rule",
         "server_used",
         "sharing_gateways",
         "warn_from",
+        "warn_room",
         "window",
     )
 
@@ -57,6 +66,8 @@ class BudgetEntry:
         self.limit = rule.limit
         self.metric_index = _METRIC_INDEX[rule.metric]
         """Where the budget's metric is in a (spend, tokens, requests) triple."""
+        self.amount_index = self.metric_index if self.hard else 3 + self.metric_index
+        """Where it is in a request's (hard-stop triple, warn-only triple) of expected amounts."""
         self.warn_from = warning_from(rule.limit, rule.thresholds)
         """used + reserved from which the budget is past an alert threshold (WARN)."""
         self.window = window
@@ -67,6 +78,12 @@ class BudgetEntry:
         """This gateway's usage in the window that the snapshot does not include."""
         self.reserved = 0
         """Held by open reservations."""
+        self.room = headroom(server_used, rule.limit, 0, allowance)
+        """The headroom with no own usage or reservation: the headroom is `room - (pending + reserved)`."""
+        self.warn_room = self.warn_from - server_used
+        """Past an alert threshold once pending + reserved >= warn_room."""
+        self.quiet_below = min(self.room - needed(0) + 1, self.warn_room)
+        """While pending + reserved is below this, a request expected to add nothing is admitted with no warning."""
 
 
 def rule_of(budget: budget_pb.Budget) -> BudgetRule | None:

@@ -7,6 +7,7 @@ gateway threads call check() at once; nothing here waits for I/O.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Final, NamedTuple
 
 import structlog
 
-from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Verdict, refuses
+from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Verdict, needed
 from budgeting.pricing import PriceBook, price_tokens
 from gateway_agent.budget_decision import (
     BudgetFigures,
@@ -41,7 +42,7 @@ DISABLED_KEY_HTTP_STATUS: Final = 403
 DEFAULT_DENY_MESSAGE: Final = "budget exceeded"
 _MATCH_CACHE_SIZE: Final = 4096
 _NO_TAGS: Final[tuple[tuple[str, str], ...]] = ()
-_NOTHING: Final = (0, 0, 0)
+_NOTHING: Final = (0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,20 @@ class ReservationLimits:
 class _Reservation(NamedTuple):
     expire_s: float
     entries: tuple[BudgetEntry, ...]
-    """The budgets it holds against (as entries of the snapshot it was made under; found again by id)."""
+    """The budgets it holds against (entries in force: _install moves it to a new snapshot's entries)."""
     amounts: list[int]
     """What it holds against each."""
 
 
-def _new_reservation_id() -> str:
-    return "rsv_" + os.urandom(12).hex()
+class _Matched:
+    """The budgets one shape of request matches, and their figures as last taken (see BudgetView._taken)."""
+
+    __slots__ = ("entries", "generation", "taken")
+
+    def __init__(self, entries: tuple[BudgetEntry, ...]) -> None:
+        self.entries = entries
+        self.generation = -1
+        self.taken: Taken | None = None
 
 
 class BudgetView:
@@ -89,12 +97,17 @@ class BudgetView:
         self._budgets: tuple[BudgetEntry, ...] = ()
         self._by_id: dict[str, BudgetEntry] = {}
         self._rollover_at = float("inf")
-        self._match_cache: dict[tuple[object, ...], tuple[BudgetEntry, ...]] = {}
+        self._match_cache: dict[tuple[object, ...], _Matched] = {}
         """Request attributes -> the budgets they match (checks)."""
         self._scope_cache: dict[AttributeKey, tuple[BudgetEntry, ...]] = {}
         """Event attributes -> the budgets whose scope they match (record)."""
+        self._generation = 0
+        """Moves with every change of an entry's pending or reserved figure (see _taken)."""
         self._own = OwnUsage()
         self._reservations: dict[str, _Reservation] = {}
+        self._reservation_prefix = f"rsv_{os.urandom(8).hex()}_"
+        """Random per view, so an id from before a restart never names a reservation made after it."""
+        self._reservation_numbers = itertools.count(1)
         self._denied: dict[str, int] = {}
         self._shadow_denied: dict[str, int] = {}
 
@@ -144,11 +157,18 @@ class BudgetView:
                 entry.pending = known.pending
             else:
                 entry.pending = self._own_usage(entry)
-        for reservation in self._reservations.values():
-            for entry, amount in zip(reservation.entries, reservation.amounts, strict=True):
-                held = self._by_id.get(entry.budget_id)
-                if held is not None:
-                    held.reserved += amount
+        by_id = self._by_id
+        for reservation_id, reservation in self._reservations.items():  # moved to the new entries, by budget id
+            held = [
+                (by_id[entry.budget_id], amount)
+                for entry, amount in zip(reservation.entries, reservation.amounts, strict=True)
+                if entry.budget_id in by_id
+            ]
+            for entry, amount in held:
+                entry.reserved += amount
+            self._reservations[reservation_id] = _Reservation(
+                reservation.expire_s, tuple(entry for entry, _ in held), [amount for _, amount in held]
+            )
         self._rollover_at = min((e.window.end_s for e in entries if e.window.end_s is not None), default=float("inf"))
 
     def _own_usage(self, entry: BudgetEntry) -> int:
@@ -204,12 +224,14 @@ class BudgetView:
             amounts = (digest.spend_micros, digest.tokens, digest.requests)
             for entry in matching:
                 entry.pending += amounts[entry.metric_index]
+            self._generation += 1
 
     def _count(self, event: OwnEvent, sign: int) -> None:
         moment, attributes, amounts = event.event_time_s, event.attributes, event.amounts
         for entry in self._budgets:
             if entry.window.contains(moment) and entry.rule.scope.matches_event(attributes, attributes.tags):
                 entry.pending += sign * amounts[entry.metric_index]
+        self._generation += 1
 
     def acknowledged(self, sequences: Iterable[int], rejected: Iterable[int]) -> list[DigestRow]:
         """An ack: rejected events stop counting; the digests of the accepted ones not included yet, to persist.
@@ -253,11 +275,9 @@ class BudgetView:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is None:
             return False
-        by_id = self._by_id
-        for held, amount in zip(reservation.entries, reservation.amounts, strict=True):
-            entry = by_id.get(held.budget_id)
-            if entry is not None:
-                entry.reserved -= amount
+        for entry, amount in zip(reservation.entries, reservation.amounts, strict=True):
+            entry.reserved -= amount
+        self._generation += 1
         return True
 
     def expire_reservations(self) -> int:
@@ -300,11 +320,11 @@ class BudgetView:
             if now >= self._rollover_at:
                 self._roll_windows(now)
             matched = self._matching(request)
-            if not matched:
+            if not matched.entries:
                 return allowed_decision("no budget applies", config_version)
             return self._decide(request, matched, now)
 
-    def _matching(self, request: CheckRequest) -> tuple[BudgetEntry, ...]:
+    def _matching(self, request: CheckRequest) -> _Matched:
         tags = request.tags
         key = (
             request.api_key_id,
@@ -324,15 +344,16 @@ class BudgetView:
             "provider": "",
             "route": request.route,
         }
-        matched = tuple(e for e in self._budgets if e.rule.scope.matches_event(attributes, tags))
+        matched = _Matched(tuple(e for e in self._budgets if e.rule.scope.matches_event(attributes, tags)))
         if len(self._match_cache) >= _MATCH_CACHE_SIZE:
             self._match_cache.clear()
         self._match_cache[key] = matched
         return matched
 
-    def _expected(self, request: CheckRequest) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-        """What the request is expected to add, by metric (spend, tokens, requests): for hard-stop budgets and for
-        warn-only ones (they differ only for an estimate that cannot be priced: the cap, and nothing)."""
+    def _expected(self, request: CheckRequest) -> tuple[int, ...] | None:
+        """What the request is expected to add, by metric (spend, tokens, requests) for hard-stop budgets, then the
+        same for warn-only ones (they differ only for an estimate that cannot be priced: the cap, and nothing).
+        BudgetEntry.amount_index says where a budget's amount is."""
         estimate = request.estimate
         if estimate is None:
             return None
@@ -354,39 +375,49 @@ class BudgetView:
                 spend = None if cost is None else cost.cost_micros
         tokens = min(tokens, limits.max_tokens)
         if spend is None:
-            return (limits.max_micros, tokens, 1), (0, tokens, 1)
+            return (limits.max_micros, tokens, 1, 0, tokens, 1)
         spend = min(max(0, spend), limits.max_micros)
-        return (spend, tokens, 1), (spend, tokens, 1)
+        return (spend, tokens, 1, spend, tokens, 1)
 
-    def _decide(self, request: CheckRequest, matched: tuple[BudgetEntry, ...], now: float) -> Decision:
+    def _decide(self, request: CheckRequest, group: _Matched, now: float) -> Decision:
+        """The admission rule per matched budget: refused iff the request needs more than the budget's headroom
+        (BudgetEntry.room less own usage and reservations: one subtraction and one comparison per budget)."""
+        matched = group.entries
         expected = self._expected(request)
+        if expected is None:
+            for entry in matched:  # the common case, nothing estimated and every budget quiet: decided in one pass
+                if entry.pending + entry.reserved >= entry.quiet_below:
+                    break
+            else:
+                return allowed_decision("within budget", self._config_version, Verdict.ALLOW, self._taken(group))
+            expected = _NOTHING
         # An estimate that cannot be priced: a hard stop holds the cap (unpriced traffic must not pass it), a
         # warn-only budget nothing.
-        hard_amounts, soft_amounts = expected if expected is not None else (_NOTHING, _NOTHING)
-        amounts: list[int] = []
+        needs = tuple(map(needed, expected))
         shadows: list[BudgetEntry] = []
         warned = False
+        amounts: list[int] = []
         for entry in matched:
-            amount = (hard_amounts if entry.hard else soft_amounts)[entry.metric_index]
-            amounts.append(amount)
+            index = entry.amount_index
             own = entry.pending + entry.reserved
-            committed = entry.server_used + own
-            if refuses(committed, entry.limit, amount, own, entry.allowance):  # positional: the hot loop
+            if needs[index] > entry.room - own:  # budgeting.decision.refuses, by headroom's linearity
                 if entry.hard:
-                    return self._denial(entry, matched, amount, now)
+                    return self._denial(entry, matched, expected[index], now)
                 shadows.append(entry)
-            elif committed >= entry.warn_from:
+            elif own >= entry.warn_room:
                 warned = True
+            amounts.append(expected[index])
         for entry in shadows:
             self._shadow_denied[entry.budget_id] = self._shadow_denied.get(entry.budget_id, 0) + 1
         reservation_id = ""
         expire_s: float | None = None
-        if expected is not None:
-            reservation_id = _new_reservation_id()
+        if expected is not _NOTHING:
+            reservation_id = f"{self._reservation_prefix}{next(self._reservation_numbers)}"
             expire_s = now + self._limits.ttl.total_seconds()
             self._reservations[reservation_id] = _Reservation(expire_s, matched, amounts)
             for entry, amount in zip(matched, amounts, strict=True):
                 entry.reserved += amount
+            self._generation += 1
         verdict = Verdict.WARN if warned or shadows else Verdict.ALLOW
         reason = "within budget"
         if shadows:
@@ -394,7 +425,7 @@ class BudgetView:
             reason = f"warn-only budget {names} is over its limit (a hard stop would deny)"
         elif warned:
             reason = "a warn-only or hard-stop budget is past an alert threshold"
-        return allowed_decision(reason, self._config_version, verdict, self._take(matched), reservation_id, expire_s)
+        return allowed_decision(reason, self._config_version, verdict, self._taken(group), reservation_id, expire_s)
 
     def _denial(self, entry: BudgetEntry, matched: tuple[BudgetEntry, ...], amount: int, now: float) -> Decision:
         self._denied[entry.budget_id] = self._denied.get(entry.budget_id, 0) + 1
@@ -446,6 +477,15 @@ class BudgetView:
     def _take(self, entries: tuple[BudgetEntry, ...]) -> Taken:
         """Under the lock: the entries' figures now (BudgetFigures are built from them only when read)."""
         return Taken.of(entries, self._counts)
+
+    def _taken(self, group: _Matched) -> Taken:
+        """Under the lock: the group's figures now, taken again only when a figure changed since they were last
+        taken (every change of pending or reserved moves the generation)."""
+        taken = group.taken
+        if taken is None or group.generation != self._generation:
+            taken = group.taken = self._take(group.entries)
+            group.generation = self._generation
+        return taken
 
     def _counts(self, budget_id: str) -> tuple[int, int]:
         return self._denied.get(budget_id, 0), self._shadow_denied.get(budget_id, 0)
