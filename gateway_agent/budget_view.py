@@ -18,7 +18,7 @@ from typing import Final, NamedTuple
 
 import structlog
 
-from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Verdict, needed
+from budgeting.decision import DEFAULT_DENY_HTTP_STATUS, Metric, Verdict, needed, refuses
 from budgeting.pricing import PriceBook, price_tokens
 from gateway_agent.budget_decision import (
     BudgetFigures,
@@ -84,6 +84,7 @@ class BudgetView:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._limits = reservations or ReservationLimits()
+        self._ttl_s = self._limits.ttl.total_seconds()
         self._lease_retry_after_s = lease_retry_after_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -394,6 +395,7 @@ class BudgetView:
         # An estimate that cannot be priced: a hard stop holds the cap (unpriced traffic must not pass it), a
         # warn-only budget nothing.
         needs = tuple(map(needed, expected))
+        reserving = expected is not _NOTHING
         shadows: list[BudgetEntry] = []
         warned = False
         amounts: list[int] = []
@@ -402,21 +404,24 @@ class BudgetView:
             own = entry.pending + entry.reserved
             if needs[index] > entry.room - own:  # budgeting.decision.refuses, by headroom's linearity
                 if entry.hard:
+                    for held, amount in zip(matched, amounts, strict=False):  # reserved so far: given back
+                        held.reserved -= amount
                     return self._denial(entry, matched, expected[index], now)
                 shadows.append(entry)
             elif own >= entry.warn_room:
                 warned = True
-            amounts.append(expected[index])
+            if reserving:  # reserved as it goes (one pass); a denial further on gives it back
+                amount = expected[index]
+                entry.reserved += amount
+                amounts.append(amount)
         for entry in shadows:
             self._shadow_denied[entry.budget_id] = self._shadow_denied.get(entry.budget_id, 0) + 1
         reservation_id = ""
         expire_s: float | None = None
-        if expected is not _NOTHING:
+        if reserving:
             reservation_id = f"{self._reservation_prefix}{next(self._reservation_numbers)}"
-            expire_s = now + self._limits.ttl.total_seconds()
+            expire_s = now + self._ttl_s
             self._reservations[reservation_id] = _Reservation(expire_s, matched, amounts)
-            for entry, amount in zip(matched, amounts, strict=True):
-                entry.reserved += amount
             self._generation += 1
         verdict = Verdict.WARN if warned or shadows else Verdict.ALLOW
         reason = "within budget"
@@ -431,7 +436,7 @@ class BudgetView:
         self._denied[entry.budget_id] = self._denied.get(entry.budget_id, 0) + 1
         rule = entry.rule
         used = entry.server_used + entry.pending
-        at_limit = used + entry.reserved + amount > rule.limit or used + entry.reserved >= rule.limit
+        at_limit = refuses(used + entry.reserved, rule.limit, amount)  # the window itself, not only the lease
         if at_limit:
             retry_after = None if entry.window.end_s is None else max(1, int(entry.window.end_s - now + 0.999))
         else:  # only this gateway's lease is spent: a fresh snapshot may renew it
