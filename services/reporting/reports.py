@@ -6,6 +6,7 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Final
 
 import sqlalchemy as sa
@@ -48,6 +49,28 @@ MAX_SERIES_POINTS: Final = 250_000
 max_message_bytes, and a bounded amount of work."""
 
 
+class Detail(Enum):
+    """How much of a UsageSummary a summary or breakdown figures."""
+
+    FULL = "full"
+    """Every field: latency and TTFT percentiles and token categories included (the Reporting RPCs)."""
+    TILES = "tiles"
+    """What a dashboard shows: counts, tokens, money, rates and averages, without percentiles or token categories
+    (they stay unset): 20 of the ~120 rollup columns (the rest are the latency and TTFT histograms) and no pass
+    over token categories, several times cheaper over a long range."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SUM_COLUMNS if self is Detail.FULL else _TILE_COLUMNS
+
+
+_TILE_COLUMNS: Final = tuple(
+    column
+    for column in SUM_COLUMNS
+    if column not in frozenset((*tables.LATENCY_BUCKET_COLUMNS, *tables.TTFT_BUCKET_COLUMNS))
+)
+
+
 async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:
     """The pricing currency of the environments in scope when they share one; "" when they differ or have none."""
     environment_ids = selection.environment_ids
@@ -72,6 +95,7 @@ class BreakdownQuery:
     """Ranked groups to skip (the page's start)."""
     size: int = DEFAULT_PAGE_SIZE
     """Groups on the page."""
+    detail: Detail = Detail.FULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +143,15 @@ class UsageReports:
         self._max_points = max_points
         self._prices = prices
 
-    async def summary(self, selection: UsageSelection) -> UsageFigures:
-        aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us))
+    async def summary(self, selection: UsageSelection, detail: Detail = Detail.FULL) -> UsageFigures:
+        aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us), (), detail.columns)
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
             plan = await plan_for(connection, aggregation)
             totals = await aggregate(connection, aggregation, names, plan=plan)
-            categories = await token_categories(connection, aggregation, names, plan)
+            categories = {}
+            if detail is Detail.FULL:
+                categories = await token_categories(connection, aggregation, names, plan)
             currency = await currency_of(connection, selection, self._prices)
         sums = totals.get((0, ()), [0] * len(SUM_COLUMNS))
         return UsageFigures(
@@ -137,12 +163,16 @@ class UsageReports:
         if query.top_n < 0:
             raise InvalidArgumentError("top_n", "must not be negative; 0 means no limit")
         selection = query.selection
-        aggregation = Aggregation(selection, whole_range(selection.start_us, selection.end_us), query.groupings)
+        aggregation = Aggregation(
+            selection, whole_range(selection.start_us, selection.end_us), query.groupings, query.detail.columns
+        )
         async with self._engine.connect() as connection:
             names = await KeyNames.load(connection)
             plan = await plan_for(connection, aggregation)
             groups = await _ranked_groups(connection, query, aggregation, names, plan)
-            categories = await token_categories(connection, aggregation, names, plan)
+            categories = {}
+            if query.detail is Detail.FULL:
+                categories = await token_categories(connection, aggregation, names, plan)
             currency = await currency_of(connection, selection, self._prices)
         # Ranking every group (there may be millions of users or keys) is CPU work: off the event loop.
         return await asyncio.to_thread(_breakdown_page, query, groups, categories, currency)
@@ -253,7 +283,7 @@ async def _ranked_groups(
             sums = {key: figured[(0, key)] for key in wanted if (0, key) in figured}
             other = None
             if folds:
-                whole = Aggregation(aggregation.selection, aggregation.grid)
+                whole = Aggregation(aggregation.selection, aggregation.grid, (), aggregation.columns)
                 total = (await aggregate(connection, whole, names, clamped=clamped)).get(
                     (0, ()), [0] * len(SUM_COLUMNS)
                 )

@@ -25,7 +25,7 @@ from services.console.query import (
 )
 from services.errors import InvalidArgumentError
 from services.reporting.filters import UsageSelection, groupings, select_usage
-from services.reporting.reports import OTHER_KEY, BreakdownQuery, Series, SeriesRequest
+from services.reporting.reports import OTHER_KEY, BreakdownQuery, Detail, Series, SeriesRequest
 from services.usage_terms.figures import DURATION_METRICS, MONEY_METRICS
 from services.usage_terms.query import GRANULARITIES, METRICS
 
@@ -76,7 +76,7 @@ async def usage_page(console: Console, request: Request, viewer: Viewer) -> Resp
     query = ViewQuery.from_params(request.query_params)
     selection = selection_of(query, viewer)
     summary, ranking, trend, environments = await asyncio.gather(
-        console.reports.summary(selection),
+        console.reports.summary(selection, Detail.TILES),
         _ranking(console, query, selection),
         _trend(console, query, selection),
         console.environment_choices(viewer.principal),
@@ -135,6 +135,7 @@ async def _ranking(console: Console, query: ViewQuery, selection: UsageSelection
             order_by=order_by,
             top_n=query.top,
             size=query.top,
+            detail=Detail.TILES,
         )
     )
     rows = [(key[0], figures.summary()) for key, figures in page.rows]
