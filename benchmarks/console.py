@@ -49,13 +49,15 @@ async def prepare(directory: Path, *, events: int, budget_s: float) -> int:
         await upgrade(engine)
         previous = _read_manifest(manifest)
         if previous is not None:
-            print(f"reusing {previous[0]:,} events loaded by an earlier run in {directory}")
-            return previous[0]
-        print(f"loading up to {events:,} events over 30 days into {directory} (budget {budget_s:.0f} s)", flush=True)
-        loaded, seconds, start_us, end_us = await load(engine, events=events, budget_s=budget_s, seed=7)
-        print(f"  loaded {loaded:,} events in {seconds:,.0f} s")
-        if loaded < events:
-            print(f"  LOAD BUDGET REACHED: figures below are for {loaded:,} of {events:,} events")
+            loaded, start_us, end_us = previous
+            # A schema upgrade since may have marked hours dirty for new rollups: compaction builds them.
+            print(f"reusing {loaded:,} events loaded by an earlier run in {directory}", flush=True)
+        else:
+            print(f"loading up to {events:,} events over 30 days into {directory} (budget {budget_s:.0f} s)", flush=True)
+            loaded, seconds, start_us, end_us = await load(engine, events=events, budget_s=budget_s, seed=7)
+            print(f"  loaded {loaded:,} events in {seconds:,.0f} s")
+            if loaded < events:
+                print(f"  LOAD BUDGET REACHED: figures below are for {loaded:,} of {events:,} events")
         began = time.perf_counter()
         report = await compact(engine, now_s=end_us // 1_000_000 + 3600)
         print(f"  compacted {report.hours} hours / {report.days} days in {time.perf_counter() - began:,.0f} s")

@@ -314,7 +314,15 @@ async def _load_compact_measure(
         loaded, start_us, end_us = previous
         print(f"{label}: reusing {loaded:,} events loaded by an earlier run")
         async with engine.begin() as connection:
-            coarse = (*(table for pair in tables.COARSE_ROLLUPS for table in pair), tables.token_categories_1h)
+            coarse = (
+                *(
+                    table
+                    for layout in tables.COARSE_ROLLUPS
+                    for table in (layout.hourly, layout.daily, layout.five_minutes)
+                    if table is not None
+                ),
+                tables.token_categories_1h,
+            )
             for table in coarse:
                 if await connection.scalar(sa.select(sa.literal(1)).select_from(table).limit(1)) is None:
                     # A rollup table added since the load: make every hour dirty so compaction builds it.

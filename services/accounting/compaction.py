@@ -7,12 +7,13 @@ since (a new minute, more events in a minute, or a LATE event for a minute compa
 (``attempt_count <> compacted_attempt_count``, found through a partial index). Compaction takes the hours
 holding dirty rows and, in ONE transaction, REPLACES those hours' 1h rows with the sum of their 1m rows,
 replaces the days containing them in 1d with the sum of their 1h rows, and advances the watermark of the
-rows it summed. The narrower-keyed 1h and 1d rollups (tables.COARSE_ROLLUPS) are rebuilt in the same
-transaction, each from the next wider key's hours, so every key always agrees; so are the hours' and
-days' token category sums (tables.token_category_rollup_table), from the raw events of those hours.
-Replacing rather than adding makes a rerun harmless and a crash at any step a rollback, so nothing is ever
-counted twice. Only closed minutes get their watermark advanced (so compaction does not contend with
-ingest on the live minute); the open minute keeps its hour dirty until the next run.
+rows it summed. The other keys' 1h and 1d rollups (tables.COARSE_ROLLUPS) are rebuilt in the same
+transaction, each from a wider key's hours, and so are the five-minute rollups of the narrow keys, so every
+key and bucket width always agrees; so are the hours' and days' token category sums
+(tables.token_category_rollup_table), from the raw events of those hours. Replacing rather than adding makes
+a rerun harmless and a crash at any step a rollback, so nothing is ever counted twice. Only closed minutes get
+their watermark advanced (so compaction does not contend with ingest on the live minute); the open minute
+keeps its hour dirty until the next run.
 
 Reporting's planner reads 1h and 1d only for hours without dirty rows (dirty_hours, here beside the layout
 it reads), so reports are exact at every moment: compaction only decides how much can be read from the
@@ -46,6 +47,7 @@ from services.storage.uow import UnitOfWork
 log = structlog.get_logger("meterwire.accounting.compaction")
 
 HOUR_S: Final = 3600
+FIVE_MINUTES_S: Final = 300
 DAY_S: Final = 86_400
 HOURS_PER_TRANSACTION: Final = 48
 """Dirty hours compacted per transaction: bounds a catch-up run's transaction (and its locks)."""
@@ -64,14 +66,18 @@ def _in_ranges(column: sa.ColumnElement[int], starts: list[int], width: int) -> 
     return sa.or_(*(sa.and_(column >= start, column < start + width) for start in starts))
 
 
-def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) -> list[sa.Executable]:
-    """Statements replacing `target`'s buckets at `starts` with the sums of `source` rows within them.
+def _rebuild(
+    target: sa.Table, source: sa.Table, starts: list[int], width: int, bucket_width: int | None = None
+) -> list[sa.Executable]:
+    """Statements replacing `target`'s rows in [start, start + width) for each of `starts` with the sums of
+    `source` rows within them, in buckets of `bucket_width` (default: `width`, one bucket each).
 
     `target`'s key must be `source`'s or a subset of it (the narrow rollups fold the full-key ones).
     """
     key = [column.name for column in target.primary_key.columns]
     metrics = [column.name for column in target.columns if not column.primary_key]
-    bucket = source.c.bucket_start - source.c.bucket_start % width
+    step = bucket_width or width
+    bucket = source.c.bucket_start - source.c.bucket_start % step
     dimensions = [source.c[name] for name in key[1:]]
     # Counts cannot reach 2^63; sums of per-event values saturate (services.accounting.bounds).
     sums = [
@@ -84,7 +90,7 @@ def _rebuild(target: sa.Table, source: sa.Table, starts: list[int], width: int) 
         .group_by(bucket, *dimensions)
     )
     return [
-        target.delete().where(target.c.bucket_start.in_(starts)),
+        target.delete().where(_in_ranges(target.c.bucket_start, starts, width)),
         target.insert().from_select([*key, *metrics], select),
     ]
 
@@ -123,11 +129,17 @@ async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> 
         engine = engine.execution_options(isolation_level="REPEATABLE READ")
     async with UnitOfWork(engine) as uow:
         connection = uow.connection
-        # Each coarser key from the next wider one: full-key hours from minutes, then narrower hours from them.
-        hourly = [hourly for hourly, _ in reversed(tables.COARSE_ROLLUPS)]
-        for target, source in zip(hourly, [_m, *hourly], strict=False):
-            for statement in _rebuild(target, source, hours, HOUR_S):
+        # Each key from a wider one (tables.RollupLayout.built_from): full-key hours from minutes, narrower
+        # hours from them; five minutes likewise, from minutes or the wider key's five minutes.
+        five_minutes_of = {layout.hourly: layout.five_minutes for layout in tables.COARSE_ROLLUPS}
+        for layout in reversed(tables.COARSE_ROLLUPS):
+            for statement in _rebuild(layout.hourly, layout.built_from, hours, HOUR_S):
                 await connection.execute(statement)
+            if layout.five_minutes is not None:
+                wider = five_minutes_of.get(layout.built_from)
+                source = wider if wider is not None else _m
+                for statement in _rebuild(layout.five_minutes, source, hours, HOUR_S, FIVE_MINUTES_S):
+                    await connection.execute(statement)
         await connection.execute(
             _m.update()
             .where(
@@ -139,8 +151,8 @@ async def compact_once(engine: AsyncEngine, *, now_s: int, hours: list[int]) -> 
         )
         for statement in _rebuild_token_categories(hours, dialect_name=engine.dialect.name):
             await connection.execute(statement)
-        for hourly_table, daily_table in reversed(tables.COARSE_ROLLUPS):
-            for statement in _rebuild(daily_table, hourly_table, days, DAY_S):
+        for layout in reversed(tables.COARSE_ROLLUPS):
+            for statement in _rebuild(layout.daily, layout.hourly, days, DAY_S):
                 await connection.execute(statement)
         for statement in _rebuild(tables.token_categories_1d, tables.token_categories_1h, days, DAY_S):
             await connection.execute(statement)
@@ -250,7 +262,14 @@ async def prune(engine: AsyncEngine, settings: ServerSettings, *, now_s: float |
     # One day behind: the oldest day still open to late events keeps every minute and hour it needs.
     # (table, retention, rows deleted per transaction as a time slice, days kept behind the cutoff)
     targets = [(_m, settings.rollup_1m_retention, HOUR_S, 1)]
-    for hourly, daily in (*tables.COARSE_ROLLUPS, (tables.token_categories_1h, tables.token_categories_1d)):
+    # Five minutes go with the minutes they sum (kept as long: they answer what minutes answer, more cheaply).
+    targets += [
+        (layout.five_minutes, settings.rollup_1m_retention, HOUR_S, 1)
+        for layout in tables.COARSE_ROLLUPS
+        if layout.five_minutes is not None
+    ]
+    pairs = [(layout.hourly, layout.daily) for layout in tables.COARSE_ROLLUPS]
+    for hourly, daily in (*pairs, (tables.token_categories_1h, tables.token_categories_1d)):
         targets += [
             (hourly, settings.rollup_1h_retention, DAY_S, 1),
             (daily, settings.rollup_1d_retention, 30 * DAY_S, 0),

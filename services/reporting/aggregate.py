@@ -237,6 +237,8 @@ def _grouped_from(
 
 
 _CATEGORY_ROLLUPS: Final = {Source.DAY: tables.token_categories_1d, Source.HOUR: tables.token_categories_1h}
+_SUB_HOUR: Final = (Source.FIVE_MINUTES, Source.MINUTE, Source.RAW)
+"""Sources without token category rollups: their pieces read categories from raw events."""
 
 
 async def token_categories(
@@ -252,7 +254,7 @@ async def token_categories(
     queries: list[tuple[sa.Select[Any], int]] = []
     raw_ranges: list[tuple[int, int]] = [(bounds[0], bounds[-1])]
     if plan.table(Source.HOUR) is tables.usage_rollup_1h_model:
-        raw_ranges = sorted((*plan.ranges.get(Source.MINUTE, ()), *plan.ranges.get(Source.RAW, ())))
+        raw_ranges = sorted(source_range for source in _SUB_HOUR for source_range in plan.ranges.get(source, ()))
         for source, table in _CATEGORY_ROLLUPS.items():
             if source in plan.ranges:
                 queries.append(

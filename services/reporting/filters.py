@@ -173,12 +173,14 @@ def usage_conditions(
         sa.or_(*(sa.and_(time_column >= start, time_column < end) for start, end in time_ranges))
     ]
     environment: ColumnElement[str] = columns.environment_id
-    gateway_key: ColumnElement[int] = columns.gateway_key
     if index_on_time_only:
-        environment, gateway_key = environment.concat(""), gateway_key + 0
+        environment = environment.concat("")
     if selection.environment_ids is not None:
         conditions.append(environment.in_(sorted(selection.environment_ids)))
-    if selection.gateway_ids:
+    if selection.gateway_ids:  # (the per-key and per-user rollups have no gateway: the planner reads others)
+        gateway_key: ColumnElement[int] = columns.gateway_key
+        if index_on_time_only:
+            gateway_key = gateway_key + 0
         gateways = tables.gateways
         keys = sa.select(gateways.c.gateway_key).where(gateways.c.gateway_id.in_(selection.gateway_ids))
         conditions.append(gateway_key.in_(keys.scalar_subquery()))

@@ -1,15 +1,16 @@
 """Chooses, for every piece of a time range, the coarsest source that answers it exactly.
 
-Sources, coarsest first: ``usage_rollup_1d``, ``usage_rollup_1h``, ``usage_rollup_1m`` and raw
-``usage_events``. Hours and days come in several keys (tables.COARSE_ROLLUPS): a report reads the pair
-with the fewest rows whose key holds every dimension it filters or groups by. A rollup row answers a piece
-exactly only if its whole bucket lies inside one output bucket (the range, or one time-series bucket), so a
-piece is cut at the output boundaries first and then covered, from its edges inwards, by raw events
-(sub-minute edges), minutes, hours and whole UTC days.
+Sources, coarsest first: ``usage_rollup_1d``, ``usage_rollup_1h``, five-minute rollups,
+``usage_rollup_1m`` and raw ``usage_events``. Hours and days come in several keys (tables.COARSE_ROLLUPS):
+a report reads the layout with the fewest rows whose key holds every dimension it filters or groups by; five
+minutes exist for the narrow keys only (elsewhere minutes stand in). A rollup row answers a piece exactly
+only if its whole bucket lies inside one output bucket (the range, or one time-series bucket), so a piece is
+cut at the output boundaries first and then covered, from its edges inwards, by raw events (sub-minute
+edges), minutes, five minutes, hours and whole UTC days.
 
 Hours and days are only exact once compaction has folded every per-minute row of them in. An hour holding a
 per-minute row that ingest changed after its last compaction ("dirty", see services/accounting/compaction.py)
-is read from the minutes instead, and a day holding a dirty hour from its hours. Tag filters and tag
+is read from the minutes instead (five minutes too), and a day holding a dirty hour from its hours. Tag filters and tag
 groupings only exist on raw events, so they read raw events for the whole range.
 
 The grid of output buckets is aligned in an IANA time zone with zoneinfo: day buckets run from local
@@ -52,6 +53,8 @@ class Source(Enum):
 
     DAY = (tables.usage_rollup_1d, DAY_US)
     HOUR = (tables.usage_rollup_1h, HOUR_US)
+    FIVE_MINUTES = (tables.usage_rollup_5m_narrow, 5 * MINUTE_US)
+    """Planned only where the layout read has five-minute rollups (QueryPlan.coarse names the table)."""
     MINUTE = (tables.usage_rollup_1m, MINUTE_US)
     RAW = (tables.usage_events, 1)
 
@@ -65,10 +68,14 @@ class Source(Enum):
 
 
 def coarse_rollups(columns: frozenset[str]) -> dict[Source, sa.Table]:
-    """The hourly and daily rollups with the fewest rows whose key holds every one of `columns`."""
-    for hourly, daily in tables.COARSE_ROLLUPS:
-        if columns <= frozenset(hourly.primary_key.columns.keys()):
-            return {Source.HOUR: hourly, Source.DAY: daily}
+    """The hourly and daily rollups (and five-minute ones, where that layout has them) with the fewest rows
+    whose key holds every one of `columns`."""
+    for layout in tables.COARSE_ROLLUPS:
+        if columns <= layout.key:
+            chosen = {Source.HOUR: layout.hourly, Source.DAY: layout.daily}
+            if layout.five_minutes is not None:
+                chosen[Source.FIVE_MINUTES] = layout.five_minutes
+            return chosen
     raise ValueError(f"no rollup is keyed by {sorted(columns)}")
 
 
@@ -78,7 +85,7 @@ class QueryPlan:
 
     ranges: dict[Source, tuple[tuple[int, int], ...]]
     coarse: dict[Source, sa.Table] = field(default_factory=dict)
-    """The hourly and daily tables to read (coarse_rollups); missing: the full-key ones."""
+    """The hourly, daily and five-minute tables to read (coarse_rollups); missing: the full-key ones."""
 
     def table(self, source: Source) -> sa.Table:
         return self.coarse.get(source, source.table)
@@ -106,14 +113,16 @@ def plan_sources(
     coarse: dict[Source, sa.Table] | None = None,
 ) -> QueryPlan:
     """The plan for consecutive output buckets [bounds[i], bounds[i+1]); `dirty_hours_us` are hour starts."""
+    coarse = coarse or {}
     pieces: dict[Source, list[tuple[int, int]]] = {source: [] for source in Source}
     if raw_only:
         pieces[Source.RAW].append((bounds_us[0], bounds_us[-1]))
     else:
         dirty_days = sorted({_floor(hour, DAY_US) for hour in dirty_hours_us})
+        fives = Source.FIVE_MINUTES in coarse
         for start, end in pairwise(bounds_us):
-            _cover(start, end, pieces, dirty_hours_us, dirty_days)
-    return QueryPlan({source: _merged(ranges) for source, ranges in pieces.items() if ranges}, coarse or {})
+            _cover(start, end, pieces, dirty_hours_us, dirty_days, fives=fives)
+    return QueryPlan({source: _merged(ranges) for source, ranges in pieces.items() if ranges}, coarse)
 
 
 def _cover(
@@ -122,8 +131,11 @@ def _cover(
     pieces: dict[Source, list[tuple[int, int]]],
     dirty_hours: frozenset[int],
     dirty_days: Sequence[int],
+    *,
+    fives: bool,
 ) -> None:
-    """Covers [start, end) from its edges inwards: raw seconds, minutes, hours, then whole days.
+    """Covers [start, end) from its edges inwards: raw seconds, minutes (five minutes where `fives`), hours,
+    then whole days.
 
     The work is bounded by the dirty days inside the piece, never by its length: clean days in between are
     one range, so a summary from year 1 to 9999 plans as fast as one over a day."""
@@ -135,10 +147,10 @@ def _cover(
     _add(pieces[Source.RAW], minute_end, end)
     hour_start, hour_end = _ceil(minute_start, HOUR_US), _floor(minute_end, HOUR_US)
     if hour_start >= hour_end:
-        pieces[Source.MINUTE].append((minute_start, minute_end))
+        _minutes(minute_start, minute_end, pieces, dirty_hours, fives=fives)
         return
-    _add(pieces[Source.MINUTE], minute_start, hour_start)
-    _add(pieces[Source.MINUTE], hour_end, minute_end)
+    _minutes(minute_start, hour_start, pieces, dirty_hours, fives=fives)
+    _minutes(hour_end, minute_end, pieces, dirty_hours, fives=fives)
     day_start, day_end = _ceil(hour_start, DAY_US), _floor(hour_end, DAY_US)
     if day_start >= day_end:
         _hours(hour_start, hour_end, pieces, dirty_hours)
@@ -152,6 +164,24 @@ def _cover(
         _hours(day, day + DAY_US, pieces, dirty_hours)
         clean_from = day + DAY_US
     _add(pieces[Source.DAY], clean_from, day_end)
+
+
+def _minutes(
+    start: int, end: int, pieces: dict[Source, list[tuple[int, int]]], dirty_hours: frozenset[int], *, fives: bool
+) -> None:
+    """Covers whole minutes [start, end) hour by hour: by five minutes where `fives` and the hour is compacted,
+    else by minutes."""
+    while start < end:
+        hour = _floor(start, HOUR_US)
+        stop = min(end, hour + HOUR_US)
+        five_start, five_end = _ceil(start, 5 * MINUTE_US), _floor(stop, 5 * MINUTE_US)
+        if fives and hour not in dirty_hours and five_start < five_end:
+            _add(pieces[Source.MINUTE], start, five_start)
+            pieces[Source.FIVE_MINUTES].append((five_start, five_end))
+            _add(pieces[Source.MINUTE], five_end, stop)
+        else:
+            pieces[Source.MINUTE].append((start, stop))
+        start = stop
 
 
 def _hours(start: int, end: int, pieces: dict[Source, list[tuple[int, int]]], dirty_hours: frozenset[int]) -> None:

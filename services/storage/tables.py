@@ -10,6 +10,7 @@ rollup ``bucket_start`` / budget ``window_*`` are epoch seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -371,14 +372,55 @@ def token_category_rollup_table(name: str) -> Table:
 token_categories_1h: Final = token_category_rollup_table("usage_token_categories_1h")
 token_categories_1d: Final = token_category_rollup_table("usage_token_categories_1d")
 
-COARSE_ROLLUPS: Final = (
-    (usage_rollup_1h_model, usage_rollup_1d_model),
-    (usage_rollup_1h_narrow, usage_rollup_1d_narrow),
-    (usage_rollup_1h, usage_rollup_1d),
+KEY_ROLLUP_DIMENSIONS: Final = ("bucket_start", "environment_id", "api_key_id")
+"""The key of the per-API-key hourly and daily rollups: what rankings of keys read (tens of rows an hour)."""
+USER_ROLLUP_DIMENSIONS: Final = ("bucket_start", "environment_id", "user_id")
+"""The key of the per-user hourly and daily rollups: what rankings of users read (a row per active user an hour,
+against one per request and user in the full-key rollups)."""
+
+usage_rollup_1h_key: Final = rollup_table("usage_rollup_1h_key", dimensions=KEY_ROLLUP_DIMENSIONS)
+usage_rollup_1d_key: Final = rollup_table("usage_rollup_1d_key", dimensions=KEY_ROLLUP_DIMENSIONS)
+usage_rollup_1h_user: Final = rollup_table("usage_rollup_1h_user", dimensions=USER_ROLLUP_DIMENSIONS)
+usage_rollup_1d_user: Final = rollup_table("usage_rollup_1d_user", dimensions=USER_ROLLUP_DIMENSIONS)
+usage_rollup_5m_narrow: Final = rollup_table("usage_rollup_5m_narrow", dimensions=NARROW_ROLLUP_DIMENSIONS)
+usage_rollup_5m_model: Final = rollup_table("usage_rollup_5m_model", dimensions=MODEL_ROLLUP_DIMENSIONS)
+
+
+@dataclass(frozen=True)
+class RollupLayout:
+    """One key of the rollups compaction keeps: its hourly and daily tables, and five-minute ones where they pay."""
+
+    hourly: Table
+    daily: Table
+    built_from: Table
+    """What compaction sums its hours from: the per-minute rows (full key), or a wider key's hours."""
+    five_minutes: Table | None = None
+    """Five-minute buckets of compacted hours, for time series finer than an hour (summed like the hours: from
+    the per-minute rows, or the wider key's five minutes). Only the narrow keys have them: by the full key, five
+    minutes hold nearly as many rows as their minutes do."""
+
+    @property
+    def key(self) -> frozenset[str]:
+        return frozenset(self.hourly.primary_key.columns.keys())
+
+
+_FULL_LAYOUT: Final = RollupLayout(usage_rollup_1h, usage_rollup_1d, built_from=usage_rollup_1m)
+_NARROW_LAYOUT: Final = RollupLayout(
+    usage_rollup_1h_narrow, usage_rollup_1d_narrow, built_from=usage_rollup_1h, five_minutes=usage_rollup_5m_narrow
 )
-"""(hourly, daily) rollup pairs, fewest dimensions (and rows) first; each key is a subset of the next one's,
-so compaction builds each pair from the one after it, and the planner reads the first pair whose key holds
-every dimension a report filters or groups by."""
+COARSE_ROLLUPS: Final = (
+    RollupLayout(
+        usage_rollup_1h_model, usage_rollup_1d_model, built_from=usage_rollup_1h_narrow,
+        five_minutes=usage_rollup_5m_model,
+    ),
+    _NARROW_LAYOUT,
+    RollupLayout(usage_rollup_1h_key, usage_rollup_1d_key, built_from=usage_rollup_1h),
+    RollupLayout(usage_rollup_1h_user, usage_rollup_1d_user, built_from=usage_rollup_1h),
+    _FULL_LAYOUT,
+)  # fmt: skip
+"""Every rollup key compaction keeps, fewest rows first: the planner reads the first whose key holds every
+dimension a report filters or groups by. Each is built from a wider key (`built_from`), which compaction
+builds first (it goes through them last to first)."""
 
 budgets: Final = Table(
     "budgets",

@@ -25,7 +25,12 @@ from tests.reporting.settings import reporting_settings
 from tests.reporting.test_oracle import ingest, usage_filter
 from tests.telemetry.events import wait_until
 
-COARSE_ROLLUPS = tuple(table for pair in tables.COARSE_ROLLUPS for table in pair)
+COARSE_ROLLUPS = tuple(
+    table
+    for layout in tables.COARSE_ROLLUPS
+    for table in (layout.hourly, layout.daily, layout.five_minutes)
+    if table is not None
+)
 
 
 async def _totals(control_plane: ControlPlane, table: sa.Table) -> tuple[int, ...]:
@@ -129,7 +134,8 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
             table.name: await connection.scalar(sa.select(sa.func.min(table.c.bucket_start)))
             for table in (
                 tables.usage_rollup_1m,
-                *(hourly for hourly, _ in tables.COARSE_ROLLUPS),
+                *(layout.hourly for layout in tables.COARSE_ROLLUPS),
+                *(layout.five_minutes for layout in tables.COARSE_ROLLUPS if layout.five_minutes is not None),
                 tables.token_categories_1h,
             )
         }
@@ -138,8 +144,8 @@ async def test_prune_deletes_raw_events_and_rollups_past_retention(
     assert orphans == 0
     for name, bucket_start in oldest.items():
         assert cutoff <= bucket_start < cutoff + day, name  # the day at the cutoff is kept, nothing before it
-    for _, table in tables.COARSE_ROLLUPS:
-        assert await _totals(control_plane, table) != (0, 0, 0, 0)  # days are kept for years
+    for layout in tables.COARSE_ROLLUPS:
+        assert await _totals(control_plane, layout.daily) != (0, 0, 0, 0)  # days are kept for years
     assert kept_days
 
 

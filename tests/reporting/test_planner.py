@@ -90,13 +90,54 @@ def test_reports_read_the_smallest_rollups_keyed_by_what_they_filter_or_group_by
     narrow = coarse_rollups(frozenset({"requested_model", "status_class", "route"}))
     full = coarse_rollups(frozenset({"requested_model", "user_id"}))
 
-    assert model == {Source.HOUR: tables.usage_rollup_1h_model, Source.DAY: tables.usage_rollup_1d_model}
+    assert model == {
+        Source.HOUR: tables.usage_rollup_1h_model,
+        Source.DAY: tables.usage_rollup_1d_model,
+        Source.FIVE_MINUTES: tables.usage_rollup_5m_model,
+    }
     assert coarse_rollups(frozenset()) == model
-    assert narrow == {Source.HOUR: tables.usage_rollup_1h_narrow, Source.DAY: tables.usage_rollup_1d_narrow}
+    assert narrow == {
+        Source.HOUR: tables.usage_rollup_1h_narrow,
+        Source.DAY: tables.usage_rollup_1d_narrow,
+        Source.FIVE_MINUTES: tables.usage_rollup_5m_narrow,
+    }
     assert full == {Source.HOUR: tables.usage_rollup_1h, Source.DAY: tables.usage_rollup_1d}
-    assert coarse_rollups(frozenset({"api_key_id"})) == full
+    assert coarse_rollups(frozenset({"api_key_id", "environment_id"})) == {
+        Source.HOUR: tables.usage_rollup_1h_key,
+        Source.DAY: tables.usage_rollup_1d_key,
+    }
+    assert coarse_rollups(frozenset({"user_id"})) == {
+        Source.HOUR: tables.usage_rollup_1h_user,
+        Source.DAY: tables.usage_rollup_1d_user,
+    }
+    assert coarse_rollups(frozenset({"api_key_id", "user_id"})) == full
     with pytest.raises(ValueError, match="no rollup is keyed by"):
         coarse_rollups(frozenset({"error_message"}))
+
+
+def test_five_minute_buckets_of_compacted_hours_come_from_five_minute_rollups_where_the_key_has_them() -> None:
+    dirty = T0 + HOUR_US
+    grid = bucket_grid(T0, T0 + 2 * HOUR_US, pb.GRANULARITY_FIVE_MINUTES, ZoneInfo("UTC"), max_points=100)
+    with_fives = coarse_rollups(frozenset({"requested_model"}))
+    plan = plan_sources(grid.bounds_us, dirty_hours_us=frozenset({dirty}), raw_only=False, coarse=with_fives)
+    assert plan.ranges == {Source.FIVE_MINUTES: ((T0, dirty),), Source.MINUTE: ((dirty, dirty + HOUR_US),)}
+    assert plan.table(Source.FIVE_MINUTES) is tables.usage_rollup_5m_model
+    # By user (the full key has no five-minute rollups): minutes.
+    by_user = coarse_rollups(frozenset({"user_id", "requested_model"}))
+    plan = plan_sources(grid.bounds_us, dirty_hours_us=frozenset(), raw_only=False, coarse=by_user)
+    assert plan.ranges == {Source.MINUTE: ((T0, T0 + 2 * HOUR_US),)}
+
+
+def test_a_range_edge_is_read_by_minutes_up_to_five_minutes_then_by_five_minutes_up_to_the_hour() -> None:
+    start = T0 - 18 * MINUTE_US - 5_000_000  # 23:41:55 the day before
+    end = T0 + 2 * HOUR_US + 7 * MINUTE_US  # 02:07
+    plan = plan_sources((start, end), dirty_hours_us=frozenset(), raw_only=False, coarse=coarse_rollups(frozenset()))
+    assert plan.ranges == {
+        Source.RAW: ((start, start + 5_000_000),),
+        Source.MINUTE: ((T0 - 18 * MINUTE_US, T0 - 15 * MINUTE_US), (end - 2 * MINUTE_US, end)),
+        Source.FIVE_MINUTES: ((T0 - 15 * MINUTE_US, T0), (T0 + 2 * HOUR_US, end - 2 * MINUTE_US)),
+        Source.HOUR: ((T0, T0 + 2 * HOUR_US),),
+    }
 
 
 async def test_dirty_hours_are_found_one_probe_per_hour_within_the_range(engine: AsyncEngine) -> None:
