@@ -53,7 +53,7 @@ async def prepare(directory: Path, *, events: int, budget_s: float) -> int:
             # A schema upgrade since may have marked hours dirty for new rollups: compaction builds them.
             print(f"reusing {loaded:,} events loaded by an earlier run in {directory}", flush=True)
         else:
-            print(f"loading up to {events:,} events over 30 days into {directory} (budget {budget_s:.0f} s)", flush=True)
+            print(f"loading up to {events:,} events over 30 days into {directory} (budget {budget_s:.0f} s)")
             loaded, seconds, start_us, end_us = await load(engine, events=events, budget_s=budget_s, seed=7)
             print(f"  loaded {loaded:,} events in {seconds:,.0f} s")
             if loaded < events:
