@@ -75,7 +75,10 @@ class ConsoleServer(Managed):
         """Takes the port now (before the database is touched), so a busy port fails start early."""
         host, port = parse_listen_address(self._address, setting="http_listen")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say they are
+        # TCP, and accepted connections inherit the listening socket's protocol. With Nagle on, every response on
+        # a kept-alive connection (what browsers use) waited ~40 ms for the delayed ACK of its first segment.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))

@@ -84,3 +84,20 @@ async def test_an_export_belongs_to_the_session_that_started_it(control_plane: C
     assert job.path.read_text().splitlines() == [",".join(EVENT_COLUMNS)]  # nothing in range: the header alone
     await exports.shutdown()
     assert not job.path.exists()
+
+
+@pytest.mark.parametrize("storage_dialect", ["sqlite"], indirect=True)  # about sockets: one engine is enough
+async def test_kept_alive_connections_send_at_once_without_nagle(
+    control_plane: ControlPlane, http: httpx.AsyncClient
+) -> None:
+    """Browsers keep connections alive; with Nagle's algorithm on, each response on such a connection waited for
+    the delayed ACK of its first segment (~40 ms a page, measured by benchmarks/console.py). asyncio turns it off
+    only on sockets created as TCP, so the console's listening socket must be one (accepted ones inherit it)."""
+    assert (await http.get("/login")).status_code == 200  # the connection stays open (keep-alive)
+    server = control_plane._console._server  # type: ignore[union-attr]  # uvicorn's, to reach its connections
+    assert server is not None
+    connections = list(server.server_state.connections)
+    assert connections
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
