@@ -136,43 +136,17 @@ async def _stderr(process: asyncio.subprocess.Process) -> str:
     return stderr.decode()
 
 
-async def test_upgrade_to_0002_has_the_next_compaction_build_the_narrow_rollups(database_url: str) -> None:
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param("0001", id="0002 narrow and per-model rollups"),
+        pytest.param("0005", id="0006 per-key, per-user and five-minute rollups"),
+    ],
+)
+async def test_an_upgrade_adding_rollups_has_the_next_compaction_build_them(database_url: str, before: str) -> None:
     engine = create_engine(database_url)
     try:
-        await upgrade(engine, "0001")
-        minute = {name: "" for name in ("requested_model", "resolved_model", "provider", "api_key_id", "user_id")}
-        async with engine.begin() as connection:
-            await connection.execute(
-                tables.usage_rollup_1m.insert().values(
-                    bucket_start=1_700_000_040,
-                    environment_id="prod",
-                    gateway_key=1,
-                    route="",
-                    request_type=1,
-                    credential_type=1,
-                    status_class=1,
-                    streaming=False,
-                    attempt_count=3,
-                    compacted_attempt_count=3,  # folded into 1h and 1d before the narrow rollups existed
-                    **minute,
-                )
-            )
-
-        await upgrade(engine)
-
-        async with engine.connect() as connection:
-            watermark = await connection.scalar(sa.select(tables.usage_rollup_1m.c.compacted_attempt_count))
-    finally:
-        await engine.dispose()
-    assert watermark == 0  # dirty again: the planner reads minutes there until compaction has run
-
-
-async def test_upgrade_to_0006_has_the_next_compaction_build_the_key_user_and_five_minute_rollups(
-    database_url: str,
-) -> None:
-    engine = create_engine(database_url)
-    try:
-        await upgrade(engine, "0005")
+        await upgrade(engine, before)
         minute = {name: "" for name in ("requested_model", "resolved_model", "provider", "api_key_id", "user_id")}
         async with engine.begin() as connection:
             await connection.execute(
