@@ -55,5 +55,6 @@ async def test_tiles_are_the_full_figures_without_percentiles_or_categories(
         tiles_page = await reports.breakdown(replace(query, detail=Detail.TILES))
         assert [key for key, _ in tiles_page.rows] == [key for key, _ in full_page.rows]
         assert [f.summary() for _, f in tiles_page.rows] == [without_detail(f.summary()) for _, f in full_page.rows]
-        assert full_page.other is not None and tiles_page.other is not None
+        assert full_page.other is not None
+        assert tiles_page.other is not None
         assert tiles_page.other.summary() == without_detail(full_page.other.summary())
