@@ -26,7 +26,7 @@ def without_detail(summary: pb.UsageSummary) -> pb.UsageSummary:
     brief.CopyFrom(summary)
     for stats in (brief.latency, brief.ttft):
         for name in ("p50", "p95", "p99"):
-            stats.ClearField(name)  # type: ignore[arg-type]
+            stats.ClearField(name)
     brief.tokens.categories.clear()
     return brief
 
