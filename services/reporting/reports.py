@@ -64,11 +64,8 @@ class Detail(Enum):
         return SUM_COLUMNS if self is Detail.FULL else _TILE_COLUMNS
 
 
-_TILE_COLUMNS: Final = tuple(
-    column
-    for column in SUM_COLUMNS
-    if column not in frozenset((*tables.LATENCY_BUCKET_COLUMNS, *tables.TTFT_BUCKET_COLUMNS))
-)
+_HISTOGRAM_COLUMNS: Final = frozenset((*tables.LATENCY_BUCKET_COLUMNS, *tables.TTFT_BUCKET_COLUMNS))
+_TILE_COLUMNS: Final = tuple(column for column in SUM_COLUMNS if column not in _HISTOGRAM_COLUMNS)
 
 
 async def currency_of(connection: AsyncConnection, selection: UsageSelection, prices: PriceBooks) -> str:

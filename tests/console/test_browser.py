@@ -28,8 +28,8 @@ from tests.clients import Tokens, bearer
 from tests.console.browser import JsErrors, launch, require_chromium, screenshot
 from tests.console.harness import ThreadedControlPlane, console_settings, console_url
 from tests.heartbeat.helpers import GatewayStream
-from tests.reporting.dataset import GATEWAYS, make_dataset
-from tests.reporting.test_oracle import ingest, usage_filter
+from tests.reporting.dataset import make_dataset
+from tests.reporting.test_oracle import dataset_gateways, ingest, usage_filter
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,9 +66,7 @@ async def _populate(served: ThreadedControlPlane, now: datetime) -> tuple[str, s
     async with grpc.aio.insecure_channel(f"127.0.0.1:{served.plane.port}") as channel:
         admin = served.plane.settings.admin_token_path.read_text().strip()
         tokens = Tokens(channel, admin)
-        for environment_id in ("alpha", "beta"):
-            await tokens.environment(environment_id)
-        secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+        secrets = await dataset_gateways(tokens)
         await ingest(channel, secrets, make_dataset(1500, seed=19, now=now))
         budget = budget_pb.Budget(
             display_name="alpha monthly spend",

@@ -20,16 +20,14 @@ from services.server import ControlPlane
 from services.usage_terms.figures import money
 from tests.clients import Tokens, bearer
 from tests.console.harness import csrf_of, kpi_tiles, sign_in
-from tests.reporting.dataset import GATEWAYS, make_dataset
-from tests.reporting.test_oracle import ingest, usage_filter
+from tests.reporting.dataset import make_dataset
+from tests.reporting.test_oracle import dataset_gateways, ingest, usage_filter
 
 PAGES = ("/usage", "/requests", "/fleet", "/budgets")
 
 
 async def _with_usage(channel: grpc.aio.Channel, tokens: Tokens, now: datetime, count: int = 600) -> None:
-    for environment_id in ("alpha", "beta"):
-        await tokens.environment(environment_id)
-    secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+    secrets = await dataset_gateways(tokens)
     await ingest(channel, secrets, make_dataset(count, seed=5, now=now))
 
 

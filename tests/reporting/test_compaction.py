@@ -22,7 +22,7 @@ from services.storage import tables
 from tests.clients import Tokens, bearer
 from tests.reporting.dataset import GATEWAYS, make_dataset
 from tests.reporting.settings import reporting_settings
-from tests.reporting.test_oracle import ingest, usage_filter
+from tests.reporting.test_oracle import dataset_gateways, ingest, usage_filter
 from tests.telemetry.events import wait_until
 
 COARSE_ROLLUPS = tuple(
@@ -43,9 +43,7 @@ async def _totals(control_plane: ControlPlane, table: sa.Table) -> tuple[int, ..
 async def _setup(
     control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens, count: int, *, days_ago: int = 0
 ) -> Any:
-    for environment_id in ("alpha", "beta"):
-        await tokens.environment(environment_id)
-    secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+    secrets = await dataset_gateways(tokens)
     events = make_dataset(count, seed=3, now=datetime.now(UTC) - timedelta(days=days_ago))
     return secrets, events
 

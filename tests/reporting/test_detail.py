@@ -15,8 +15,8 @@ from services.reporting.filters import Grouping, select_usage
 from services.reporting.reports import BreakdownQuery, Detail, UsageReports
 from services.server import ControlPlane
 from tests.clients import Tokens
-from tests.reporting.dataset import GATEWAYS, make_dataset
-from tests.reporting.test_oracle import ingest, usage_filter
+from tests.reporting.dataset import make_dataset
+from tests.reporting.test_oracle import dataset_gateways, ingest, usage_filter
 
 ADMIN = Principal(token_id="test", role=Role.ADMIN)
 
@@ -34,9 +34,7 @@ def without_detail(summary: pb.UsageSummary) -> pb.UsageSummary:
 async def test_tiles_are_the_full_figures_without_percentiles_or_categories(
     control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens
 ) -> None:
-    for environment_id in ("alpha", "beta"):
-        await tokens.environment(environment_id)
-    secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+    secrets = await dataset_gateways(tokens)
     now = datetime.now(UTC)
     events = make_dataset(3_000, seed=11, now=now)
     await ingest(channel, secrets, events)

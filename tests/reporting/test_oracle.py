@@ -50,6 +50,13 @@ async def ingest(channel: grpc.aio.Channel, secrets: dict[tuple[str, str], str],
     return accepted
 
 
+async def dataset_gateways(tokens: Tokens) -> dict[tuple[str, str], str]:
+    """Creates the dataset's environments; a token for each of its gateways (what `ingest` sends with)."""
+    for environment_id in ENVIRONMENTS:
+        await tokens.environment(environment_id)
+    return {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+
+
 def usage_filter(start_us: int, end_us: int, **fields: object) -> filter_pb2.UsageFilter:
     message = filter_pb2.UsageFilter(**fields)  # type: ignore[arg-type]
     message.start_time.FromMicroseconds(start_us)
@@ -94,9 +101,7 @@ def in_range(events: Sequence[Event], start_us: int, end_us: int) -> list[Event]
 
 
 async def test_reports_match_the_oracle(control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens) -> None:
-    for environment_id in ENVIRONMENTS:
-        await tokens.environment(environment_id)
-    secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+    secrets = await dataset_gateways(tokens)
     now = datetime.now(UTC).replace(microsecond=0)
     events = make_dataset(EVENTS, seed=20_261_123, now=now)
     rng = random.Random(5)

@@ -13,16 +13,14 @@ from meterwire.reporting.v1 import reporting_service_pb2 as pb
 from meterwire.reporting.v1 import reporting_service_pb2_grpc as pb_grpc
 from services.server import ControlPlane
 from tests.clients import Tokens, bearer
-from tests.reporting.dataset import GATEWAYS, Figures, make_dataset
-from tests.reporting.test_oracle import ingest, usage_filter
+from tests.reporting.dataset import Figures, make_dataset
+from tests.reporting.test_oracle import dataset_gateways, ingest, usage_filter
 
 
 async def test_a_reporter_for_alpha_sees_nothing_of_beta(
     control_plane: ControlPlane, channel: grpc.aio.Channel, tokens: Tokens
 ) -> None:
-    for environment_id in ("alpha", "beta"):
-        await tokens.environment(environment_id)
-    secrets = {gateway: await tokens.gateway(*gateway) for gateway in GATEWAYS}
+    secrets = await dataset_gateways(tokens)
     now = datetime.now(UTC)
     events = make_dataset(3_000, seed=11, now=now)
     await ingest(channel, secrets, events)
